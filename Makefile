@@ -1,0 +1,27 @@
+# BeviaLLM: every target installs what it needs first, so each works from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test typecheck lint train sample bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install bevialm with its dev tools
+
+test: $(STAMP)  ## the whole suite, gradient checks included, with line coverage
+	$(BIN)/python -m pytest --cov=bevialm --cov-report=term --cov-fail-under=95
+
+typecheck: $(STAMP)  ## mypy --strict over the package and the tests
+	$(BIN)/python -m mypy --strict bevialm tests
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check bevialm tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .coverage htmlcov runs

@@ -1,0 +1,85 @@
+"""Layer normalisation over the last axis: ``y = gamma * (x - mean) / sqrt(var + eps) + beta``.
+
+Each row (one token's features) is normalised on its own, so the layer behaves
+the same for any batch size. ``gamma`` starts at 1 and ``beta`` at 0: "start
+normalised, learn to de-normalise if it helps" (playbook 3.6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bevialm.types import Array, FloatDType, Grads, Params
+from bevialm.validate import (
+    require_floating,
+    require_last_dim,
+    require_positive,
+    require_same_dtype,
+    require_shape,
+)
+
+LAYER = "layernorm"
+
+
+@dataclass(frozen=True)
+class LayerNormConfig:
+    """Normalise ``dim`` features; ``eps`` keeps the division finite for constant rows."""
+
+    dim: int
+    eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        require_positive(LAYER, dim=self.dim)
+        if not self.eps > 0:
+            raise ValueError(f"{LAYER}: eps must be positive, got {self.eps!r}")
+
+
+@dataclass(frozen=True)
+class LayerNormCache:
+    """The normalised input ``xhat`` and the reciprocal standard deviation per row."""
+
+    xhat: Array
+    rstd: Array
+
+
+def init(cfg: LayerNormConfig, rng: np.random.Generator, dtype: FloatDType = np.float32) -> Params:
+    """``gamma`` ones and ``beta`` zeros, each of shape ``(dim,)``; ``rng`` is unused (no randomness)."""
+    return {"gamma": np.ones(cfg.dim, dtype=dtype), "beta": np.zeros(cfg.dim, dtype=dtype)}
+
+
+def forward(params: Params, x: Array, cfg: LayerNormConfig) -> tuple[Array, LayerNormCache]:
+    gamma, beta = params["gamma"], params["beta"]
+    require_floating(LAYER, "x", x)
+    require_shape(LAYER, "gamma", gamma, (cfg.dim,))
+    require_shape(LAYER, "beta", beta, (cfg.dim,))
+    require_last_dim(LAYER, "x", x, cfg.dim)
+    require_same_dtype(LAYER, x, gamma, beta)
+    xc = x - x.mean(axis=-1, keepdims=True)
+    var = np.mean(xc * xc, axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(var + x.dtype.type(cfg.eps))
+    xhat = xc
+    xhat *= rstd  # xc is a fresh temporary: normalise it in place
+    return xhat * gamma + beta, LayerNormCache(xhat, rstd)
+
+
+def backward(params: Params, cache: LayerNormCache, dy: Array) -> tuple[Array, Grads]:
+    """With ``g = dy * gamma``: ``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``.
+
+    The two mean terms come from the mean and the variance depending on every
+    entry of the row (see ``docs/layernorm.md`` for the derivation).
+    """
+    gamma = params["gamma"]
+    require_shape(LAYER, "dy", dy, cache.xhat.shape)
+    xhat = cache.xhat
+    dim = xhat.shape[-1]
+    dy2d, xhat2d = dy.reshape(-1, dim), xhat.reshape(-1, dim)
+    grads = {"gamma": np.einsum("nd,nd->d", dy2d, xhat2d), "beta": dy2d.sum(axis=0)}
+    g = dy * gamma
+    mean_g = g.mean(axis=-1, keepdims=True)
+    mean_gx = np.mean(g * xhat, axis=-1, keepdims=True)
+    dx = g - mean_g
+    dx -= xhat * mean_gx
+    dx *= cache.rstd
+    return dx, grads

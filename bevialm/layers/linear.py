@@ -1,0 +1,74 @@
+"""Linear (affine) layer: ``y = x @ W + b`` over any number of leading dimensions.
+
+The input is viewed as a 2-D matrix ``(N, d_in)`` with ``N`` the product of the
+leading dimensions: one large matrix product is much faster than a batched 3-D
+one, and the backward pass is then three textbook lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bevialm.types import Array, FloatDType, Grads, Params
+from bevialm.validate import (
+    require_floating,
+    require_last_dim,
+    require_positive,
+    require_same_dtype,
+    require_shape,
+)
+
+LAYER = "linear"
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """``d_in`` inputs to ``d_out`` outputs; weights start as N(0, ``init_std``²), bias at 0."""
+
+    d_in: int
+    d_out: int
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        require_positive(LAYER, d_in=self.d_in, d_out=self.d_out)
+
+
+@dataclass(frozen=True)
+class LinearCache:
+    """The input as a ``(N, d_in)`` matrix (a view, not a copy) and its leading shape."""
+
+    x2d: Array
+    lead_shape: tuple[int, ...]
+
+
+def init(cfg: LinearConfig, rng: np.random.Generator, dtype: FloatDType = np.float32) -> Params:
+    """``W`` of shape ``(d_in, d_out)`` drawn from N(0, init_std²); ``b`` zeros of shape ``(d_out,)``."""
+    return {
+        "W": (rng.standard_normal((cfg.d_in, cfg.d_out)) * cfg.init_std).astype(dtype),
+        "b": np.zeros(cfg.d_out, dtype=dtype),
+    }
+
+
+def forward(params: Params, x: Array, cfg: LinearConfig) -> tuple[Array, LinearCache]:
+    """``y[..., j] = sum_i x[..., i] W[i, j] + b[j]``."""
+    W, b = params["W"], params["b"]
+    require_floating(LAYER, "x", x)
+    require_shape(LAYER, "W", W, (cfg.d_in, cfg.d_out))
+    require_shape(LAYER, "b", b, (cfg.d_out,))
+    require_last_dim(LAYER, "x", x, cfg.d_in)
+    require_same_dtype(LAYER, x, W, b)
+    x2d = x.reshape(-1, cfg.d_in)
+    y2d = x2d @ W
+    y2d += b  # in place on the fresh product: no second (N, d_out) temporary
+    return y2d.reshape(*x.shape[:-1], cfg.d_out), LinearCache(x2d, x.shape[:-1])
+
+
+def backward(params: Params, cache: LinearCache, dy: Array) -> tuple[Array, Grads]:
+    """``dx = dy W^T``, ``dW = x^T dy`` (summed over all rows), ``db = sum of dy over rows``."""
+    W = params["W"]
+    require_shape(LAYER, "dy", dy, (*cache.lead_shape, W.shape[1]))
+    dy2d = dy.reshape(-1, W.shape[1])
+    dx = (dy2d @ W.T).reshape(*cache.lead_shape, W.shape[0])
+    return dx, {"W": cache.x2d.T @ dy2d, "b": dy2d.sum(axis=0)}

@@ -1,0 +1,273 @@
+"""The one registry of layer pairs.
+
+Every pair is described once here: its module, how to draw configs and input
+shapes (fixed examples and a random ``draw_case``), how to make its input and
+parameters, and how to bind its config into the contract's shape
+``forward(params, x)`` / ``backward(params, cache, dy)``. The test suite, the
+grader and the student-skeleton generator all iterate over :data:`PAIRS`, so a
+pair added here is tested everywhere, and a pair not added here cannot be used
+by the model without a test noticing (see ``tests/test_registry.py``).
+
+Config and shape spaces are written against the tiny :class:`Draw` protocol,
+so the same description feeds Hypothesis (``tests/strategies.py``) and a
+seeded NumPy generator (:class:`RngDraw`, used by the grader).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+from bevialm import losses
+from bevialm.gradcheck import Backward, Forward, avoid_kinks
+from bevialm.layers import embedding, gelu, layernorm, linear, relu, softmax
+from bevialm.types import Array, Grads, Params
+
+T = TypeVar("T")
+
+
+class Draw(Protocol):
+    """Where a case's random choices come from (Hypothesis or a seeded generator)."""
+
+    def integer(self, lo: int, hi: int) -> int:
+        """An integer in ``[lo, hi]``, both ends included."""
+        ...
+
+    def choice(self, options: Sequence[T]) -> T:
+        """One of ``options``."""
+        ...
+
+
+class RngDraw:
+    """:class:`Draw` backed by a NumPy generator: reproducible cases for a given seed."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+
+    def integer(self, lo: int, hi: int) -> int:
+        return int(self.rng.integers(lo, hi + 1))
+
+    def choice(self, options: Sequence[T]) -> T:
+        return options[int(self.rng.integers(len(options)))]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One checking case: a config, the input's shape, and a seed for the input's values."""
+
+    cfg: Any
+    shape: tuple[int, ...]
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A pair with its case bound in: exactly the contract's two functions."""
+
+    forward: Forward
+    backward: Backward
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    """Everything the tests, the grader and the skeleton generator need to know about one pair."""
+
+    name: str
+    module: ModuleType
+    """The module that defines ``init``, ``forward`` and ``backward`` (or the loss functions)."""
+    draw_case: Callable[[Draw], Case]
+    """Draws a random config and input shape (small enough for element-wise checks)."""
+    examples: tuple[Case, ...]
+    """Fixed cases for the parametrised tests."""
+    init: Callable[[Any, np.random.Generator], Params]
+    make_input: Callable[[Case, np.random.Generator], Array]
+    """Float64 (or integer) input for a case, away from kinks."""
+    bind: Callable[[Case], Bound]
+    kinks: tuple[float, ...] = ()
+    """Input values where the pair is not differentiable (kept away from by ``make_input``)."""
+    functions: tuple[str, ...] = ("init", "forward", "backward")
+    """The module's functions a student implements."""
+
+
+def layer_bind(module: ModuleType) -> Callable[[Case], Bound]:
+    """Bind a layer module's config: ``forward(params, x, cfg)`` becomes ``forward(params, x)``."""
+
+    def bind(case: Case) -> Bound:
+        def fwd(params: Params, x: Array) -> tuple[Array, Any]:
+            y, cache = module.forward(params, x, case.cfg)
+            return y, cache
+
+        def bwd(params: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
+            dx, grads = module.backward(params, cache, dy)
+            return dx, grads
+
+        return Bound(fwd, bwd)
+
+    return bind
+
+
+def normal_input(kinks: tuple[float, ...] = ()) -> Callable[[Case, np.random.Generator], Array]:
+    """Standard-normal float64 input of the case's shape, moved away from ``kinks``."""
+
+    def make(case: Case, rng: np.random.Generator) -> Array:
+        x = rng.standard_normal(case.shape)
+        return avoid_kinks(x, kinks) if kinks else x
+
+    return make
+
+
+def _lead(draw: Draw) -> tuple[int, ...]:
+    """Leading dimensions: none, (B,), or (B, T)."""
+    rank = draw.integer(0, 2)
+    return tuple(draw.integer(1, 4) for _ in range(rank))
+
+
+def _draw_linear(draw: Draw) -> Case:
+    cfg = linear.LinearConfig(draw.integer(1, 6), draw.integer(1, 6))
+    return Case(cfg, (*_lead(draw), cfg.d_in), draw.integer(0, 2**16))
+
+
+def _draw_layernorm(draw: Draw) -> Case:
+    cfg = layernorm.LayerNormConfig(draw.integer(2, 8))
+    return Case(cfg, (*_lead(draw), cfg.dim), draw.integer(0, 2**16))
+
+
+def _draw_embedding(draw: Draw) -> Case:
+    cfg = embedding.EmbeddingConfig(draw.integer(1, 8), draw.integer(1, 5))
+    return Case(cfg, (draw.integer(1, 3), draw.integer(1, 6)), draw.integer(0, 2**16))
+
+
+def _draw_elementwise(cfg: Any) -> Callable[[Draw], Case]:
+    def draw_case(draw: Draw) -> Case:
+        return Case(cfg, (*_lead(draw), draw.integer(1, 6)), draw.integer(0, 2**16))
+
+    return draw_case
+
+
+def _embedding_input(case: Case, rng: np.random.Generator) -> Array:
+    # Few distinct ids on purpose: repeated indices must accumulate.
+    return rng.integers(0, case.cfg.num, size=case.shape)
+
+
+@dataclass(frozen=True)
+class CrossEntropyConfig:
+    """Cross-entropy over ``vocab`` classes; the targets are drawn per case from its seed."""
+
+    vocab: int
+
+
+def _ce_targets(case: Case) -> Array:
+    return np.random.default_rng(case.seed + 1).integers(0, case.cfg.vocab, size=case.shape[:-1])
+
+
+def _ce_bind(case: Case) -> Bound:
+    targets = _ce_targets(case)
+
+    def fwd(params: Params, x: Array) -> tuple[Array, Any]:
+        return losses.cross_entropy(x, targets)
+
+    def bwd(params: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
+        return losses.cross_entropy_backward(cache, dy), {}
+
+    return Bound(fwd, bwd)
+
+
+def _draw_ce(draw: Draw) -> Case:
+    cfg = CrossEntropyConfig(draw.integer(2, 7))
+    return Case(cfg, (draw.integer(1, 3), draw.integer(1, 5), cfg.vocab), draw.integer(0, 2**16))
+
+
+def _no_params(cfg: Any, rng: np.random.Generator) -> Params:
+    return {}
+
+
+PAIRS: tuple[PairSpec, ...] = (
+    PairSpec(
+        name="linear",
+        module=linear,
+        draw_case=_draw_linear,
+        examples=(
+            Case(linear.LinearConfig(3, 4), (3,), 1),
+            Case(linear.LinearConfig(5, 2), (2, 5), 2),
+            Case(linear.LinearConfig(4, 6), (2, 3, 4), 3),
+            Case(linear.LinearConfig(1, 1), (2, 2, 2, 1), 4),
+        ),
+        init=lambda cfg, rng: linear.init(cfg, rng, np.float64),
+        make_input=normal_input(),
+        bind=layer_bind(linear),
+    ),
+    PairSpec(
+        name="layernorm",
+        module=layernorm,
+        draw_case=_draw_layernorm,
+        examples=(
+            Case(layernorm.LayerNormConfig(4), (4,), 1),
+            Case(layernorm.LayerNormConfig(6), (2, 3, 6), 2),
+            Case(layernorm.LayerNormConfig(2), (5, 2), 3),
+        ),
+        init=lambda cfg, rng: layernorm.init(cfg, rng, np.float64),
+        make_input=normal_input(),
+        bind=layer_bind(layernorm),
+    ),
+    PairSpec(
+        name="embedding",
+        module=embedding,
+        draw_case=_draw_embedding,
+        examples=(
+            Case(embedding.EmbeddingConfig(5, 3), (2, 4), 1),
+            Case(embedding.EmbeddingConfig(2, 4), (3, 6), 2),  # many repeated indices
+            Case(embedding.EmbeddingConfig(7, 2), (7,), 3),
+        ),
+        init=lambda cfg, rng: embedding.init(cfg, rng, np.float64),
+        make_input=_embedding_input,
+        bind=layer_bind(embedding),
+    ),
+    PairSpec(
+        name="relu",
+        module=relu,
+        draw_case=_draw_elementwise(relu.ReluConfig()),
+        examples=(Case(relu.ReluConfig(), (7,), 1), Case(relu.ReluConfig(), (2, 3, 4), 2)),
+        init=_no_params,
+        make_input=normal_input((0.0,)),
+        bind=layer_bind(relu),
+        kinks=(0.0,),
+    ),
+    PairSpec(
+        name="gelu",
+        module=gelu,
+        draw_case=_draw_elementwise(gelu.GeluConfig()),
+        examples=(Case(gelu.GeluConfig(), (7,), 1), Case(gelu.GeluConfig(), (2, 3, 4), 2)),
+        init=_no_params,
+        make_input=normal_input(),
+        bind=layer_bind(gelu),
+    ),
+    PairSpec(
+        name="softmax",
+        module=softmax,
+        draw_case=_draw_elementwise(softmax.SoftmaxConfig()),
+        examples=(Case(softmax.SoftmaxConfig(), (5,), 1), Case(softmax.SoftmaxConfig(), (2, 3, 4), 2)),
+        init=_no_params,
+        make_input=normal_input(),
+        bind=layer_bind(softmax),
+    ),
+    PairSpec(
+        name="cross_entropy",
+        module=losses,
+        draw_case=_draw_ce,
+        examples=(
+            Case(CrossEntropyConfig(5), (2, 3, 5), 1),
+            Case(CrossEntropyConfig(2), (1, 1, 2), 2),
+            Case(CrossEntropyConfig(7), (3, 4, 7), 3),
+        ),
+        init=_no_params,
+        make_input=normal_input(),
+        bind=_ce_bind,
+        functions=("cross_entropy", "cross_entropy_backward"),
+    ),
+)
+
+BY_NAME: dict[str, PairSpec] = {spec.name: spec for spec in PAIRS}

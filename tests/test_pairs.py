@@ -1,0 +1,158 @@
+"""Every registered pair against finite differences, for fixed and Hypothesis-drawn cases,
+plus purity, dtype, shape errors, and proof that the check can fail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bevialm.gradcheck import purity_problems, vjp_check
+from bevialm.registry import PAIRS, Bound, Case, PairSpec
+from bevialm.types import Array, Grads, Params
+
+from .check_helpers import check, point
+from .strategies import cases
+
+EXAMPLES = [pytest.param(spec, case, id=f"{spec.name}-{i}") for spec in PAIRS for i, case in enumerate(spec.examples)]
+SPECS = [pytest.param(spec, id=spec.name) for spec in PAIRS]
+
+
+@pytest.mark.parametrize(("spec", "case"), EXAMPLES)
+def test_fixed_case_matches_finite_differences(spec: PairSpec, case: Case) -> None:
+    check(spec, case).raise_if_failed()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_drawn_cases_match_finite_differences(spec: PairSpec) -> None:
+    @given(cases(spec.draw_case))
+    def run(case: Case) -> None:
+        check(spec, case).raise_if_failed()
+
+    run()
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_pair_is_pure(spec: PairSpec) -> None:
+    @given(cases(spec.draw_case))
+    def run(case: Case) -> None:
+        bound, params, x = point(spec, case)
+        y, _ = bound.forward(params, x)
+        dy = np.random.default_rng(case.seed).standard_normal(np.shape(y))
+        assert purity_problems(bound.forward, bound.backward, params, x, dy) == []
+
+    run()
+
+
+def _to32(params: Params, x: Array) -> tuple[dict[str, Array], Array]:
+    p32 = {k: v.astype(np.float32) for k, v in params.items()}
+    return p32, (x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x)
+
+
+@pytest.mark.parametrize(("spec", "case"), EXAMPLES)
+def test_float32_in_gives_float32_out(spec: PairSpec, case: Case) -> None:
+    bound, params, x = point(spec, case)
+    p32, x32 = _to32(params, x)
+    y, cache = bound.forward(p32, x32)
+    assert y.dtype == np.float32
+    dx, grads = bound.backward(p32, cache, np.ones_like(y))
+    assert dx is None or dx.dtype == np.float32
+    assert all(g.dtype == np.float32 for g in grads.values())
+    assert set(grads) == set(p32)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_init_is_float32_by_default_and_seeded(spec: PairSpec) -> None:
+    case = spec.examples[0]
+    a = spec.module.init(case.cfg, np.random.default_rng(0)) if "init" in spec.functions else {}
+    b = spec.module.init(case.cfg, np.random.default_rng(0)) if "init" in spec.functions else {}
+    assert all(v.dtype == np.float32 for v in a.values())
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("spec", "case"), EXAMPLES)
+def test_backward_rejects_cotangent_of_wrong_shape(spec: PairSpec, case: Case) -> None:
+    bound, params, x = point(spec, case)
+    y, cache = bound.forward(params, x)
+    bad = np.ones((*np.shape(y), 2))
+    with pytest.raises(ValueError, match=r"shape"):
+        bound.backward(params, cache, bad)
+
+
+# --- the check must be able to fail ---------------------------------------------------------
+
+
+def _corrupt(bound: Bound, target: str, how: str) -> Bound:
+    """The same pair with one output of its backward deliberately wrong."""
+
+    def spoil(a: Array) -> Array:
+        out = np.array(a, copy=True)
+        if how == "scaled":
+            return out * 1.01
+        out.reshape(-1)[out.size // 2] += 1e-3  # one entry off
+        return out
+
+    def backward(params: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
+        dx, grads = bound.backward(params, cache, dy)
+        if target == "dx":
+            assert dx is not None
+            return spoil(dx), grads
+        return dx, {**grads, target: spoil(grads[target])}
+
+    return Bound(bound.forward, backward)
+
+
+def _targets(spec: PairSpec) -> list[Any]:
+    out = []
+    for i, case in enumerate(spec.examples):
+        _, params, x = point(spec, case)
+        names = (["dx"] if np.issubdtype(x.dtype, np.floating) else []) + sorted(params)
+        out += [pytest.param(spec, case, t, how, id=f"{spec.name}-{i}-{t}-{how}") for t in names for how in ("scaled", "one-entry")]
+    return out
+
+
+@pytest.mark.parametrize(("spec", "case", "target", "how"), [t for s in PAIRS for t in _targets(s)])
+def test_a_wrong_backward_is_reported(spec: PairSpec, case: Case, target: str, how: str) -> None:
+    bound, params, x = point(spec, case)
+    wrong = _corrupt(bound, target, how)
+    report = vjp_check(wrong.forward, wrong.backward, params, x, rng=np.random.default_rng(0))
+    assert not report.passed
+    assert [r.name for r in report.failures] == [target]
+    assert target in report.format() and "FAIL" in report.format()
+
+
+def test_report_names_missing_and_misshapen_grads() -> None:
+    spec = next(s for s in PAIRS if s.name == "linear")
+    bound, params, x = point(spec, spec.examples[1])
+
+    def backward(p: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
+        dx, grads = bound.backward(p, cache, dy)
+        return dx, {"W": grads["W"].T}
+
+    report = vjp_check(bound.forward, backward, params, x, rng=np.random.default_rng(0))
+    assert not report.passed
+    text = report.format()
+    assert "missing ['b']" in text and "grad 'W'" in text
+
+
+def test_check_refuses_float32() -> None:
+    spec = next(s for s in PAIRS if s.name == "linear")
+    bound, params, x = point(spec, spec.examples[0])
+    with pytest.raises(ValueError, match="float64"):
+        vjp_check(bound.forward, bound.backward, params, x.astype(np.float32), rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="float64"):
+        p32 = {k: v.astype(np.float32) for k, v in params.items()}
+        vjp_check(bound.forward, bound.backward, p32, x, rng=np.random.default_rng(0))
+
+
+@given(st.integers(0, 2**16))
+def test_subset_check_still_catches_errors(seed: int) -> None:
+    spec = next(s for s in PAIRS if s.name == "linear")
+    bound, params, x = point(spec, spec.examples[2])
+    wrong = _corrupt(bound, "W", "scaled")
+    rng = np.random.default_rng(seed)
+    assert vjp_check(bound.forward, bound.backward, params, x, rng=rng, max_elements=3).passed
+    assert not vjp_check(wrong.forward, wrong.backward, params, x, rng=rng, max_elements=3).passed
