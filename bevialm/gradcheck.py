@@ -146,7 +146,8 @@ class GradCheckReport:
 
 def relative_error(analytic: Array, numeric: Array, tiny: float = DEFAULT.tiny) -> Array:
     """CS231n's ``|a - n| / max(|a| + |n|, tiny)``, element-wise."""
-    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), tiny)
+    err: Array = np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), tiny)
+    return err
 
 
 def compare(

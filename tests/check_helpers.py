@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from bevialm.gradcheck import GradCheckReport, away_from_init, kink_distance, vjp_check
+from bevialm.gradcheck import DEFAULT, GradCheckReport, away_from_init, kink_distance, vjp_check
 from bevialm.registry import Bound, Case, PairSpec
 from bevialm.types import Array, Params
-from bevialm.gradcheck import DEFAULT
 
 
 def point(spec: PairSpec, case: Case) -> tuple[Bound, Params, Array]:

@@ -28,7 +28,7 @@ def softmax(x: Array) -> Array:
     Subtracting the row maximum changes nothing mathematically but keeps
     ``exp`` from overflowing; rows that are entirely ``-inf`` are not allowed.
     """
-    z = x - x.max(axis=-1, keepdims=True)
+    z: Array = x - x.max(axis=-1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=-1, keepdims=True)
     return z
