@@ -1,0 +1,424 @@
+"""Checkpoints: one portable ``.npz`` file, no pickle, written atomically.
+
+The file is a NumPy ``.npz`` (a zip of ``.npy`` arrays, readable from any
+language with a zip and ``.npy`` reader) holding
+
+- ``param/<name>``: every parameter under its hierarchical name (``param/block0.attn.q.W``);
+- ``adam_m/<name>``, ``adam_v/<name>``: AdamW's moments, when an optimizer state is saved;
+- ``header``: a UTF-8 JSON object stored as a 1-D ``uint8`` array.
+
+The header carries the format name and version, a manifest of the arrays
+(name, shape, dtype), the optimizer's step count, and the trainer's fields made
+by :func:`make_header`: the model config, the vocabulary, the step, the training
+config, the RNG state (``Generator.bit_generator.state``), the best validation
+loss and an ``extra`` object. Arrays keep their dtype, so a round trip is bit-exact.
+
+:func:`save_checkpoint` writes a temporary file in the target directory,
+flushes and fsyncs it, then renames it over ``path`` (``os.replace`` is atomic):
+``path`` always holds either the old checkpoint or the complete new one.
+:func:`load_checkpoint` reads with ``allow_pickle=False`` and checks everything
+(zip integrity with its CRCs, header, manifest, moments); any problem is one
+line in a :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bevialm import __version__
+from bevialm.data import DataError, Vocab
+from bevialm.optim import AdamWState
+from bevialm.types import Array, Params
+
+FORMAT = "bevialm-checkpoint"
+VERSION = 1
+
+PARAM = "param/"
+ADAM_M = "adam_m/"
+ADAM_V = "adam_v/"
+HEADER = "header"
+
+TRAINER_KEYS = ("model_config", "vocab", "step", "train_config", "rng_state", "best_val_loss", "extra")
+"""The header fields the trainer supplies, all made by :func:`make_header`."""
+
+WRITER_KEYS = ("format", "version", "bevialm_version", "params", "optimizer")
+"""The header fields :func:`save_checkpoint` adds itself."""
+
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, truncated or mismatched (one line)."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: parameters, the full header and the optimizer state (or None).
+
+    The properties read the trainer's header fields, which loading has validated.
+    """
+
+    params: dict[str, Array]
+    header: dict[str, Any]
+    opt_state: AdamWState | None
+
+    @property
+    def step(self) -> int:
+        """Number of completed training steps."""
+        return int(self.header["step"])
+
+    @property
+    def vocab(self) -> Vocab:
+        return Vocab(tuple(self.header["vocab"]))
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return dict(self.header["model_config"])
+
+    @property
+    def train_config(self) -> dict[str, Any]:
+        return dict(self.header["train_config"])
+
+    @property
+    def rng_state(self) -> dict[str, Any] | None:
+        state = self.header["rng_state"]
+        return None if state is None else dict(state)
+
+    @property
+    def best_val_loss(self) -> float | None:
+        loss = self.header["best_val_loss"]
+        return None if loss is None else float(loss)
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return dict(self.header["extra"])
+
+
+def make_header(
+    *,
+    model_config: Mapping[str, Any],
+    vocab: Vocab,
+    step: int,
+    train_config: Mapping[str, Any] | None = None,
+    rng: np.random.Generator | None = None,
+    best_val_loss: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The trainer's header fields, for :func:`save_checkpoint`.
+
+    ``model_config`` and ``train_config`` are JSON-able dicts (``dataclasses.asdict``
+    of the configs); ``rng``'s state is recorded so :func:`restore_rng` resumes
+    its stream exactly; ``best_val_loss`` is None until a validation loss exists.
+    """
+    return {
+        "model_config": dict(model_config),
+        "vocab": list(vocab.chars),
+        "step": int(step),
+        "train_config": dict(train_config or {}),
+        "rng_state": None if rng is None else rng.bit_generator.state,
+        "best_val_loss": None if best_val_loss is None else float(best_val_loss),
+        "extra": dict(extra or {}),
+    }
+
+
+def _header_problem(header: Mapping[str, Any]) -> str | None:
+    """What is wrong with the trainer's fields of ``header``, or None."""
+    for key in TRAINER_KEYS:
+        if key not in header:
+            return f"header has no '{key}' field"
+    for key in ("model_config", "train_config", "extra"):
+        if not isinstance(header[key], dict):
+            return f"header field '{key}' must be an object, got {type(header[key]).__name__}"
+    vocab = header["vocab"]
+    if not isinstance(vocab, list):
+        return f"header field 'vocab' must be a list of characters, got {type(vocab).__name__}"
+    try:
+        Vocab(tuple(vocab))
+    except DataError as e:
+        return f"header field 'vocab' is invalid ({e})"
+    step = header["step"]
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"header field 'step' must be an integer >= 0, got {step!r}"
+    if header["rng_state"] is not None and not isinstance(header["rng_state"], dict):
+        return "header field 'rng_state' must be an object or null"
+    loss = header["best_val_loss"]
+    if loss is not None and (
+        isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss)
+    ):
+        return f"header field 'best_val_loss' must be a finite number or null, got {loss!r}"
+    return None
+
+
+def _manifest(params: Params) -> dict[str, dict[str, Any]]:
+    return {k: {"shape": list(p.shape), "dtype": p.dtype.str} for k, p in params.items()}
+
+
+def _arrays_to_save(
+    params: Params, header: Mapping[str, Any], opt_state: AdamWState | None
+) -> dict[str, Array]:
+    if not params:
+        raise ValueError("save_checkpoint: no parameters to save")
+    for k, p in params.items():
+        if not k or not isinstance(p, np.ndarray) or p.dtype.hasobject:
+            raise ValueError(f"save_checkpoint: parameter {k!r} must be a non-empty name for a numeric array")
+    reserved = sorted(set(header) & set(WRITER_KEYS))
+    if reserved:
+        raise ValueError(f"save_checkpoint: header fields {reserved} are written by save_checkpoint itself")
+    problem = _header_problem(header)
+    if problem:
+        raise ValueError(f"save_checkpoint: {problem} (build it with make_header)")
+    full = dict(header)
+    full.update(format=FORMAT, version=VERSION, bevialm_version=__version__, params=_manifest(params))
+    full["optimizer"] = None if opt_state is None else {"name": "adamw", "t": opt_state.t}
+    try:
+        text = json.dumps(full, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_checkpoint: header is not plain JSON ({e})") from None
+    arrays: dict[str, Array] = {HEADER: np.frombuffer(text.encode("utf-8"), dtype=np.uint8)}
+    arrays.update({PARAM + k: p for k, p in params.items()})
+    if opt_state is not None:
+        for which, moments in (("m", opt_state.m), ("v", opt_state.v)):
+            if moments.keys() != params.keys():
+                raise ValueError(f"save_checkpoint: optimizer moments {which} are not keyed like the params")
+            for k, p in params.items():
+                if moments[k].shape != p.shape or moments[k].dtype != p.dtype:
+                    raise ValueError(
+                        f"save_checkpoint: optimizer moment {which} of '{k}' differs from the parameter"
+                    )
+        arrays.update({ADAM_M + k: a for k, a in opt_state.m.items()})
+        arrays.update({ADAM_V + k: a for k, a in opt_state.v.items()})
+    return arrays
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    params: Params,
+    header: Mapping[str, Any],
+    opt_state: AdamWState | None = None,
+) -> None:
+    """Write ``params``, ``header`` (from :func:`make_header`) and ``opt_state`` to ``path`` atomically.
+
+    ``path`` is used exactly as given (no ``.npz`` is appended). A failure at any
+    point, Ctrl-C included, leaves the previous file at ``path`` untouched and
+    removes the temporary file.
+    """
+    target = os.fspath(path)
+    arrays = _arrays_to_save(params, header, opt_state)
+    directory = os.path.dirname(os.path.abspath(target))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, allow_pickle=False, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        # mkstemp creates the file private (0600); give it the permissions a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _read_arrays(name: str) -> dict[str, Array]:
+    """Every array in the file, read eagerly so that zip CRCs are checked now."""
+    try:
+        with open(name, "rb") as f:
+            magic = f.read(len(_ZIP_MAGIC))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint '{name}' does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint '{name}' is a directory, not a file") from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint '{name}' cannot be read: {e.strerror or e}") from None
+    if not magic:
+        raise CheckpointError(f"checkpoint '{name}' is empty")
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"checkpoint '{name}' is not a BeviaLLM checkpoint (not an .npz/zip file)")
+    try:
+        # Reading a member to its end makes zipfile check its CRC-32, so flipped bits in
+        # any array fail here; a damaged .npy header that changes an array's shape or
+        # dtype is caught afterwards against the header's manifest.
+        with np.load(name, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile, zlib, npy-format and I/O errors all mean "damaged"
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise CheckpointError(f"checkpoint '{name}' is corrupt or truncated ({detail})") from None
+
+
+def _parse_header(name: str, arrays: Mapping[str, Array]) -> dict[str, Any]:
+    raw = arrays.get(HEADER)
+    if raw is None:
+        raise CheckpointError(f"checkpoint '{name}' has no header (not a BeviaLLM checkpoint)")
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise CheckpointError(
+            f"checkpoint '{name}': header must be a 1-D uint8 array, got {raw.dtype}{raw.shape}"
+        )
+    try:
+        header = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint '{name}': header is not valid UTF-8 JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"checkpoint '{name}': header must be a JSON object, got {type(header).__name__}"
+        )
+    if header.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint '{name}' has format {header.get('format')!r}, expected {FORMAT!r}")
+    if header.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint '{name}' has format version {header.get('version')!r}; "
+            f"this BeviaLLM reads version {VERSION}"
+        )
+    problem = _header_problem(header)
+    if problem:
+        raise CheckpointError(f"checkpoint '{name}': {problem}")
+    return header
+
+
+def _split_arrays(
+    name: str, arrays: Mapping[str, Array], header: Mapping[str, Any]
+) -> tuple[dict[str, Array], AdamWState | None]:
+    manifest = header.get("params")
+    if not isinstance(manifest, dict) or not manifest:
+        raise CheckpointError(f"checkpoint '{name}': header lists no parameters")
+    groups: dict[str, dict[str, Array]] = {PARAM: {}, ADAM_M: {}, ADAM_V: {}}
+    for key, a in arrays.items():
+        if key == HEADER:
+            continue
+        prefix = next((p for p in groups if key.startswith(p)), None)
+        if prefix is None:
+            raise CheckpointError(f"checkpoint '{name}' holds an unexpected array '{key}'")
+        groups[prefix][key[len(prefix) :]] = a
+    params = groups[PARAM]
+    for k, spec in manifest.items():
+        if k not in params:
+            raise CheckpointError(f"checkpoint '{name}' is missing parameter '{k}' listed in its header")
+        p = params[k]
+        if (
+            not isinstance(spec, dict)
+            or spec.get("shape") != list(p.shape)
+            or spec.get("dtype") != p.dtype.str
+        ):
+            raise CheckpointError(
+                f"checkpoint '{name}': parameter '{k}' is {p.dtype.str}{p.shape}, its header says {spec}"
+            )
+    for k in params:
+        if k not in manifest:
+            raise CheckpointError(f"checkpoint '{name}' holds parameter '{k}' not listed in its header")
+
+    optimizer = header.get("optimizer")
+    moments = {"adam_m": groups[ADAM_M], "adam_v": groups[ADAM_V]}
+    if optimizer is None:
+        for label, group in moments.items():
+            if group:
+                raise CheckpointError(
+                    f"checkpoint '{name}' holds {label} arrays but its header has no optimizer"
+                )
+        return params, None
+    t = optimizer.get("t") if isinstance(optimizer, dict) else None
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise CheckpointError(f"checkpoint '{name}': header field 'optimizer' must hold a step count t >= 0")
+    for label, group in moments.items():
+        for k, p in params.items():
+            if k not in group:
+                raise CheckpointError(f"checkpoint '{name}' has no {label} moment for parameter '{k}'")
+            if group[k].shape != p.shape or group[k].dtype != p.dtype:
+                raise CheckpointError(
+                    f"checkpoint '{name}': {label} moment of '{k}' is {group[k].dtype}{group[k].shape}, "
+                    f"the parameter is {p.dtype}{p.shape}"
+                )
+        for k in group:
+            if k not in params:
+                raise CheckpointError(
+                    f"checkpoint '{name}' has an {label} moment for unknown parameter '{k}'"
+                )
+    return params, AdamWState(t=t, m=groups[ADAM_M], v=groups[ADAM_V])
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read and validate the checkpoint at ``path`` (never unpickling anything).
+
+    Raises :class:`CheckpointError` with one line for a missing file, a file that
+    is not a zip, a corrupt or truncated one, a missing or invalid header, an
+    unknown format or version, and parameters or moments that do not match the
+    header's manifest.
+    """
+    name = os.fspath(path)
+    arrays = _read_arrays(name)
+    header = _parse_header(name, arrays)
+    params, opt_state = _split_arrays(name, arrays, header)
+    return Checkpoint(params=params, header=header, opt_state=opt_state)
+
+
+def restore_rng(state: Mapping[str, Any]) -> np.random.Generator:
+    """A PCG64 ``Generator`` in exactly the recorded ``bit_generator.state``: it continues the stream."""
+    if not isinstance(state, Mapping) or state.get("bit_generator") != "PCG64":
+        kind = state.get("bit_generator") if isinstance(state, Mapping) else type(state).__name__
+        raise CheckpointError(f"RNG state must be a PCG64 bit_generator.state, got {kind!r}")
+    bits = np.random.PCG64()
+    recorded: Any = dict(state)  # JSON gave plain dicts; PCG64 checks the layout itself
+    try:
+        bits.state = recorded
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"RNG state is invalid ({e})") from None
+    return np.random.Generator(bits)
+
+
+def validate_against(ckpt: Checkpoint, expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Raise a one-line :class:`CheckpointError` naming the first parameter whose name or
+    shape differs from ``expected`` (the model's ``{name: shape}``), in ``expected``'s
+    order, then any parameter the model does not have."""
+    for k, shape in expected.items():
+        if k not in ckpt.params:
+            raise CheckpointError(
+                f"checkpoint has no parameter '{k}' (the model expects shape {tuple(shape)})"
+            )
+        got = ckpt.params[k].shape
+        if got != tuple(shape):
+            raise CheckpointError(
+                f"parameter '{k}' has shape {got} in the checkpoint, the model expects {tuple(shape)}"
+            )
+    for k in sorted(ckpt.params):
+        if k not in expected:
+            raise CheckpointError(f"checkpoint has parameter '{k}', which the model does not")
+
+
+def describe(ckpt: Checkpoint) -> str:
+    """A short human summary: step, size, vocabulary, optimizer, best validation loss, model config."""
+    n = sum(int(p.size) for p in ckpt.params.values())
+    dtypes = "/".join(sorted({str(p.dtype) for p in ckpt.params.values()}))
+    opt = "no optimizer state" if ckpt.opt_state is None else f"AdamW t={ckpt.opt_state.t}"
+    best = "none yet" if ckpt.best_val_loss is None else f"{ckpt.best_val_loss:.4f}"
+    config = ", ".join(f"{k}={v}" for k, v in ckpt.model_config.items())
+    return (
+        f"BeviaLLM checkpoint v{ckpt.header['version']}: step {ckpt.step}, {n:,} parameters in "
+        f"{len(ckpt.params)} {dtypes} arrays, vocabulary of {ckpt.vocab.size} characters, {opt}, "
+        f"best val loss {best}\nmodel: {config or '(no config)'}"
+    )
