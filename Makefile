@@ -23,5 +23,9 @@ typecheck: $(STAMP)  ## mypy --strict over the package and the tests
 lint: $(STAMP)
 	$(BIN)/python -m ruff check bevialm tests
 
+bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional); writes bench-results.json
+	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"
+	$(BIN)/python benchmarks/bench.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .coverage htmlcov runs

@@ -24,7 +24,7 @@ import numpy as np
 
 from bevialm import losses
 from bevialm.gradcheck import Backward, Forward, avoid_kinks
-from bevialm.layers import embedding, gelu, layernorm, linear, relu, softmax
+from bevialm.layers import attention, block, dropout, embedding, gelu, layernorm, linear, mlp, relu, softmax
 from bevialm.types import Array, Grads, Params
 
 T = TypeVar("T")
@@ -185,6 +185,69 @@ def _no_params(cfg: Any, rng: np.random.Generator) -> Params:
     return {}
 
 
+def seeded_bind(module: ModuleType) -> Callable[[Case], Bound]:
+    """Bind a pair that takes an ``rng`` (dropout and the composites containing it).
+
+    Every forward call gets a fresh generator seeded with the case's seed, so the
+    dropout mask is the same on every call and the bound pair is a deterministic
+    function that finite differences can check.
+    """
+
+    def bind(case: Case) -> Bound:
+        def fwd(params: Params, x: Array) -> tuple[Array, Any]:
+            y, cache = module.forward(params, x, case.cfg, rng=np.random.default_rng(case.seed))
+            return y, cache
+
+        def bwd(params: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
+            dx, grads = module.backward(params, cache, dy)
+            return dx, grads
+
+        return Bound(fwd, bwd)
+
+    return bind
+
+
+def _draw_heads(draw: Draw, min_dim: int = 1) -> tuple[int, int]:
+    """``(dim, n_heads)``: ``n_heads`` in {1, 2, 4} dividing ``dim``, ``min_dim <= dim <= 8``."""
+    n_heads = draw.choice((1, 2, 4))
+    head_dim = draw.integer(max(1, -(-min_dim // n_heads)), 8 // n_heads)
+    return n_heads * head_dim, n_heads
+
+
+def _draw_attention(draw: Draw) -> Case:
+    dim, n_heads = _draw_heads(draw)
+    cfg = attention.AttentionConfig(dim, n_heads, draw.integer(1, 5))
+    return Case(cfg, (draw.integer(1, 3), draw.integer(1, cfg.ctx), dim), draw.integer(0, 2**16))
+
+
+DROPOUT_RATES = (0.0, 0.25, 0.5)
+
+
+def _draw_dropout(draw: Draw) -> Case:
+    cfg = dropout.DropoutConfig(draw.choice(DROPOUT_RATES))
+    return Case(cfg, (*_lead(draw), draw.integer(1, 6)), draw.integer(0, 2**16))
+
+
+def _draw_mlp(draw: Draw) -> Case:
+    cfg = mlp.MLPConfig(
+        draw.integer(1, 8), draw.integer(1, 8), draw.choice(mlp.ACTIVATIONS), draw.choice(DROPOUT_RATES)
+    )
+    return Case(cfg, (*_lead(draw), cfg.dim), draw.integer(0, 2**16))
+
+
+def _draw_block(draw: Draw) -> Case:
+    dim, n_heads = _draw_heads(draw, min_dim=2)  # a layer norm over one feature is constant
+    cfg = block.BlockConfig(
+        dim,
+        n_heads,
+        draw.integer(1, 5),
+        draw.integer(1, 8),
+        draw.choice(mlp.ACTIVATIONS),
+        draw.choice(DROPOUT_RATES),
+    )
+    return Case(cfg, (draw.integer(1, 2), draw.integer(1, cfg.ctx), dim), draw.integer(0, 2**16))
+
+
 PAIRS: tuple[PairSpec, ...] = (
     PairSpec(
         name="linear",
@@ -267,6 +330,62 @@ PAIRS: tuple[PairSpec, ...] = (
         make_input=normal_input(),
         bind=_ce_bind,
         functions=("cross_entropy", "cross_entropy_backward"),
+    ),
+    # Attention examples have T >= 2: with one key the weights are constant and
+    # the q and k gradients vanish, which would hide a wrong backward.
+    PairSpec(
+        name="attention",
+        module=attention,
+        draw_case=_draw_attention,
+        examples=(
+            Case(attention.AttentionConfig(4, 2, 4), (2, 3, 4), 1),  # shorter than ctx
+            Case(attention.AttentionConfig(3, 1, 3), (1, 3, 3), 2),  # one head, full ctx
+            Case(attention.AttentionConfig(4, 4, 3), (2, 2, 4), 3),  # head_dim 1
+        ),
+        init=lambda cfg, rng: attention.init(cfg, rng, np.float64),
+        make_input=normal_input(),
+        bind=layer_bind(attention),
+    ),
+    PairSpec(
+        name="dropout",
+        module=dropout,
+        draw_case=_draw_dropout,
+        examples=(
+            Case(dropout.DropoutConfig(0.5), (2, 3, 4), 1),
+            Case(dropout.DropoutConfig(0.0), (5,), 2),
+            Case(dropout.DropoutConfig(0.25), (3, 4), 3),
+        ),
+        init=_no_params,
+        make_input=normal_input(),
+        bind=seeded_bind(dropout),
+    ),
+    PairSpec(
+        name="mlp",
+        module=mlp,
+        draw_case=_draw_mlp,
+        examples=(
+            Case(mlp.MLPConfig(3, 5, "relu"), (2, 3, 3), 1),
+            Case(mlp.MLPConfig(4, 6, "gelu"), (2, 4), 2),
+            Case(mlp.MLPConfig(3, 4, "relu", dropout=0.25), (2, 2, 3), 3),
+            Case(mlp.MLPConfig(2, 3, "gelu", dropout=0.5), (3, 2), 4),
+        ),
+        init=lambda cfg, rng: mlp.init(cfg, rng, np.float64),
+        make_input=normal_input(),
+        bind=seeded_bind(mlp),
+    ),
+    PairSpec(
+        name="block",
+        module=block,
+        draw_case=_draw_block,
+        examples=(
+            # Tiny on purpose: each example is checked once per parameter tensor with a
+            # deliberately wrong backward. Four heads are covered by attention's examples.
+            Case(block.BlockConfig(2, 2, 4, 2, "relu"), (1, 3, 2), 1),  # two heads, shorter than ctx
+            Case(block.BlockConfig(2, 1, 3, 3, "gelu", dropout=0.25), (2, 3, 2), 2),
+        ),
+        init=lambda cfg, rng: block.init(cfg, rng, np.float64),
+        make_input=normal_input(),
+        bind=seeded_bind(block),
     ),
 )
 

@@ -1,0 +1,216 @@
+"""`make bench`: BeviaLLM's training step raced against PyTorch eager in the same run.
+
+Each measurement runs in a fresh worker process (this file with ``--worker``):
+warm-up steps first, then timed steps; the parent alternates NumPy and PyTorch
+workers round by round so both see the same machine weather, and reports the
+median and spread over rounds. Results go to the terminal and to JSON.
+
+FLOPs per trained token (forward + backward), the PaLM/Kaplan estimate:
+``6 N + 12 L T C`` with N the parameters of the matrix products (every ``.W`` but
+the embedding tables), L layers, T context, C width; the second term is the
+attention scores and the weighted sum (forward 4 L T C, backward twice that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "a": {"label": "playbook quick start", "ctx": 64, "dim": 64, "layers": 1, "heads": 1, "mlp": 512, "batch": 8},
+    "b": {"label": "playbook defaults", "ctx": 128, "dim": 128, "layers": 2, "heads": 1, "mlp": 512, "batch": 16},
+    "c": {"label": "nanoGPT CPU", "ctx": 64, "dim": 128, "layers": 4, "heads": 4, "mlp": 512, "batch": 12},
+}
+VOCAB = 65
+LR, WD, BETA2, CLIP = 3e-4, 0.1, 0.95, 1.0
+
+
+def flops_per_step(cfg: dict[str, Any]) -> float:
+    from bevialm.model import ModelConfig, param_shapes
+
+    mcfg = ModelConfig(VOCAB, cfg["ctx"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["mlp"], cfg.get("activation", "relu"))
+    n = sum(int(np.prod(s)) for k, s in param_shapes(mcfg).items() if k.endswith(".W") and not k.startswith(("tok_emb", "pos_emb")))
+    tokens = cfg["batch"] * cfg["ctx"]
+    return float(tokens * (6 * n + 12 * cfg["layers"] * cfg["ctx"] * cfg["dim"]))
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """The machine's large float32 matmul rate (best of ``repeats``): the ceiling for our step."""
+    a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
+    a @ a
+    best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+
+def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
+    from bevialm import optim
+    from bevialm.model import ModelConfig, init_params, loss_and_grads
+
+    mcfg = ModelConfig(VOCAB, cfg["ctx"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["mlp"], cfg.get("activation", "relu"))
+    rng = np.random.default_rng(0)
+    params = init_params(mcfg, rng)
+    state = optim.init_state(params)
+    ocfg = optim.AdamWConfig(lr=LR, beta2=BETA2, weight_decay=WD)
+    data = rng.integers(0, VOCAB, size=100_000)
+    times = []
+    for i in range(warmup + steps):
+        starts = rng.integers(0, data.size - cfg["ctx"] - 1, size=cfg["batch"])
+        idx = starts[:, None] + np.arange(cfg["ctx"])
+        x, y = data[idx], data[idx + 1]
+        t0 = time.perf_counter()
+        _, grads = loss_and_grads(params, x, y, mcfg)
+        grads, _ = optim.clip_by_global_norm(grads, CLIP)
+        params, state = optim.step(params, grads, state, ocfg)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torch_reference import make_step
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.manual_seed(0)
+    _, step = make_step({**cfg, "vocab": VOCAB, "activation": cfg.get("activation", "relu")}, LR, WD, BETA2, CLIP)
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, VOCAB, size=100_000)
+    times = []
+    for i in range(warmup + steps):
+        starts = rng.integers(0, data.size - cfg["ctx"] - 1, size=cfg["batch"])
+        idx = starts[:, None] + np.arange(cfg["ctx"])
+        x, y = data[idx], data[idx + 1]
+        t0 = time.perf_counter()
+        step(x, y)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_worker(impl: str, config: str, steps: int, warmup: int) -> float:
+    """Median ms/step of one fresh worker process."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", impl, "--config", config, "--steps", str(steps), "--warmup", str(warmup)],
+        check=True, capture_output=True, text=True, cwd=ROOT,
+    )
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["median_ms"])
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def sampling_speed(quick: bool) -> dict[str, float] | None:
+    """Tokens/s of sampling at ctx 256 with and without the key/value cache."""
+    try:
+        from bevialm import generate
+    except ImportError:  # pragma: no cover - before the sampler exists
+        return None
+    return generate.benchmark_sampling(ctx=64 if quick else 256, tokens=32 if quick else 256)  # type: ignore[no-any-return]
+
+
+def suite_time() -> float:
+    """Wall time of the gradient-check tests (the per-pair and model checks)."""
+    t0 = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_pairs.py", "tests/test_model.py"],
+        check=True, capture_output=True, cwd=ROOT,
+    )
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worker", choices=["numpy", "torch"], help=argparse.SUPPRESS)
+    ap.add_argument("--config", default="a", help=argparse.SUPPRESS)
+    ap.add_argument("--steps", type=int, default=30, help="timed steps per worker (default 30)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps per worker (default 5)")
+    ap.add_argument("--rounds", type=int, default=5, help="fresh-process rounds per config and implementation (default 5)")
+    ap.add_argument("--configs", default="abc", help="which configs to run, e.g. 'ac' (default abc)")
+    ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
+    ap.add_argument("--no-suite", action="store_true", help="skip timing the gradient-check suite")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 round, few steps, small sampling")
+    ap.add_argument("--json", default="bench-results.json", help="where to write the results (default bench-results.json)")
+    args = ap.parse_args(argv)
+
+    if args.worker:
+        fn = numpy_worker if args.worker == "numpy" else torch_worker
+        times = fn(CONFIGS[args.config], args.steps, args.warmup)
+        print(json.dumps({"median_ms": 1000 * statistics.median(times)}))
+        return 0
+
+    if args.quick:
+        args.rounds, args.steps, args.warmup = 1, 3, 1
+    use_torch = torch_available() and not args.no_torch
+    peak = matmul_gflops()
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
+    print(f"large float32 matmul: {peak:.1f} GFLOP/s")
+    if not use_torch:
+        print("PyTorch not installed (pip install -e '.[bench]'): NumPy figures only")
+    results: dict[str, Any] = {"matmul_gflops": peak, "numpy": np.__version__, "configs": {}}
+    header = f"{'config':<24}{'ms/step':>10}{'spread':>16}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>8}"
+    header += f"{'torch ms':>10}{'ratio':>7}" if use_torch else ""
+    print(header)
+    for name in args.configs:
+        cfg = CONFIGS[name]
+        ours: list[float] = []
+        theirs: list[float] = []
+        for r in range(args.rounds):
+            order = ["numpy", "torch"] if r % 2 == 0 else ["torch", "numpy"]
+            for impl in order:
+                if impl == "numpy":
+                    ours.append(run_worker("numpy", name, args.steps, args.warmup))
+                elif use_torch:
+                    theirs.append(run_worker("torch", name, args.steps, args.warmup))
+        med = statistics.median(ours)
+        gflops = flops_per_step(cfg) / (med / 1000) / 1e9
+        tokens = cfg["batch"] * cfg["ctx"] / (med / 1000)
+        row: dict[str, Any] = {**cfg, "ms_per_step": med, "runs_ms": ours, "tokens_per_s": tokens, "gflops": gflops, "share_of_peak": gflops / peak}
+        line = f"({name}) {cfg['label']:<20}{med:>10.2f}{f'{min(ours):.1f}-{max(ours):.1f}':>16}{tokens:>11.0f}{gflops:>9.1f}{gflops / peak:>8.0%}"
+        if theirs:
+            tmed = statistics.median(theirs)
+            row.update(torch_ms_per_step=tmed, torch_runs_ms=theirs, ratio=med / tmed)
+            line += f"{tmed:>10.2f}{med / tmed:>7.2f}"
+        print(line, flush=True)
+        results["configs"][name] = row
+    sampling = sampling_speed(args.quick)
+    if sampling:
+        results["sampling"] = sampling
+        print("sampling: " + ", ".join(f"{k} {v:.1f}" for k, v in sampling.items()))
+    if not args.no_suite and not args.quick:
+        results["gradient_suite_s"] = suite_time()
+        print(f"gradient-check tests: {results['gradient_suite_s']:.1f} s")
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
