@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.worker:
+        from bevialm.runtime import tune_malloc
+
+        tune_malloc()  # as the trainer does
         fn = numpy_worker if args.worker == "numpy" else torch_worker
         times = fn(CONFIGS[args.config], args.steps, args.warmup)
         print(json.dumps({"median_ms": 1000 * statistics.median(times)}))

@@ -69,6 +69,6 @@ def make_step(cfg: dict[str, Any], lr: float, wd: float, beta2: float, clip: flo
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
-        return float(loss)
+        return loss.item()
 
     return model, step

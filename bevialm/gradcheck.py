@@ -201,8 +201,8 @@ def numeric_vjp(
         y_plus = np.array(f(work), dtype=np.float64, copy=True)
         flat[i] = old - step
         y_minus = np.asarray(f(work), dtype=np.float64)
+        out[k] = np.sum((y_plus - y_minus) * cotangent) / (2 * step)  # before restoring: y may alias z
         flat[i] = old
-        out[k] = np.sum((y_plus - y_minus) * cotangent) / (2 * step)
     return out
 
 
