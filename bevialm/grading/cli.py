@@ -1,0 +1,166 @@
+"""The grading subcommands of the ``bevialm`` command: ``skeleton``, ``grade`` and ``autograder``.
+
+``bevialm.cli`` adds them to its own parser through its plugin hook,
+:func:`add_subcommands` (also :func:`add_grading_subcommands`); :func:`main` runs
+them on their own. Every handler returns the exit code: 0 whenever its job was
+done (for ``grade``: whatever the score), 1 with one ``error:`` line on standard
+error when it could not be (a missing folder, a bad rubric), as for every
+``bevialm`` command; argparse's usage errors are 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
+from bevialm.grading.gradescope import write_bundle, write_results
+from bevialm.grading.rubric import DEFAULT_RUBRIC, RubricError, load
+from bevialm.grading.skeleton import SkeletonError, plan, write_skeleton
+from bevialm.grading.student import SubmissionError
+
+ERRORS = (SubmissionError, RubricError, GradeError, SkeletonError, OSError)
+"""What stops a command from doing its job (reported in one line, exit code 1)."""
+
+EXIT_CANNOT_RUN = 1
+
+
+def _fail(command: str, exc: BaseException) -> int:
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"bevialm {command}: error: {message}", file=sys.stderr)
+    return EXIT_CANNOT_RUN
+
+
+def cmd_skeleton(args: argparse.Namespace) -> int:
+    out: Path = args.out_dir
+    try:
+        clashes = [m.path.as_posix() for m in plan() if (out / m.path).exists()]
+        if clashes and not args.force:
+            raise SkeletonError(f"{out} already has {clashes[0]} (and maybe more): pass --force to overwrite")
+        written = write_skeleton(out, with_solutions=args.with_solutions)
+    except ERRORS as exc:
+        return _fail("skeleton", exc)
+    what = "a filled-in reference copy (for instructors: never hand it out)" if args.with_solutions else "the student skeleton"
+    print(f"wrote {what}: {len(written)} files in {out}")
+    if not args.with_solutions:
+        print(f"students check their work with: bevialm grade {out} --visible-only")
+    return 0
+
+
+def _progress(total: int) -> Any:
+    done = 0
+
+    def show(result: CheckResult) -> None:
+        nonlocal done
+        done += 1
+        end = "\n" if done == total else ""
+        print(f"\rgraded {done}/{total} checks", end=end, file=sys.stderr, flush=True)
+
+    return show if sys.stderr.isatty() else None
+
+
+def cmd_grade(args: argparse.Namespace) -> int:
+    try:
+        rubric = load(args.rubric)
+        only = tuple(p.strip() for item in args.only for p in item.split(",") if p.strip())
+        checks = plan_checks(rubric, visible_only=args.visible_only, only=only)
+        if args.list_checks:
+            for c in checks:
+                print(f"{c.number:>5}  {c.id:<26} {c.rule.points:>5g} pts  {c.rule.visibility:<15} {c.title.split(': ', 1)[1]}")
+            return 0
+        if args.submission is None:
+            raise GradeError("give the SUBMISSION folder to grade")
+        if args.jobs < 1 or (args.time_limit is not None and args.time_limit <= 0):
+            raise GradeError("--jobs and --time-limit must be positive")
+        options = Options(
+            rubric=rubric,
+            seed=args.seed,
+            visible_only=args.visible_only,
+            only=only,
+            sandbox=not args.no_sandbox,
+            jobs=args.jobs,
+            time_limit=args.time_limit,
+        )
+        report = grade(args.submission, options, progress=_progress(len(checks)))
+        print(format_report(report))
+        if args.results is not None:
+            write_results(report, args.results)
+            print(f"results written to {args.results}")
+    except ERRORS as exc:
+        return _fail("grade", exc)
+    return 0
+
+
+def cmd_autograder(args: argparse.Namespace) -> int:
+    try:
+        load(args.rubric)  # refuse to bundle a rubric that would fail on Gradescope
+        text = DEFAULT_RUBRIC if args.rubric is None else args.rubric.read_text(encoding="utf-8")
+        names = write_bundle(args.out, text)
+    except ERRORS as exc:
+        return _fail("autograder", exc)
+    print(f"wrote the Gradescope autograder bundle {args.out} ({len(names)} files); upload it as the")
+    print("assignment's autograder (Ubuntu base image); students submit their package folder")
+    return 0
+
+
+def add_grading_subcommands(subparsers: Any) -> None:
+    """Add ``skeleton``, ``grade`` and ``autograder`` to an ``argparse`` subparsers object;
+    each sets ``handler``, a function of the parsed arguments returning the exit code."""
+    p = subparsers.add_parser(
+        "skeleton",
+        help="write the student starter package",
+        description="Write the student starter package: the reference pairs' modules with their configs, "
+        "caches, signatures and docstrings, every function a student writes raising NotImplementedError.",
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    p.add_argument("--with-solutions", action="store_true", help="keep the reference bodies (instructors only: a copy to test the grader with)")
+    p.add_argument("--force", action="store_true", help="overwrite files already in OUT_DIR")
+    p.set_defaults(handler=cmd_skeleton)
+
+    p = subparsers.add_parser(
+        "grade",
+        help="grade a student's package against the reference",
+        description="Grade a student's package (a filled-in skeleton) against the reference. Exit code 0 "
+        "whenever grading ran, whatever the score; 1 when it could not run.",
+    )
+    p.add_argument("submission", type=Path, nargs="?", metavar="SUBMISSION", help="the package folder (or a folder holding it)")
+    p.add_argument("--results", type=Path, metavar="FILE", help="also write Gradescope's results.json here")
+    p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric (default: the built-in one)")
+    p.add_argument("--seed", type=int, metavar="N", help="seed of the drawn cases (default: the rubric's)")
+    p.add_argument("--visible-only", action="store_true", help="run only the checks the rubric makes visible")
+    p.add_argument("--only", action="append", default=[], metavar="CHECKS", help="only these checks: ids, pair names, kinds or globs, comma-separated (e.g. linear,*.backward)")
+    p.add_argument("--list-checks", action="store_true", help="list the checks with their points and stop")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall time per check (default: the rubric's)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="checks run at once (default 1)")
+    p.add_argument("--no-sandbox", action="store_true", help="run your code in this process (faster, debugger-friendly; no limits: only for your own code)")
+    p.set_defaults(handler=cmd_grade)
+
+    p = subparsers.add_parser(
+        "autograder",
+        help="write the Gradescope autograder bundle",
+        description="Write the zip to upload to Gradescope as the autograder: setup.sh, run_autograder, "
+        "the rubric and BeviaLLM's source.",
+    )
+    p.add_argument("out", type=Path, metavar="OUT.zip")
+    p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric to bundle (default: the built-in one)")
+    p.set_defaults(handler=cmd_autograder)
+
+
+add_subcommands = add_grading_subcommands
+"""The name ``bevialm.cli``'s plugin hook calls."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one grading subcommand on its own (``python -m bevialm.grading.cli grade ...``)."""
+    parser = argparse.ArgumentParser(prog="bevialm", description="BeviaLLM coursework grading.")
+    add_grading_subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

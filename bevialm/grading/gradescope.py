@@ -1,0 +1,157 @@
+"""Gradescope: the ``results.json`` the autograder reports, and the bundle an instructor uploads.
+
+Gradescope runs ``setup.sh`` once, as root, to build the autograder image, and
+``run_autograder`` for every submission, with the student's files in
+``/autograder/submission`` and the bundle in ``/autograder/source``; it reads
+``/autograder/results/results.json``. See docs/grading-instructors.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import bevialm
+from bevialm.grading.grade import GradeReport, format_report
+
+MAX_OUTPUT = 8000
+"""Characters of output per test (Gradescope shows them all; very long ones help nobody)."""
+
+
+def _clip(text: str, limit: int = MAX_OUTPUT) -> str:
+    return text if len(text) <= limit else text[:limit] + "\n... (cut)"
+
+
+def results(report: GradeReport) -> dict[str, Any]:
+    """The report in Gradescope's format."""
+    tests = []
+    for r in report.results:
+        lines = [r.check.title, "", "ok" if r.passed else r.hint]
+        if r.details and not r.passed:
+            lines += ["", r.details]
+        if r.worst_rel is not None:
+            lines.append(f"worst relative error: {r.worst_rel:.2e}")
+        tests.append(
+            {
+                "name": r.check.title,
+                "number": r.check.number,
+                "score": r.score,
+                "max_score": r.check.rule.points,
+                "status": "passed" if r.passed else "failed",
+                "output": _clip("\n".join(lines)),
+                "visibility": r.check.rule.visibility,
+                "tags": [r.check.subject, r.check.kind],
+            }
+        )
+    return {
+        "score": report.score,
+        "execution_time": round(report.seconds),
+        "output": _clip(format_report(report, width=200, visible_rows_only=True), 20000),
+        "visibility": report.rubric.settings.results_visibility,
+        "stdout_visibility": "hidden",
+        "tests": tests,
+    }
+
+
+def write_results(report: GradeReport, path: Path) -> None:
+    """Write ``results.json`` atomically, replacing whatever a submission may have put there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".results-", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(results(report), f, indent=2, allow_nan=False, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# --- the autograder bundle ---------------------------------------------------------------------
+
+SETUP_SH = """\
+#!/usr/bin/env bash
+# Gradescope runs this once, as root, while it builds the autograder image.
+# Gradescope's base images are Ubuntu (22.04: Python 3.10; 24.04: Python 3.12). The
+# system Python is "externally managed" on 24.04, so BeviaLLM goes into its own venv.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends python3 python3-venv python3-pip
+python3 -m venv /autograder/venv
+/autograder/venv/bin/python -m pip install --upgrade pip
+/autograder/venv/bin/python -m pip install /autograder/source/bevialm-src
+/autograder/venv/bin/bevialm --help > /dev/null
+"""
+
+RUN_AUTOGRADER = """\
+#!/usr/bin/env bash
+# Gradescope runs this for every submission, as root. bevialm grade writes results.json
+# whenever grading ran; when it could not (nothing to grade in the submission), it exits
+# non-zero with one line, and that line becomes the result the student sees.
+set -uo pipefail
+mkdir -p /autograder/results
+if ! /autograder/venv/bin/bevialm grade /autograder/submission \\
+        --rubric /autograder/source/rubric.toml \\
+        --results /autograder/results/results.json 2> /tmp/bevialm-grade-error.txt; then
+    /autograder/venv/bin/python - <<'PY'
+import json
+message = open("/tmp/bevialm-grade-error.txt", encoding="utf-8", errors="replace").read().strip()
+result = {"score": 0, "output": message or "grading could not run", "tests": []}
+json.dump(result, open("/autograder/results/results.json", "w", encoding="utf-8"))
+PY
+fi
+exit 0
+"""
+
+
+def pyproject() -> str:
+    """A minimal ``pyproject.toml`` for the bundled source (the repository's may not be at hand
+    when bevialm was installed from a wheel)."""
+    return (
+        "[build-system]\n"
+        'requires = ["setuptools>=61"]\n'
+        'build-backend = "setuptools.build_meta"\n\n'
+        "[project]\n"
+        'name = "bevialm"\n'
+        f'version = "{bevialm.__version__}"\n'
+        'requires-python = ">=3.10"\n'
+        'dependencies = ["numpy>=1.24", "tomli>=1.1; python_version < \'3.11\'"]\n\n'
+        "[project.scripts]\n"
+        'bevialm = "bevialm.cli:main"\n\n'
+        "[tool.setuptools.packages.find]\n"
+        'include = ["bevialm*"]\n\n'
+        "[tool.setuptools.package-data]\n"
+        'bevialm = ["py.typed"]\n'
+    )
+
+
+def _add(bundle: zipfile.ZipFile, name: str, text: str, executable: bool = False) -> None:
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+    mode = 0o755 if executable else 0o644
+    info.external_attr = (stat.S_IFREG | mode) << 16
+    info.compress_type = zipfile.ZIP_DEFLATED
+    bundle.writestr(info, text)
+
+
+def write_bundle(out: Path, rubric_text: str) -> list[str]:
+    """Write the autograder zip: ``setup.sh`` and ``run_autograder`` at the top (where Gradescope
+    looks for them), the rubric, and BeviaLLM's own source to install. Returns the names written."""
+    package_dir = Path(bevialm.__file__).parent
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = []
+    with zipfile.ZipFile(out, "w") as bundle:
+        _add(bundle, "setup.sh", SETUP_SH, executable=True)
+        _add(bundle, "run_autograder", RUN_AUTOGRADER, executable=True)
+        _add(bundle, "rubric.toml", rubric_text)
+        _add(bundle, "bevialm-src/pyproject.toml", pyproject())
+        names += ["setup.sh", "run_autograder", "rubric.toml", "bevialm-src/pyproject.toml"]
+        for path in sorted(package_dir.rglob("*")):
+            rel = path.relative_to(package_dir)
+            if "__pycache__" in rel.parts or not path.is_file() or path.suffix not in (".py", ".typed"):
+                continue
+            name = f"bevialm-src/bevialm/{rel.as_posix()}"
+            _add(bundle, name, path.read_text(encoding="utf-8"))
+            names.append(name)
+    return names
