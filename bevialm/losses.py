@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bevialm.layers.softmax import softmax
 from bevialm.types import Array, IntArray
 from bevialm.validate import require_floating
 
@@ -54,10 +53,12 @@ def cross_entropy(logits: Array, targets: IntArray) -> tuple[Array, CrossEntropy
     z = logits.reshape(-1, vocab)
     flat = targets.reshape(-1)
     shifted = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(shifted).sum(axis=1))
     picked = shifted[np.arange(flat.size), flat]
-    loss = np.mean(log_norm - picked).astype(logits.dtype)
-    return np.asarray(loss), CrossEntropyCache(softmax(z), flat, logits.shape)
+    probs = np.exp(shifted, out=shifted)  # one exp serves the loss and the softmax
+    norm = probs.sum(axis=1, keepdims=True)
+    loss = np.mean(np.log(norm[:, 0]) - picked).astype(logits.dtype)
+    probs /= norm
+    return np.asarray(loss), CrossEntropyCache(probs, flat, logits.shape)
 
 
 def cross_entropy_backward(cache: CrossEntropyCache, dloss: Array | float = 1.0) -> Array:

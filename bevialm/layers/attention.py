@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +137,15 @@ def causal_mask(t_q: int, t_k: int) -> Array:
     return mask
 
 
+@lru_cache(maxsize=64)
+def _additive_mask(t_q: int, t_k: int, dtype: np.dtype[Any]) -> Array:
+    """:func:`causal_mask` as 0 / -inf in ``dtype``: adding it is one fast broadcast pass,
+    where assigning through a boolean mask gathers indices first."""
+    mask = np.where(causal_mask(t_q, t_k), -np.inf, 0.0).astype(dtype)
+    mask.flags.writeable = False
+    return mask
+
+
 def attend(q: Array, k: Array, v: Array) -> tuple[Array, CoreCache]:
     """The core: ``softmax(mask(q k^T / sqrt(hd))) v`` for every batch entry and head at once.
 
@@ -151,7 +161,7 @@ def attend(q: Array, k: Array, v: Array) -> tuple[Array, CoreCache]:
         )
     scores = q @ k.swapaxes(-1, -2)
     scores *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))  # in place: scores is a fresh product
-    scores[..., causal_mask(q.shape[2], k.shape[2])] = -np.inf
+    scores += _additive_mask(q.shape[2], k.shape[2], scores.dtype)  # -inf above the diagonal
     weights, softmax_cache = softmax.forward({}, scores, _SOFTMAX)
     return weights @ v, CoreCache(q, k, v, softmax_cache)
 

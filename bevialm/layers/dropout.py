@@ -66,15 +66,15 @@ def forward(
     """``y = x * mask`` with ``mask = keep / (1 - p)``, ``keep ~ Bernoulli(1 - p)`` drawn from ``rng``.
 
     With ``p == 0`` or ``rng is None`` this is the identity and draws nothing
-    from ``rng``. It still returns a copy: an output that aliased its input would
-    change when a caller (the finite-difference checker, an optimiser) later
-    modifies that input in place. The uniforms are drawn in float64 whatever the dtype, so a
+    from ``rng``; it returns ``x`` itself rather than a copy (pairs never modify
+    the arrays they are given, so sharing is safe, and evaluation and p = 0
+    training skip a full copy of the activations per call). The uniforms are drawn in float64 whatever the dtype, so a
     float32 and a float64 run with the same seed drop the same entries.
     """
     require_floating(LAYER, "x", x)
     check_rng(LAYER, rng)
     if rng is None or cfg.p == 0:
-        return x.copy(), DropoutCache(None, x.shape)
+        return x, DropoutCache(None, x.shape)
     mask = (rng.random(x.shape) >= cfg.p).astype(x.dtype)
     mask *= x.dtype.type(1.0 / (1.0 - cfg.p))
     return x * mask, DropoutCache(mask, x.shape)
