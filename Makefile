@@ -23,6 +23,15 @@ typecheck: $(STAMP)  ## mypy --strict over the package and the tests
 lint: $(STAMP)
 	$(BIN)/python -m ruff check bevialm tests
 
+TRAIN_OUT ?= runs/quickstart
+PROMPT    ?= MARA:
+
+train: $(STAMP)  ## the playbook's quick start on data.txt (a few minutes on 2 cores): progress, samples, checkpoints in $(TRAIN_OUT)
+	$(BIN)/python main.py --data data.txt --ctx 64 --dim 64 --layers 1 --batch 8 --steps 2000 --out $(TRAIN_OUT) --overwrite
+
+sample: $(STAMP)  ## two samples from the checkpoint `make train` wrote (PROMPT="..." to change the prompt)
+	$(BIN)/bevialm sample --out $(TRAIN_OUT) --prompt "$(PROMPT)" --num_samples 2
+
 bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional); writes bench-results.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"
 	$(BIN)/python benchmarks/bench.py

@@ -1,0 +1,386 @@
+"""The command line: ``bevialm train`` and ``bevialm sample`` (and the grading commands).
+
+``python main.py --data data.txt ...`` (the playbook's entry point) is ``bevialm train
+--data data.txt ...``: both are built by :func:`train_parser` from the same flag
+definitions, so they cannot drift. Each flag is defined exactly once below, in a
+group function that both subcommands call where the flag applies (``--seed``,
+``--out``, ``--sample_len``, ``--temperature``, ``--top_k``, ``--top_p`` serve
+training's periodic samples as well as ``sample``).
+
+Exit codes: 0 done; 1 an error the user can fix (one ``error: ...`` line on
+stderr, no traceback); 2 a usage error (argparse's message); 3 training
+diverged (NaN or infinite loss); 130 interrupted by Ctrl-C (training saves its
+checkpoint first). ``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:``
+line.
+
+The grading subcommands (``skeleton``, ``grade``, ``autograder``) come from
+:func:`bevialm.grading.cli.add_grading_subcommands`, which adds its parsers to
+ours and sets on each a ``handler`` (a function of the parsed arguments
+returning the exit code), the same convention as ``train`` and ``sample``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bevialm.runtime import tune_malloc
+
+# NumPy reads these once, when it loads: set them before anything imports it. At this
+# project's sizes (matrices of 64-512 rows) BLAS threads cost more in synchronisation
+# than they gain, and on a busy machine far more (docs/training.md: ~15 ms/step single-
+# threaded against 50-180 ms/step with threads for the quick start on 2 shared cores).
+# A value the user exported wins.
+for _variable in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, "1")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+DEFAULT_OUT = "runs/bevialm"
+
+
+# --- argument types: each rejects a bad value with argparse's one-line usage error -------------
+
+
+def _number(text: str, kind: type[int] | type[float]) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value: int = _number(text, int)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value: int = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value: float = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value: float = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
+    return value
+
+
+def probability(text: str) -> float:
+    """A probability in ``[0, 1)`` (dropout, Adam's betas)."""
+    value: float = _number(text, float)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text!r}")
+    return value
+
+
+def top_p_value(text: str) -> float:
+    """A nucleus mass in ``(0, 1]``."""
+    value: float = _number(text, float)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text!r}")
+    return value
+
+
+# --- the flags, each defined once ---------------------------------------------------------------
+
+
+def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--seed", type=int, default=42, help="random seed for reproducibility (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help="run folder: checkpoints best.npz and last.npz and metrics.jsonl (default: %(default)s)",
+    )
+
+
+def _add_model_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--ctx", type=positive_int, default=128, help="context window length in characters (default: %(default)s)")
+    p.add_argument("--dim", type=positive_int, default=128, help="embedding dimension (default: %(default)s)")
+    p.add_argument("--layers", type=positive_int, default=2, help="number of transformer blocks (default: %(default)s)")
+    p.add_argument(
+        "--heads", type=positive_int, default=1, help="attention heads per block; must divide --dim (default: %(default)s)"
+    )
+    p.add_argument("--mlp_hidden", type=positive_int, default=512, help="MLP hidden layer size (default: %(default)s)")
+    p.add_argument(
+        "--activation", choices=("relu", "gelu"), default="relu", help="MLP activation (default: %(default)s)"
+    )
+    p.add_argument(
+        "--dropout",
+        type=probability,
+        default=0.0,
+        help="dropout probability in [0, 1) on embeddings and residual branches (default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="parameter dtype: float32 to train, float64 for exactness (default: %(default)s)",
+    )
+
+
+def _add_optimizer_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--batch", type=positive_int, default=16, help="batch size (default: %(default)s)")
+    p.add_argument("--steps", type=positive_int, default=5000, help="total training steps (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate (default: %(default)s)")
+    p.add_argument(
+        "--warmup",
+        type=non_negative_int,
+        default=100,
+        help="linear warmup steps before the cosine decay; 0 for none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--min_lr",
+        type=non_negative_float,
+        default=None,
+        help="learning-rate floor the cosine decays to by --steps; equal to --lr for a constant rate "
+        "(default: --lr / 10)",
+    )
+    p.add_argument(
+        "--wd",
+        type=non_negative_float,
+        default=0.1,
+        help="AdamW decoupled weight decay, on weight matrices only (default: %(default)s)",
+    )
+    p.add_argument("--beta2", type=probability, default=0.95, help="AdamW second-moment decay (default: %(default)s)")
+    p.add_argument(
+        "--grad_clip",
+        type=non_negative_float,
+        default=1.0,
+        help="clip the global gradient norm to this; 0 disables clipping (default: %(default)s)",
+    )
+
+
+def _add_loop_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--log_every", type=non_negative_int, default=200, help="print a progress line every N steps; 0: never (default: %(default)s)"
+    )
+    p.add_argument(
+        "--eval_every",
+        type=non_negative_int,
+        default=500,
+        help="estimate train and val loss and write checkpoints every N steps (always at the end); "
+        "0: only at the end (default: %(default)s)",
+    )
+    p.add_argument(
+        "--eval_iters",
+        type=positive_int,
+        default=50,
+        help="batches averaged per split in each evaluation (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sample_every",
+        type=non_negative_int,
+        default=1000,
+        help="print a sample every N steps (always at the end); 0: only at the end (default: %(default)s)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last.npz until --steps (pass the same model flags)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an --out that already holds a run, deleting its checkpoints and metrics",
+    )
+
+
+def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--sample_len", type=non_negative_int, default=400, help="characters to generate per sample (default: %(default)s)"
+    )
+    p.add_argument(
+        "--temperature",
+        type=non_negative_float,
+        default=1.0,
+        help="divide logits by this before sampling; 0 is greedy (argmax) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top_k", type=non_negative_int, default=0, help="sample only among the k likeliest characters; 0: all (default: %(default)s)"
+    )
+    p.add_argument(
+        "--top_p",
+        type=top_p_value,
+        default=1.0,
+        help="nucleus sampling: the smallest set of likeliest characters with this much probability; "
+        "1: all (default: %(default)s)",
+    )
+
+
+def _add_sample_only_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="checkpoint to sample from (default: best.npz in --out, else last.npz)",
+    )
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument(
+        "--prompt",
+        default=None,
+        help="text the samples continue; every character must be in the model's vocabulary "
+        "(default: a newline, or the vocabulary's first character)",
+    )
+    prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
+    p.add_argument(
+        "--num_samples", type=positive_int, default=1, help="number of samples, drawn as one batch (default: %(default)s)"
+    )
+
+
+# --- parsers ------------------------------------------------------------------------------------
+
+
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, metavar="PATH", help="training text file (UTF-8); 10%% at its end is validation")
+    _add_seed_and_out(p)
+    model = p.add_argument_group("model")
+    _add_model_flags(model)
+    optim = p.add_argument_group("optimisation")
+    _add_optimizer_flags(optim)
+    loop = p.add_argument_group("loop, logging and checkpoints")
+    _add_loop_flags(loop)
+    sampling = p.add_argument_group("samples printed during training")
+    _add_sampling_flags(sampling)
+    p.set_defaults(handler=_run_train)
+
+
+def _configure_sample(p: argparse.ArgumentParser) -> None:
+    _add_sample_only_flags(p)
+    _add_seed_and_out(p)
+    _add_sampling_flags(p)
+    p.set_defaults(handler=_run_sample)
+
+
+TRAIN_DESCRIPTION = (
+    "Train a character-level transformer on a text file. Prints progress every --log_every steps, "
+    "train/val loss every --eval_every steps and samples every --sample_every steps; writes "
+    "best.npz, last.npz and metrics.jsonl to --out. Ctrl-C saves last.npz; --resume continues exactly."
+)
+SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
+
+
+def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The training parser alone (``python main.py``'s)."""
+    p = argparse.ArgumentParser(prog=prog, description=TRAIN_DESCRIPTION)
+    _configure_train(p)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``bevialm`` with all its subcommands."""
+    # Imported here, not at the top: ``python main.py`` (training only) need not load the grader.
+    from bevialm.grading.cli import add_grading_subcommands
+
+    parser = argparse.ArgumentParser(
+        prog="bevialm", description="BeviaLLM: a gradient-verified NumPy character-level transformer."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _configure_train(sub.add_parser("train", help="train a model on a text file", description=TRAIN_DESCRIPTION))
+    _configure_sample(sub.add_parser("sample", help="generate text from a checkpoint", description=SAMPLE_DESCRIPTION))
+    add_grading_subcommands(sub)
+    return parser
+
+
+# --- handlers -----------------------------------------------------------------------------------
+
+
+# The handlers import the trainer and the sampler when they run: after the BLAS settings
+# above took effect, and so that the grading commands do not load them. Each first tunes
+# the process's allocator (bevialm.runtime: entry points do it, library code never does).
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from bevialm import train
+
+    tune_malloc()
+    fields = {k: v for k, v in vars(args).items() if k in train.TrainConfig.field_names()}
+    try:
+        train.train(train.TrainConfig(**fields))
+    except train.TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return EXIT_DIVERGED
+    return EXIT_OK
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    from bevialm import generate
+    from bevialm.data import DataError, load_text
+
+    tune_malloc()
+    path = args.checkpoint or generate.default_checkpoint(args.out)
+    loaded = generate.load_model(path)
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        try:
+            prompt = load_text(args.prompt_file)
+        except DataError as e:  # load_text speaks of a "data file"
+            raise DataError(str(e).replace("data file", "prompt file", 1)) from None
+    sampling = generate.SamplingConfig.from_flags(args.temperature, args.top_k, args.top_p)
+    texts = generate.sample_text(
+        loaded.params,
+        loaded.cfg,
+        loaded.vocab,
+        prompt or "",
+        args.sample_len,
+        num_samples=args.num_samples,
+        rng=generate.sampling_rng(args.seed),
+        sampling=sampling,
+    )
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1}/{len(texts)} ---", flush=True)
+        print(text, flush=True)
+    return EXIT_OK
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as e:
+        if os.environ.get("BEVIALM_DEBUG"):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``bevialm COMMAND [flags]``; returns the exit code."""
+    return _dispatch(build_parser(), argv)
+
+
+def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """``python main.py [flags]``: the ``train`` subcommand without the subcommand word."""
+    return _dispatch(train_parser(prog), argv)
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m bevialm.cli``
+    sys.exit(main())

@@ -1,0 +1,343 @@
+"""Sampling text from a trained model (playbook 5.3), with a per-layer key/value cache.
+
+Generating ``n`` characters naively runs the whole model on the whole context
+for every new character. An incremental decoder instead keeps, for each block,
+the keys and values of every position seen so far (the :class:`KVCache`), and
+runs only the new positions through the model: their queries attend to the
+cached keys and values plus their own. The logits are those of a full forward
+pass over the same tokens (the tests check it to ~1e-5 in float32 and 1e-10
+in float64), because :func:`decode` composes the very functions the model
+uses: the embedding, layer-norm, linear (``attention.project``), MLP and
+attention-core (``attention.attend`` with ``causal_mask``'s offset) pairs.
+Only the block's wiring (pre-norm, two residual additions) is repeated here,
+since ``block.forward`` runs attention on its whole input and has no place
+for cached keys. Dropout is off: sampling is evaluation.
+
+**Sliding window.** Positions are learned absolute embeddings, so once ``ctx``
+positions are cached the next token cannot simply be appended: every kept
+token would change position. When the cache is full, :func:`generate`
+recomputes it from the last ``ctx - 1`` tokens plus the new one (one ordinary
+forward pass over a full window), exactly what a model that always looks at the
+last ``ctx`` characters computes; so beyond ``ctx`` each new character costs one
+window pass, and the cache only saves work within the first window.
+
+**Choosing the next character** (:func:`pick_tokens`), for each row at once:
+temperature 0 is greedy (argmax); otherwise the logits are divided by the
+temperature, cut to the ``top_k`` likeliest (ties at the k-th value are kept)
+and then to the smallest set whose probability reaches ``top_p`` (nucleus), and
+one token is drawn by inverting the cumulative distribution with one uniform
+number per row.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bevialm import checkpoint
+from bevialm.data import Vocab
+from bevialm.layers import attention, embedding, layernorm, linear, mlp
+from bevialm.model import ModelConfig, block_prefix, param_shapes
+from bevialm.params import scope
+from bevialm.types import Array, IntArray, Params
+
+LAYER = "generate"
+
+SAMPLE_STREAM = 3
+"""Second word of the seed of a sampling generator (see :func:`sampling_rng`)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the next character is chosen from the logits.
+
+    ``temperature`` 0 is greedy; ``top_k`` None keeps every character;
+    ``top_p`` None (or 1) keeps the whole distribution.
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+    @classmethod
+    def from_flags(cls, temperature: float, top_k: int, top_p: float) -> SamplingConfig:
+        """From the command line's values, where ``top_k`` 0 and ``top_p`` 1 mean "no filter"."""
+        return cls(temperature, top_k or None, top_p if top_p < 1 else None)
+
+    def __post_init__(self) -> None:
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, int | float) or not (math.isfinite(t) and t >= 0):
+            raise ValueError(f"{LAYER}: temperature must be a finite number >= 0, got {t!r}")
+        k = self.top_k
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1):
+            raise ValueError(f"{LAYER}: top_k must be a positive integer or None, got {k!r}")
+        p = self.top_p
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1):
+            raise ValueError(f"{LAYER}: top_p must lie in (0, 1] or be None, got {p!r}")
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Per block, the keys and values of the positions decoded so far: ``(B, H, length, hd)``.
+
+    A value: :func:`decode` returns a new cache and never modifies this one.
+    """
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+
+    @property
+    def length(self) -> int:
+        """How many positions are cached (the position of the next token)."""
+        return int(self.keys[0].shape[2])
+
+    @property
+    def batch(self) -> int:
+        return int(self.keys[0].shape[0])
+
+
+def empty_cache(cfg: ModelConfig, batch: int, dtype: Any = np.float32) -> KVCache:
+    """A cache of ``batch`` sequences with nothing decoded yet."""
+    if batch < 1:
+        raise ValueError(f"{LAYER}: batch must be positive, got {batch}")
+    shape = (batch, cfg.n_heads, 0, cfg.dim // cfg.n_heads)
+    empty = tuple(np.zeros(shape, dtype=dtype) for _ in range(cfg.n_layers))
+    return KVCache(empty, empty)
+
+
+@dataclass(frozen=True)
+class _BlockParams:
+    ln1: Params
+    attn: Params
+    ln2: Params
+    mlp: Params
+
+
+@dataclass(frozen=True)
+class _Scoped:
+    """The model's parameters split per pair once, not once per generated token."""
+
+    tok_emb: Params
+    pos_emb: Params
+    blocks: tuple[_BlockParams, ...]
+    ln_f: Params
+    lm_head: Params
+    dtype: np.dtype[Any]
+
+
+def _scoped(params: Params, cfg: ModelConfig) -> _Scoped:
+    expected = param_shapes(cfg)
+    if set(params) != set(expected) or any(params[k].shape != s for k, s in expected.items()):
+        raise ValueError(f"{LAYER}: parameters do not match the model config")
+    blocks = []
+    for i in range(cfg.n_layers):
+        b = scope(params, block_prefix(i))
+        blocks.append(_BlockParams(scope(b, "ln1."), scope(b, "attn."), scope(b, "ln2."), scope(b, "mlp.")))
+    return _Scoped(
+        scope(params, "tok_emb."),
+        scope(params, "pos_emb."),
+        tuple(blocks),
+        scope(params, "ln_f."),
+        scope(params, "lm_head."),
+        params["lm_head.W"].dtype,
+    )
+
+
+def _decode(sp: _Scoped, cfg: ModelConfig, cache: KVCache, idx: IntArray) -> tuple[Array, KVCache]:
+    start, t = cache.length, idx.shape[1]
+    if idx.ndim != 2 or idx.shape[0] != cache.batch or t < 1 or start + t > cfg.ctx:
+        raise ValueError(
+            f"{LAYER}: cannot decode tokens of shape {idx.shape} after {cache.length} cached positions "
+            f"of batch {cache.batch}: at most ctx = {cfg.ctx} positions fit"
+        )
+    x, _ = embedding.forward(sp.tok_emb, idx, cfg.tok_emb)
+    pos, _ = embedding.forward(sp.pos_emb, np.arange(start, start + t), cfg.pos_emb)
+    x += pos  # x is a fresh gather
+    bc, h = cfg.block, cfg.n_heads
+    keys, values = [], []
+    for bp, k_old, v_old in zip(sp.blocks, cache.keys, cache.values, strict=True):
+        a, _ = layernorm.forward(bp.ln1, x, bc.ln1)
+        q, _ = attention.project(bp.attn, "q", a, bc.attn)
+        k, _ = attention.project(bp.attn, "k", a, bc.attn)
+        v, _ = attention.project(bp.attn, "v", a, bc.attn)
+        k_all = np.concatenate((k_old, attention.split_heads(k, h)), axis=2)
+        v_all = np.concatenate((v_old, attention.split_heads(v, h)), axis=2)
+        out, _ = attention.attend(attention.split_heads(q, h), k_all, v_all)
+        a, _ = attention.project(bp.attn, "proj", attention.merge_heads(out), bc.attn)
+        x = x + a
+        m, _ = layernorm.forward(bp.ln2, x, bc.ln2)
+        m, _ = mlp.forward(bp.mlp, m, bc.mlp)
+        x += m  # x is this block's fresh residual sum
+        keys.append(k_all)
+        values.append(v_all)
+    x, _ = layernorm.forward(sp.ln_f, x, cfg.ln_f)
+    logits: Array
+    logits, _ = linear.forward(sp.lm_head, x, cfg.lm_head)
+    return logits, KVCache(tuple(keys), tuple(values))
+
+
+def decode(params: Params, cfg: ModelConfig, cache: KVCache, idx: IntArray) -> tuple[Array, KVCache]:
+    """Logits ``(B, t, V)`` of ``t`` new tokens ``idx`` ``(B, t)`` at positions
+    ``cache.length .. cache.length + t - 1``, and the cache extended by them.
+
+    With an empty cache this is the model's evaluation-mode forward pass over
+    ``idx`` (the prompt's "prefill"); afterwards one token at a time is typical.
+    ``cache.length + t`` must not exceed ``ctx``.
+    """
+    return _decode(_scoped(params, cfg), cfg, cache, idx)
+
+
+def pick_tokens(logits: Array, sampling: SamplingConfig, rng: np.random.Generator | None) -> IntArray:
+    """One next token per row of ``logits`` ``(B, V)``, chosen as ``sampling`` says.
+
+    Works in float64 whatever the model's dtype (a ``(B, V)`` array is tiny);
+    ``rng`` may be None only for greedy decoding. Draws exactly one ``rng.random((B, 1))``.
+    """
+    if logits.ndim != 2:
+        raise ValueError(f"{LAYER}: logits must be (B, V), got shape {logits.shape}")
+    if sampling.temperature == 0:
+        greedy: IntArray = np.argmax(logits, axis=1)
+        return greedy
+    if rng is None:
+        raise ValueError(f"{LAYER}: sampling with temperature > 0 needs an rng")
+    z = logits.astype(np.float64) / sampling.temperature
+    vocab = z.shape[1]
+    if sampling.top_k is not None and sampling.top_k < vocab:
+        kth = np.partition(z, vocab - sampling.top_k, axis=1)[:, vocab - sampling.top_k, None]
+        z[z < kth] = -np.inf
+    z -= z.max(axis=1, keepdims=True)
+    probs = np.exp(z)
+    probs /= probs.sum(axis=1, keepdims=True)
+    if sampling.top_p is not None and sampling.top_p < 1:
+        order = np.argsort(-probs, axis=1, kind="stable")
+        sorted_probs = np.take_along_axis(probs, order, axis=1)
+        mass_before = np.cumsum(sorted_probs, axis=1) - sorted_probs
+        keep = np.empty_like(probs, dtype=bool)
+        # keep a token while the likelier ones hold less than top_p: the likeliest always stays
+        np.put_along_axis(keep, order, mass_before < sampling.top_p, axis=1)
+        probs[~keep] = 0.0
+    cdf = np.cumsum(probs, axis=1)
+    u = rng.random((probs.shape[0], 1)) * cdf[:, -1:]
+    # the first index whose cumulative mass exceeds u; a zero-probability token never is
+    chosen: IntArray = np.minimum((cdf <= u).sum(axis=1), vocab - 1)
+    return chosen
+
+
+def generate(
+    params: Params, cfg: ModelConfig, prompt: IntArray, n_new: int, pick: Callable[[Array], IntArray]
+) -> IntArray:
+    """``prompt`` ``(B, T0)`` followed by ``n_new`` tokens, each ``pick(logits of the last position)``.
+
+    ``pick`` gets ``(B, V)`` logits and returns ``(B,)`` token ids. A prompt
+    longer than ``ctx`` is cut to its last ``ctx`` tokens for the model (it is
+    kept whole in the output); past ``ctx`` the window slides (module docstring).
+    """
+    if not isinstance(prompt, np.ndarray) or prompt.ndim != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"{LAYER}: prompt must be a (B, T) array of token ids with T >= 1")
+    if n_new < 0:
+        raise ValueError(f"{LAYER}: n_new must be >= 0, got {n_new}")
+    sp = _scoped(params, cfg)
+    b, t0 = prompt.shape
+    tokens = np.empty((b, t0 + n_new), dtype=np.int64)
+    tokens[:, :t0] = prompt
+    fresh = empty_cache(cfg, b, sp.dtype)
+    logits, cache = _decode(sp, cfg, fresh, tokens[:, max(0, t0 - cfg.ctx) : t0])
+    for i in range(t0, t0 + n_new):
+        tokens[:, i] = pick(logits[:, -1])
+        if i + 1 == t0 + n_new:
+            break
+        if cache.length < cfg.ctx:
+            logits, cache = _decode(sp, cfg, cache, tokens[:, i : i + 1])
+        else:  # full: recompute the window of the last ctx tokens, the new one included
+            logits, cache = _decode(sp, cfg, fresh, tokens[:, i + 1 - cfg.ctx : i + 1])
+    return tokens
+
+
+def sampling_rng(seed: int, step: int = 0) -> np.random.Generator:
+    """The generator for samples of run seed ``seed`` at training step ``step``.
+
+    Its own stream, so drawing samples never changes the training batches.
+    """
+    return np.random.default_rng([seed, SAMPLE_STREAM, step])
+
+
+def default_prompt(vocab: Vocab) -> str:
+    """What a sample starts from when no prompt is given: a newline if the vocabulary
+    has one (a fresh line), otherwise its first character."""
+    return "\n" if "\n" in vocab.stoi else vocab.chars[0]
+
+
+def sample_text(
+    params: Params,
+    cfg: ModelConfig,
+    vocab: Vocab,
+    prompt: str,
+    length: int,
+    *,
+    num_samples: int = 1,
+    rng: np.random.Generator | None = None,
+    sampling: SamplingConfig = SamplingConfig(),
+) -> list[str]:
+    """``num_samples`` texts, each the prompt followed by ``length`` generated characters.
+
+    An empty prompt means :func:`default_prompt`. A prompt with characters
+    outside the vocabulary raises :class:`bevialm.data.DataError` naming them.
+    All samples are generated together, as one batch.
+    """
+    if num_samples < 1:
+        raise ValueError(f"{LAYER}: num_samples must be positive, got {num_samples}")
+    if cfg.vocab_size != vocab.size:
+        raise ValueError(f"{LAYER}: the model has {cfg.vocab_size} tokens, the vocabulary {vocab.size}")
+    ids = vocab.encode(prompt or default_prompt(vocab), what="prompt")
+    batch = np.broadcast_to(ids, (num_samples, ids.size))
+    tokens = generate(params, cfg, batch, length, lambda logits: pick_tokens(logits, sampling, rng))
+    return [vocab.decode(row) for row in tokens]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What sampling needs from a checkpoint."""
+
+    params: dict[str, Array]
+    cfg: ModelConfig
+    vocab: Vocab
+    step: int
+
+
+def load_model(path: str | os.PathLike[str]) -> LoadedModel:
+    """The model in a checkpoint, checked to be one this code can run.
+
+    Raises :class:`bevialm.checkpoint.CheckpointError` with one line when the
+    file is not a usable checkpoint or does not describe a model.
+    """
+    name = os.fspath(path)
+    ckpt = checkpoint.load_checkpoint(name)
+    try:
+        cfg = ModelConfig(**ckpt.model_config)
+    except (TypeError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"checkpoint '{name}' does not describe a model ({e})") from None
+    try:
+        checkpoint.validate_against(ckpt, param_shapes(cfg))
+    except checkpoint.CheckpointError as e:
+        raise checkpoint.CheckpointError(f"checkpoint '{name}': {e}") from None
+    vocab = ckpt.vocab
+    if vocab.size != cfg.vocab_size:
+        raise checkpoint.CheckpointError(
+            f"checkpoint '{name}' has a vocabulary of {vocab.size} characters for a model of {cfg.vocab_size}"
+        )
+    dtypes = {p.dtype for p in ckpt.params.values()}
+    if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
+        names = ", ".join(sorted(str(d) for d in dtypes))
+        raise checkpoint.CheckpointError(f"checkpoint '{name}' parameters must share one float dtype, got {names}")
+    return LoadedModel(ckpt.params, cfg, vocab, ckpt.step)
+
+
+def default_checkpoint(out: str | os.PathLike[str]) -> str:
+    """The checkpoint to sample from in run folder ``out``: ``best.npz`` if present, else ``last.npz``."""
+    best = os.path.join(os.fspath(out), "best.npz")
+    return best if os.path.exists(best) else os.path.join(os.fspath(out), "last.npz")

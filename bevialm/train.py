@@ -1,0 +1,583 @@
+"""The trainer (playbook 9.1): data, model, loss and AdamW composed into a loop that logs,
+evaluates, samples, checkpoints, survives Ctrl-C and resumes exactly.
+
+One step::
+
+    x, y  = get_batch(train split, batch, ctx, train_rng)
+    loss, grads = loss_and_grads(params, x, y, rng=train_rng if dropout else None)
+    grads, norm = clip_by_global_norm(grads, grad_clip)      # stop here on a NaN/inf loss or norm
+    params, opt = adamw step(params, grads, opt, lr_at(step))
+
+**Random streams.** Everything random is drawn from generators seeded from
+``--seed`` and a stream number, so the streams never interfere:
+
+- stream 0, ``default_rng([seed, 0])``: the initial parameters;
+- stream 1, ``default_rng([seed, 1])``: the training batches and the dropout
+  masks, in that order each step. Its state is saved in every checkpoint;
+- stream 2, ``default_rng([seed, 2, step, split])``: the batches of the
+  evaluation at ``step`` (``split`` 0 for train, 1 for val);
+- stream 3, ``default_rng([seed, 3, step])``: the sample printed at ``step``.
+
+So evaluating or sampling more or less often never changes the training
+trajectory, and a run resumed from a checkpoint (parameters, AdamW moments and
+step count, training-RNG state, best validation loss, the log line's running
+sum) computes the very same losses, to the bit, as one that never stopped.
+
+**State.** Everything the future of the run depends on is one immutable
+snapshot, replaced by a single assignment at the end of each step, so a Ctrl-C
+at any moment finds a consistent step to save.
+
+**Files** in the run folder ``out``: ``last.npz`` (with the optimizer state,
+for ``--resume``) and ``best.npz`` (lowest validation loss, parameters only),
+both written at every evaluation, and ``metrics.jsonl``, one JSON object per
+log line (``"kind": "train"``) and per evaluation (``"kind": "eval"``).
+``docs/training.md`` describes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+import numpy as np
+
+from bevialm import checkpoint, generate, losses, model, optim
+from bevialm.data import Vocab, get_batch, load_text, split
+from bevialm.layers.mlp import ACTIVATIONS
+from bevialm.types import Array, IntArray
+from bevialm.validate import require_positive
+
+LAYER = "train"
+
+LAST, BEST, METRICS = "last.npz", "best.npz", "metrics.jsonl"
+INIT_STREAM, TRAIN_STREAM, EVAL_STREAM = 0, 1, 2
+DTYPES = ("float32", "float64")
+
+_MODEL_FLAGS = {"n_layers": "layers", "n_heads": "heads", "vocab_size": "vocabulary size"}
+
+
+class TrainError(ValueError):
+    """A run that cannot start: bad data, run folder or checkpoint (one line)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; nothing was saved after it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run is given; the fields are the command line's flags (``docs/training.md``).
+
+    ``min_lr`` None means ``lr / 10``. The interval fields (``log_every``,
+    ``eval_every``, ``sample_every``) accept 0: never (evaluation and a sample
+    still happen at the end). ``top_k`` 0 and ``top_p`` 1 switch those filters off.
+    """
+
+    data: str
+    seed: int = 42
+    ctx: int = 128
+    dim: int = 128
+    layers: int = 2
+    heads: int = 1
+    mlp_hidden: int = 512
+    activation: str = "relu"
+    dropout: float = 0.0
+    dtype: str = "float32"
+    batch: int = 16
+    steps: int = 5000
+    lr: float = 3e-4
+    warmup: int = 100
+    min_lr: float | None = None
+    wd: float = 0.1
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    log_every: int = 200
+    eval_every: int = 500
+    eval_iters: int = 50
+    sample_every: int = 1000
+    sample_len: int = 400
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    out: str = "runs/bevialm"
+    resume: bool = False
+    overwrite: bool = False
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        require_positive(
+            LAYER,
+            ctx=self.ctx,
+            dim=self.dim,
+            layers=self.layers,
+            heads=self.heads,
+            mlp_hidden=self.mlp_hidden,
+            batch=self.batch,
+            steps=self.steps,
+            eval_iters=self.eval_iters,
+        )
+        for key in ("warmup", "log_every", "eval_every", "sample_every", "sample_len", "top_k"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{LAYER}: {key} must be an integer >= 0, got {value!r}")
+        if self.dim % self.heads:
+            raise ValueError(f"{LAYER}: heads ({self.heads}) must divide dim ({self.dim})")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"{LAYER}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{LAYER}: dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"{LAYER}: lr must be a positive number, got {self.lr!r}")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"{LAYER}: min_lr ({self.min_lr}) must lie between 0 and lr ({self.lr})")
+        for key, low, high in (("dropout", 0, 1), ("beta2", 0, 1), ("val_fraction", 0, 1)):
+            value = getattr(self, key)
+            if not low <= value < high:
+                raise ValueError(f"{LAYER}: {key} must lie in [{low}, {high}), got {value!r}")
+        for key in ("wd", "grad_clip", "temperature"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{LAYER}: {key} must be a finite number >= 0, got {value!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"{LAYER}: top_p must lie in (0, 1], got {self.top_p!r}")
+        if self.resume and self.overwrite:
+            raise ValueError(f"{LAYER}: resume and overwrite exclude each other")
+
+    @classmethod
+    def field_names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def floor_lr(self) -> float:
+        """The learning rate the cosine decays to (``min_lr``, or ``lr / 10``)."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @property
+    def sampling(self) -> generate.SamplingConfig:
+        return generate.SamplingConfig.from_flags(self.temperature, self.top_k, self.top_p)
+
+    def model_config(self, vocab_size: int) -> model.ModelConfig:
+        return model.ModelConfig(
+            vocab_size=vocab_size,
+            ctx=self.ctx,
+            dim=self.dim,
+            n_layers=self.layers,
+            n_heads=self.heads,
+            mlp_hidden=self.mlp_hidden,
+            activation=self.activation,  # type: ignore[arg-type]  # checked in __post_init__
+            dropout=self.dropout,
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a finished run ended: its step, the last and the best evaluation."""
+
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    best_step: int | None
+    elapsed: float
+    out: str
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything the rest of the run depends on, after ``step`` completed steps.
+
+    ``loss_sum``/``loss_count`` are the running sum of the training losses since the
+    last log line (whose mean the next line prints); ``rng_state`` is the training
+    generator's state at this step boundary.
+    """
+
+    step: int
+    params: dict[str, Array]
+    opt: optim.AdamWState
+    rng_state: Mapping[str, Any]
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    grad_norm: float = math.nan
+
+
+def evaluate(
+    params: Mapping[str, Array], cfg: model.ModelConfig, data: IntArray, batch: int, iters: int, rng: np.random.Generator
+) -> float:
+    """Mean cross-entropy over ``iters`` random batches of ``data``, in evaluation mode (no dropout)."""
+    total = 0.0
+    for _ in range(iters):
+        x, y = get_batch(data, batch, cfg.ctx, rng)
+        logits, _ = model.forward(params, x, cfg)
+        loss, _ = losses.cross_entropy(logits, y)
+        total += float(loss)
+    return total / iters
+
+
+def _finite(params: Mapping[str, Array]) -> bool:
+    return all(bool(np.isfinite(p).all()) for p in params.values())
+
+
+def _clock(seconds: float) -> str:
+    s = max(0, int(round(seconds)))
+    h, rest = divmod(s, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+class _Run:
+    """One training run: set up by :meth:`prepare`, driven by :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, stdout: IO[str]) -> None:
+        self.cfg = cfg
+        self.stdout = stdout
+        self.vocab: Vocab
+        self.train_data: IntArray
+        self.val_data: IntArray
+        self.mcfg: model.ModelConfig
+        self.snap: _Snapshot
+        self.rng: np.random.Generator
+        self.best_val: float | None = None
+        self.best_step: int | None = None
+        self.last_eval: tuple[float, float] | None = None
+        self.saved_step: int | None = None  # step of the last.npz on disk (the last good one)
+        self.elapsed_before = 0.0
+        self.resumed_from: int | None = None
+        self.adamw = optim.AdamWConfig(lr=cfg.lr, beta2=cfg.beta2, weight_decay=cfg.wd)
+        self.metrics: IO[str] | None = None
+        self.start_time = time.perf_counter()
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.cfg.out, name)
+
+    def say(self, line: str) -> None:
+        print(line, file=self.stdout, flush=True)
+
+    # --- setup --------------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        self._load_data()
+        self.mcfg = self.cfg.model_config(self.vocab.size)
+        self._prepare_folder()
+        if self.cfg.resume:
+            self._restore()
+        else:
+            self._fresh()
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        text = load_text(cfg.data)
+        self.vocab = Vocab.from_text(text)
+        self.train_data, self.val_data = split(self.vocab.encode(text, what=f"data file '{cfg.data}'"), cfg.val_fraction)
+        need = cfg.ctx + 1
+        for part, data in (("training part", self.train_data), ("validation part", self.val_data)):
+            if len(data) < need:
+                raise TrainError(
+                    f"data file '{cfg.data}' is too short for --ctx {cfg.ctx}: its {part} has {len(data)} "
+                    f"characters of {len(text)}, at least ctx + 1 = {need} are needed "
+                    f"(the last {cfg.val_fraction:.0%} is validation); use a longer text or a smaller --ctx"
+                )
+
+    def _prepare_folder(self) -> None:
+        out = self.cfg.out
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise TrainError(f"run folder '{out}' exists and is not a folder")
+        try:
+            os.makedirs(out, exist_ok=True)
+            with tempfile.TemporaryFile(dir=out):
+                pass
+        except OSError as e:
+            raise TrainError(f"run folder '{out}' cannot be written: {e.strerror or e}") from None
+        existing = [n for n in (LAST, BEST, METRICS) if os.path.exists(self.path(n))]
+        if self.cfg.resume:
+            if LAST not in existing:
+                raise TrainError(f"--resume: there is no checkpoint '{self.path(LAST)}' to resume from")
+        elif existing and not self.cfg.overwrite:
+            raise TrainError(
+                f"run folder '{out}' already holds a run ({', '.join(existing)}): pass --resume to continue it, "
+                "--overwrite to start afresh, or another --out"
+            )
+        elif existing:
+            for name in existing:
+                os.remove(self.path(name))
+
+    def _fresh(self) -> None:
+        cfg = self.cfg
+        params = model.init_params(self.mcfg, np.random.default_rng([cfg.seed, INIT_STREAM]), np.dtype(cfg.dtype))
+        self.rng = np.random.default_rng([cfg.seed, TRAIN_STREAM])
+        self.snap = _Snapshot(0, params, optim.init_state(params), self.rng.bit_generator.state)
+        self.metrics = open(self.path(METRICS), "w", encoding="utf-8")  # noqa: SIM115 - closed in run()
+
+    def _restore(self) -> None:
+        cfg, path = self.cfg, self.path(LAST)
+        ckpt = checkpoint.load_checkpoint(path)
+        expected = asdict(self.mcfg)
+        got = ckpt.model_config
+        if got != expected:
+            diffs = [
+                f"{_MODEL_FLAGS.get(k, k)} {got.get(k)!r} in the checkpoint, {v!r} now"
+                for k, v in expected.items()
+                if got.get(k) != v
+            ] or ["its model config has other fields"]
+            raise TrainError(f"--resume: '{path}' was trained with another model: {'; '.join(diffs)}; pass the run's flags")
+        if ckpt.vocab != self.vocab:
+            raise TrainError(f"--resume: the vocabulary of '{cfg.data}' differs from the one '{path}' was trained on")
+        checkpoint.validate_against(ckpt, model.param_shapes(self.mcfg))
+        dtypes = {str(p.dtype) for p in ckpt.params.values()}
+        if dtypes != {cfg.dtype}:
+            raise TrainError(f"--resume: '{path}' holds {'/'.join(sorted(dtypes))} parameters, --dtype is {cfg.dtype}")
+        if ckpt.opt_state is None or ckpt.rng_state is None:
+            raise TrainError(f"--resume: '{path}' has no optimizer or RNG state to resume from")
+        self.rng = checkpoint.restore_rng(ckpt.rng_state)
+        extra = ckpt.extra
+        self.snap = _Snapshot(
+            ckpt.step,
+            ckpt.params,
+            ckpt.opt_state,
+            self.rng.bit_generator.state,
+            float(extra.get("loss_sum", 0.0)),
+            int(extra.get("loss_count", 0)),
+            float(extra.get("grad_norm", math.nan)),
+        )
+        self.best_val = ckpt.best_val_loss
+        self.best_step = extra.get("best_step")
+        self.elapsed_before = float(extra.get("elapsed", 0.0))
+        self.saved_step = self.resumed_from = ckpt.step
+        self.metrics = self._reopen_metrics(ckpt.step)
+
+    def _reopen_metrics(self, step: int) -> IO[str]:
+        """Keep the metrics of steps up to the checkpoint's (later ones were lost with the run)."""
+        kept: list[str] = []
+        with contextlib.suppress(FileNotFoundError), open(self.path(METRICS), encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        f = open(self.path(METRICS), "w", encoding="utf-8")  # noqa: SIM115 - closed in run()
+        f.writelines(kept)
+        f.flush()
+        return f
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.start_time
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update ``step`` (0-based)."""
+        return optim.lr_at(step, self.cfg.lr, self.cfg.warmup, self.cfg.steps, self.cfg.floor_lr)
+
+    def header(self) -> None:
+        cfg, m = self.cfg, self.mcfg
+        n_train, n_val = len(self.train_data), len(self.val_data)
+        self.say(
+            f"data: '{cfg.data}', {n_train + n_val:,} characters, vocabulary {self.vocab.size}; "
+            f"{n_train:,} train / {n_val:,} val"
+        )
+        self.say(
+            f"model: {m.n_layers} layer(s) x {m.n_heads} head(s), dim {m.dim}, ctx {m.ctx}, mlp {m.mlp_hidden} "
+            f"({m.activation}), dropout {m.dropout:g}: {model.count_params(m):,} parameters, {cfg.dtype}"
+        )
+        self.say(
+            f"optimiser: AdamW lr {cfg.lr:g}, warmup {cfg.warmup}, cosine to {cfg.floor_lr:g} at step {cfg.steps}, "
+            f"beta2 {cfg.beta2:g}, wd {cfg.wd:g}, clip {cfg.grad_clip:g}; batch {cfg.batch} x {cfg.ctx} tokens"
+        )
+        where = f" (resuming from step {self.resumed_from} of {LAST})" if self.resumed_from is not None else ""
+        self.say(f"run folder: {cfg.out}{where}")
+
+    def run(self) -> TrainResult:
+        try:
+            self.header()
+            if self.snap.step >= self.cfg.steps:
+                self.say(f"nothing to do: the run is at step {self.snap.step}, --steps is {self.cfg.steps}")
+            else:
+                try:
+                    self._loop()
+                except KeyboardInterrupt:
+                    self._save_on_interrupt()
+                    raise
+                self._summary()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+        last = self.last_eval
+        return TrainResult(
+            self.snap.step,
+            None if last is None else last[0],
+            None if last is None else last[1],
+            self.best_val,
+            self.best_step,
+            self.elapsed(),
+            self.cfg.out,
+        )
+
+    def _loop(self) -> None:
+        cfg = self.cfg
+        rng, mcfg, adamw, train_data = self.rng, self.mcfg, self.adamw, self.train_data
+        dropout_rng = rng if mcfg.dropout > 0 else None
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else None
+        session_start, session_first = time.perf_counter(), self.snap.step
+        interval_time, interval_steps = 0.0, 0
+        for s in range(self.snap.step, cfg.steps):
+            t0 = time.perf_counter()
+            snap = self.snap
+            x, y = get_batch(train_data, cfg.batch, cfg.ctx, rng)
+            loss, grads = model.loss_and_grads(snap.params, x, y, mcfg, rng=dropout_rng)
+            grads, norm = optim.clip_by_global_norm(grads, clip)
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                raise TrainingDiverged(self._diverged(s + 1, f"loss {loss}, gradient norm {norm}"))
+            lr = self.lr_at(s)
+            params, opt = optim.step(snap.params, grads, snap.opt, adamw, lr)
+            done = s + 1
+            log_due = cfg.log_every > 0 and (done % cfg.log_every == 0 or done == cfg.steps)
+            loss_sum, loss_count = snap.loss_sum + loss, snap.loss_count + 1
+            # One assignment publishes the step: a Ctrl-C sees either the old or the new state.
+            self.snap = _Snapshot(
+                done,
+                params,
+                opt,
+                rng.bit_generator.state,
+                0.0 if log_due else loss_sum,
+                0 if log_due else loss_count,
+                norm,
+            )
+            interval_time += time.perf_counter() - t0
+            interval_steps += 1
+            if log_due:
+                per_step = interval_time / interval_steps
+                wall_per_step = (time.perf_counter() - session_start) / (done - session_first)
+                self._log(done, loss_sum / loss_count, lr, norm, per_step, wall_per_step * (cfg.steps - done))
+                interval_time, interval_steps = 0.0, 0
+            if done == cfg.steps or (cfg.eval_every > 0 and done % cfg.eval_every == 0):
+                self._evaluate_and_save(done, lr)
+            if cfg.sample_len > 0 and (done == cfg.steps or (cfg.sample_every > 0 and done % cfg.sample_every == 0)):
+                self._print_sample(done)
+
+    def _log(self, step: int, loss: float, lr: float, norm: float, per_step: float, eta: float) -> None:
+        cfg = self.cfg
+        tokens_per_s = cfg.batch * cfg.ctx / per_step if per_step > 0 else math.inf
+        self.say(
+            f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | norm {norm:.2f} | "
+            f"{per_step * 1e3:.1f} ms/step | {tokens_per_s:,.0f} tok/s | ETA {_clock(eta)}"
+        )
+        self._record(
+            kind="train",
+            step=step,
+            loss=loss,
+            lr=lr,
+            grad_norm=norm,
+            ms_per_step=per_step * 1e3,
+            tokens_per_s=tokens_per_s,
+        )
+
+    def _record(self, **fields: Any) -> None:
+        assert self.metrics is not None
+        fields["time"] = round(self.elapsed(), 3)
+        self.metrics.write(json.dumps(fields) + "\n")
+        self.metrics.flush()
+
+    def _evaluate_and_save(self, step: int, lr: float) -> None:
+        cfg, snap = self.cfg, self.snap
+        seeds = [cfg.seed, EVAL_STREAM, step]
+        args = (snap.params, self.mcfg)
+        train_loss = evaluate(*args, self.train_data, cfg.batch, cfg.eval_iters, np.random.default_rng([*seeds, 0]))
+        val_loss = evaluate(*args, self.val_data, cfg.batch, cfg.eval_iters, np.random.default_rng([*seeds, 1]))
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            raise TrainingDiverged(self._diverged(step, f"evaluation loss train {train_loss}, val {val_loss}"))
+        self.last_eval = (train_loss, val_loss)
+        self._record(kind="eval", step=step, train_loss=train_loss, val_loss=val_loss, lr=lr)
+        improved = self.best_val is None or val_loss < self.best_val
+        if improved:
+            self.best_val, self.best_step = val_loss, step
+            self._save(BEST, snap, with_optimizer=False)
+        self._save(LAST, snap, with_optimizer=True)
+        note = f"new best, saved {BEST} and {LAST}" if improved else f"best {self.best_val:.4f} at step {self.best_step}, saved {LAST}"
+        self.say(f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | eval: train {train_loss:.4f} | val {val_loss:.4f} | {note}")
+
+    def _save(self, name: str, snap: _Snapshot, *, with_optimizer: bool) -> str:
+        header = checkpoint.make_header(
+            model_config=asdict(self.mcfg),
+            vocab=self.vocab,
+            step=snap.step,
+            train_config=asdict(self.cfg),
+            rng=checkpoint.restore_rng(snap.rng_state),
+            best_val_loss=self.best_val,
+            extra={
+                "loss_sum": snap.loss_sum,
+                "loss_count": snap.loss_count,
+                "grad_norm": snap.grad_norm if math.isfinite(snap.grad_norm) else None,
+                "best_step": self.best_step,
+                "elapsed": self.elapsed(),
+            },
+        )
+        path = self.path(name)
+        checkpoint.save_checkpoint(path, params=snap.params, header=header, opt_state=snap.opt if with_optimizer else None)
+        if name == LAST:
+            self.saved_step = snap.step
+        return path
+
+    def _save_on_interrupt(self) -> None:
+        snap = self.snap
+        if not _finite(snap.params):  # pragma: no cover - an update overflowed just before Ctrl-C
+            self.say(f"\ninterrupted at step {snap.step}: parameters are not finite, nothing saved")
+            return
+        path = self._save(LAST, snap, with_optimizer=True)
+        self.say(
+            f"\ninterrupted at step {snap.step}/{self.cfg.steps}: saved {path}; "
+            "continue with the same command and --resume"
+        )
+
+    def _diverged(self, step: int, what: str) -> str:
+        kept = (
+            f"the last good checkpoint is '{self.path(LAST)}' (step {self.saved_step})"
+            if self.saved_step is not None
+            else "no checkpoint had been written yet"
+        )
+        return (
+            f"training diverged at step {step}/{self.cfg.steps} ({what}); stopped without saving, {kept}; "
+            "try a lower --lr or a --grad_clip"
+        )
+
+    def _print_sample(self, step: int) -> None:
+        prompt = generate.default_prompt(self.vocab)
+        text = generate.sample_text(
+            self.snap.params,
+            self.mcfg,
+            self.vocab,
+            prompt,
+            self.cfg.sample_len,
+            rng=generate.sampling_rng(self.cfg.seed, step),
+            sampling=self.cfg.sampling,
+        )[0]
+        self.say(f"----- sample at step {step} -----\n{text[len(prompt):]}\n-----")
+
+    def _summary(self) -> None:
+        best = "none" if self.best_val is None else f"{self.best_val:.4f} at step {self.best_step}"
+        self.say(
+            f"done: step {self.snap.step}/{self.cfg.steps} in {_clock(self.elapsed())}; best val loss {best}; "
+            f"checkpoints in {self.cfg.out}"
+        )
+        self.say(f"sample from it: bevialm sample --checkpoint {self.path(BEST)} --prompt \"...\"")
+
+
+def train(cfg: TrainConfig, *, stdout: IO[str] | None = None) -> TrainResult:
+    """Run (or, with ``cfg.resume``, continue) training as ``cfg`` says, printing to ``stdout``.
+
+    Raises :class:`TrainError` (or :class:`bevialm.data.DataError`,
+    :class:`bevialm.checkpoint.CheckpointError`) when the run cannot start,
+    :class:`TrainingDiverged` on a NaN or infinite loss (``last.npz`` keeps the
+    last good state), and re-raises ``KeyboardInterrupt`` after saving ``last.npz``.
+    """
+    run = _Run(cfg, sys.stdout if stdout is None else stdout)
+    run.prepare()
+    return run.run()
