@@ -30,13 +30,6 @@ from typing import Any
 
 from bevialm.runtime import tune_malloc
 
-# NumPy reads these once, when it loads: set them before anything imports it. At this
-# project's sizes (matrices of 64-512 rows) BLAS threads cost more in synchronisation
-# than they gain, and on a busy machine far more (docs/training.md: ~15 ms/step single-
-# threaded against 50-180 ms/step with threads for the quick start on 2 shared cores).
-# A value the user exported wins.
-for _variable in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_variable, "1")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 

@@ -345,6 +345,8 @@ PAIRS: tuple[PairSpec, ...] = (
         init=lambda cfg, rng: attention.init(cfg, rng, np.float64),
         make_input=normal_input(),
         bind=layer_bind(attention),
+        # The scaled, masked softmax core is the heart of the exercise: students write it too.
+        functions=("init", "forward", "backward", "attend", "attend_backward"),
     ),
     PairSpec(
         name="dropout",
