@@ -164,7 +164,7 @@ MISTAKES: dict[str, tuple[list[Patch], set[str], str, str]] = {
         "dW",
     ),
     "layer-norm backward missing the mean term": (
-        [("layers/layernorm.py", "    dx = g - mean_g\n", "    dx = g.copy()\n")],
+        [("layers/layernorm.py", "    dx -= mean_g\n", "")],
         {f"{p}.{k}" for p in ("layernorm", "block") for k in ("backward", "gradcheck")} | MODEL_CHECKS,
         "layernorm",
         "dx",
@@ -211,7 +211,7 @@ def test_composite_failures_point_at_the_failing_sub_pair(solution: Path, tmp_pa
 def test_wrong_forward_and_returned_garbage_are_reported(solution: Path, tmp_path: Path) -> None:
     folder = tmp_path / "pkg"
     shutil.copytree(solution, folder)
-    patch(folder, "layers/layernorm.py", "np.sqrt(var + x.dtype.type(cfg.eps))", "np.sqrt(var + 1.0)")
+    patch(folder, "layers/layernorm.py", "var += x.dtype.type(cfg.eps)", "var += 1.0")
     patch(folder, "layers/gelu.py", "return dy * local, {}", "return dy * local, [1, 2]")
     patch(folder, "layers/softmax.py", "    return y, SoftmaxCache(y)", "    return y.tolist(), SoftmaxCache(y)")
     patch(folder, "layers/dropout.py", "        return dy, {}\n", "        return dy, {'extra': dy}\n")
@@ -230,7 +230,7 @@ def test_impure_and_upcasting_pairs_fail_purity(solution: Path, tmp_path: Path) 
     folder = tmp_path / "pkg"
     shutil.copytree(solution, folder)
     patch(folder, "layers/gelu.py", "    return dy * local, {}", "    dy *= 2.0\n    return dy * local, {}")
-    patch(folder, "layers/relu.py", "    return dy * (cache.x > 0), {}", "    return (dy * (cache.x > 0)).astype(np.float64), {}")
+    patch(folder, "layers/relu.py", "    return dy * cache.mask, {}", "    return (dy * cache.mask).astype(np.float64), {}")
     patch(folder, "layers/layernorm.py", '    return {"gamma": np.ones(cfg.dim, dtype=dtype), "beta": np.zeros(cfg.dim, dtype=dtype)}', '    return {"gamma": np.ones(cfg.dim)}')
     report = grade_here(folder, only=("purity",))
     # the MLP and the block use relu, gelu and layernorm, so they fail too

@@ -56,12 +56,20 @@ def forward(params: Params, x: Array, cfg: LayerNormConfig) -> tuple[Array, Laye
     require_shape(LAYER, "beta", beta, (cfg.dim,))
     require_last_dim(LAYER, "x", x, cfg.dim)
     require_same_dtype(LAYER, x, gamma, beta)
-    xc = x - x.mean(axis=-1, keepdims=True)
-    var = np.mean(xc * xc, axis=-1, keepdims=True)
-    rstd = 1.0 / np.sqrt(var + x.dtype.type(cfg.eps))
+    x2d = x.reshape(-1, cfg.dim)
+    inv_dim = x.dtype.type(1.0 / cfg.dim)
+    mean = x2d.sum(axis=1, keepdims=True)
+    mean *= inv_dim
+    xc = x2d - mean
+    var = np.einsum("nd,nd->n", xc, xc)[:, None]  # row sums of squares without an (N, D) temporary
+    var *= inv_dim
+    var += x.dtype.type(cfg.eps)
+    rstd = 1.0 / np.sqrt(var)
     xhat = xc
     xhat *= rstd  # xc is a fresh temporary: normalise it in place
-    return xhat * gamma + beta, LayerNormCache(xhat, rstd)
+    y = xhat * gamma
+    y += beta
+    return y.reshape(x.shape), LayerNormCache(xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1))
 
 
 def backward(params: Params, cache: LayerNormCache, dy: Array) -> tuple[Array, Grads]:
@@ -76,10 +84,14 @@ def backward(params: Params, cache: LayerNormCache, dy: Array) -> tuple[Array, G
     dim = xhat.shape[-1]
     dy2d, xhat2d = dy.reshape(-1, dim), xhat.reshape(-1, dim)
     grads = {"gamma": np.einsum("nd,nd->d", dy2d, xhat2d), "beta": dy2d.sum(axis=0)}
-    g = dy * gamma
-    mean_g = g.mean(axis=-1, keepdims=True)
-    mean_gx = np.mean(g * xhat, axis=-1, keepdims=True)
-    dx = g - mean_g
-    dx -= xhat * mean_gx
-    dx *= cache.rstd
-    return dx, grads
+    g = dy2d * gamma
+    inv_dim = g.dtype.type(1.0 / dim)
+    mean_g = g.sum(axis=1, keepdims=True)
+    mean_g *= inv_dim
+    mean_gx = np.einsum("nd,nd->n", g, xhat2d)[:, None]
+    mean_gx *= inv_dim
+    dx = g  # a fresh product: build dx in place
+    dx -= mean_g
+    dx -= xhat2d * mean_gx
+    dx *= cache.rstd.reshape(-1, 1)
+    return dx.reshape(dy.shape), grads
