@@ -113,7 +113,10 @@ def empty_cache(cfg: ModelConfig, batch: int, dtype: Any = np.float32) -> KVCach
 @dataclass(frozen=True)
 class _BlockParams:
     ln1: Params
-    attn: Params
+    q: Params
+    k: Params
+    v: Params
+    proj: Params
     ln2: Params
     mlp: Params
 
@@ -137,7 +140,8 @@ def _scoped(params: Params, cfg: ModelConfig) -> _Scoped:
     blocks = []
     for i in range(cfg.n_layers):
         b = scope(params, block_prefix(i))
-        blocks.append(_BlockParams(scope(b, "ln1."), scope(b, "attn."), scope(b, "ln2."), scope(b, "mlp.")))
+        q, k, v, proj = (scope(b, f"attn.{name}.") for name in attention.PROJECTIONS)
+        blocks.append(_BlockParams(scope(b, "ln1."), q, k, v, proj, scope(b, "ln2."), scope(b, "mlp.")))
     return _Scoped(
         scope(params, "tok_emb."),
         scope(params, "pos_emb."),
@@ -162,13 +166,14 @@ def _decode(sp: _Scoped, cfg: ModelConfig, cache: KVCache, idx: IntArray) -> tup
     keys, values = [], []
     for bp, k_old, v_old in zip(sp.blocks, cache.keys, cache.values, strict=True):
         a, _ = layernorm.forward(bp.ln1, x, bc.ln1)
-        q, _ = attention.project(bp.attn, "q", a, bc.attn)
-        k, _ = attention.project(bp.attn, "k", a, bc.attn)
-        v, _ = attention.project(bp.attn, "v", a, bc.attn)
+        # the attention's own projections (attention.project), with the params scoped once
+        q, _ = linear.forward(bp.q, a, bc.attn.linear)
+        k, _ = linear.forward(bp.k, a, bc.attn.linear)
+        v, _ = linear.forward(bp.v, a, bc.attn.linear)
         k_all = np.concatenate((k_old, attention.split_heads(k, h)), axis=2)
         v_all = np.concatenate((v_old, attention.split_heads(v, h)), axis=2)
         out, _ = attention.attend(attention.split_heads(q, h), k_all, v_all)
-        a, _ = attention.project(bp.attn, "proj", attention.merge_heads(out), bc.attn)
+        a, _ = linear.forward(bp.proj, attention.merge_heads(out), bc.attn.linear)
         x = x + a
         m, _ = layernorm.forward(bp.ln2, x, bc.ln2)
         m, _ = mlp.forward(bp.mlp, m, bc.mlp)
