@@ -30,7 +30,6 @@ from typing import Any
 
 from bevialm.runtime import tune_malloc
 
-
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DEFAULT_OUT = "runs/bevialm"
