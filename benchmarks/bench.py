@@ -63,39 +63,8 @@ def _timed(fn: Any) -> float:
 # --- workers ---------------------------------------------------------------------------------
 
 
-def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
-    from bevialm import optim
-    from bevialm.model import ModelConfig, init_params, loss_and_grads
-
-    mcfg = ModelConfig(VOCAB, cfg["ctx"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["mlp"], cfg.get("activation", "relu"))
-    rng = np.random.default_rng(0)
-    params = init_params(mcfg, rng)
-    state = optim.init_state(params)
-    ocfg = optim.AdamWConfig(lr=LR, beta2=BETA2, weight_decay=WD)
-    data = rng.integers(0, VOCAB, size=100_000)
-    times = []
-    for i in range(warmup + steps):
-        starts = rng.integers(0, data.size - cfg["ctx"] - 1, size=cfg["batch"])
-        idx = starts[:, None] + np.arange(cfg["ctx"])
-        x, y = data[idx], data[idx + 1]
-        t0 = time.perf_counter()
-        _, grads = loss_and_grads(params, x, y, mcfg)
-        grads, _ = optim.clip_by_global_norm(grads, CLIP)
-        params, state = optim.step(params, grads, state, ocfg)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return times
-
-
-def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
-    import torch
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from torch_reference import make_step
-
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
-    torch.manual_seed(0)
-    _, step = make_step({**cfg, "vocab": VOCAB, "activation": cfg.get("activation", "relu")}, LR, WD, BETA2, CLIP)
+def time_steps(step: Any, cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
+    """Seconds per call of ``step(x, y)`` on random batches, after ``warmup`` untimed calls."""
     rng = np.random.default_rng(0)
     data = rng.integers(0, VOCAB, size=100_000)
     times = []
@@ -108,6 +77,36 @@ def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     return times
+
+
+def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
+    from bevialm import optim
+    from bevialm.model import ModelConfig, init_params, loss_and_grads
+
+    mcfg = ModelConfig(VOCAB, cfg["ctx"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["mlp"], cfg.get("activation", "relu"))
+    params = init_params(mcfg, np.random.default_rng(0))
+    state = optim.init_state(params)
+    ocfg = optim.AdamWConfig(lr=LR, beta2=BETA2, weight_decay=WD)
+
+    def step(x: Any, y: Any) -> None:  # the trainer's step: loss and grads, clip, AdamW
+        nonlocal params, state
+        _, grads = loss_and_grads(params, x, y, mcfg)
+        grads, _ = optim.clip_by_global_norm(grads, CLIP)
+        params, state = optim.step(params, grads, state, ocfg)
+
+    return time_steps(step, cfg, steps, warmup)
+
+
+def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from torch_reference import make_step
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    torch.manual_seed(0)
+    _, step = make_step({**cfg, "vocab": VOCAB, "activation": cfg.get("activation", "relu")}, LR, WD, BETA2, CLIP)
+    return time_steps(step, cfg, steps, warmup)
 
 
 def run_worker(impl: str, config: str, steps: int, warmup: int) -> float:
