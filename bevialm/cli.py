@@ -96,7 +96,9 @@ def top_p_value(text: str) -> float:
 
 
 def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
-    p.add_argument("--seed", type=int, default=42, help="random seed for reproducibility (default: %(default)s)")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=42, help="random seed (>= 0) for reproducibility (default: %(default)s)"
+    )
     p.add_argument(
         "--out",
         default=DEFAULT_OUT,
@@ -188,7 +190,8 @@ def _add_loop_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last.npz until --steps (pass the same model flags)",
+        help="continue the run in --out from its last.npz until --steps (pass the same model flags; "
+        "not together with --overwrite)",
     )
     p.add_argument(
         "--overwrite",
@@ -199,7 +202,10 @@ def _add_loop_flags(p: argparse._ActionsContainer) -> None:
 
 def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument(
-        "--sample_len", type=non_negative_int, default=400, help="characters to generate per sample (default: %(default)s)"
+        "--sample_len",
+        type=non_negative_int,
+        default=400,
+        help="characters to generate per sample; in training 0 prints no samples (default: %(default)s)",
     )
     p.add_argument(
         "--temperature",

@@ -250,6 +250,8 @@ def generate(
     b, t0 = prompt.shape
     tokens = np.empty((b, t0 + n_new), dtype=np.int64)
     tokens[:, :t0] = prompt
+    if n_new == 0:  # nothing to choose: skip the prompt's forward pass
+        return tokens
     fresh = empty_cache(cfg, b, sp.dtype)
     logits, cache = _decode(sp, cfg, fresh, tokens[:, max(0, t0 - cfg.ctx) : t0])
     for i in range(t0, t0 + n_new):

@@ -23,9 +23,12 @@ trajectory, and a run resumed from a checkpoint (parameters, AdamW moments and
 step count, training-RNG state, best validation loss, the log line's running
 sum) computes the very same losses, to the bit, as one that never stopped.
 
-**State.** Everything the future of the run depends on is one immutable
-snapshot, replaced by a single assignment at the end of each step, so a Ctrl-C
-at any moment finds a consistent step to save.
+**State.** Everything the future of the run depends on (best validation loss
+included) is one immutable snapshot, replaced by single assignments. A Ctrl-C
+saves the last *committed* snapshot: the step whose log line, evaluation,
+checkpoints and sample are all done. An interrupt during that work saves the
+step before it, so the resumed run redoes the step and its evaluation instead
+of skipping them.
 
 **Files** in the run folder ``out``: ``last.npz`` (with the optimizer state,
 for ``--resume``) and ``best.npz`` (lowest validation loss, parameters only),
@@ -66,7 +69,8 @@ _MODEL_FLAGS = {"n_layers": "layers", "n_heads": "heads", "vocab_size": "vocabul
 
 
 class TrainError(ValueError):
-    """A run that cannot start: bad data, run folder or checkpoint (one line)."""
+    """A run that cannot start (bad data, run folder or checkpoint) or cannot write its
+    checkpoints or metrics (a full disk): one line."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -149,8 +153,12 @@ class TrainConfig:
                 raise ValueError(f"{LAYER}: {key} must be a finite number >= 0, got {value!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"{LAYER}: top_p must lie in (0, 1], got {self.top_p!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"{LAYER}: seed must be an integer >= 0, got {self.seed!r}")
         if self.resume and self.overwrite:
-            raise ValueError(f"{LAYER}: resume and overwrite exclude each other")
+            raise ValueError(
+                f"{LAYER}: --resume continues the run in --out and --overwrite deletes it: pass only one of them"
+            )
 
     @classmethod
     def field_names(cls) -> frozenset[str]:
@@ -197,7 +205,8 @@ class _Snapshot:
 
     ``loss_sum``/``loss_count`` are the running sum of the training losses since the
     last log line (whose mean the next line prints); ``rng_state`` is the training
-    generator's state at this step boundary.
+    generator's state at this step boundary; ``best_val``/``best_step`` the lowest
+    validation loss so far and its step (what ``best.npz`` holds).
     """
 
     step: int
@@ -207,6 +216,13 @@ class _Snapshot:
     loss_sum: float = 0.0
     loss_count: int = 0
     grad_norm: float = math.nan
+    best_val: float | None = None
+    best_step: int | None = None
+
+
+# The flags whose change makes a resumed run differ from one that never stopped (the model's
+# own flags are checked against the checkpoint and refused when they differ).
+_TRAJECTORY_FLAGS = ("seed", "batch", "steps", "lr", "warmup", "min_lr", "wd", "beta2", "grad_clip", "val_fraction")
 
 
 def evaluate(
@@ -243,9 +259,9 @@ class _Run:
         self.val_data: IntArray
         self.mcfg: model.ModelConfig
         self.snap: _Snapshot
+        self.committed: _Snapshot  # what a Ctrl-C saves: the last step whose bookkeeping is done
         self.rng: np.random.Generator
-        self.best_val: float | None = None
-        self.best_step: int | None = None
+        self.changed_flags: list[str] = []
         self.last_eval: tuple[float, float] | None = None
         self.saved_step: int | None = None  # step of the last.npz on disk (the last good one)
         self.elapsed_before = 0.0
@@ -312,7 +328,7 @@ class _Run:
         cfg = self.cfg
         params = model.init_params(self.mcfg, np.random.default_rng([cfg.seed, INIT_STREAM]), np.dtype(cfg.dtype))
         self.rng = np.random.default_rng([cfg.seed, TRAIN_STREAM])
-        self.snap = _Snapshot(0, params, optim.init_state(params), self.rng.bit_generator.state)
+        self.snap = self.committed = _Snapshot(0, params, optim.init_state(params), self.rng.bit_generator.state)
         self.metrics = open(self.path(METRICS), "w", encoding="utf-8")  # noqa: SIM115 - closed in run()
 
     def _restore(self) -> None:
@@ -332,22 +348,29 @@ class _Run:
         checkpoint.validate_against(ckpt, model.param_shapes(self.mcfg))
         dtypes = {str(p.dtype) for p in ckpt.params.values()}
         if dtypes != {cfg.dtype}:
-            raise TrainError(f"--resume: '{path}' holds {'/'.join(sorted(dtypes))} parameters, --dtype is {cfg.dtype}")
+            raise TrainError(
+                f"--resume: '{path}' holds {'/'.join(sorted(dtypes))} parameters, --dtype is {cfg.dtype}; "
+                "pass the run's --dtype"
+            )
         if ckpt.opt_state is None or ckpt.rng_state is None:
             raise TrainError(f"--resume: '{path}' has no optimizer or RNG state to resume from")
         self.rng = checkpoint.restore_rng(ckpt.rng_state)
         extra = ckpt.extra
-        self.snap = _Snapshot(
+        grad_norm = extra.get("grad_norm")
+        self.snap = self.committed = _Snapshot(
             ckpt.step,
             ckpt.params,
             ckpt.opt_state,
             self.rng.bit_generator.state,
             float(extra.get("loss_sum", 0.0)),
             int(extra.get("loss_count", 0)),
-            float(extra.get("grad_norm", math.nan)),
+            math.nan if grad_norm is None else float(grad_norm),
+            ckpt.best_val_loss,
+            extra.get("best_step"),
         )
-        self.best_val = ckpt.best_val_loss
-        self.best_step = extra.get("best_step")
+        before = ckpt.train_config
+        now = asdict(cfg)
+        self.changed_flags = [f"{k} {before[k]} -> {now[k]}" for k in _TRAJECTORY_FLAGS if k in before and before[k] != now[k]]
         self.elapsed_before = float(extra.get("elapsed", 0.0))
         self.saved_step = self.resumed_from = ckpt.step
         self.metrics = self._reopen_metrics(ckpt.step)
@@ -394,6 +417,11 @@ class _Run:
         )
         where = f" (resuming from step {self.resumed_from} of {LAST})" if self.resumed_from is not None else ""
         self.say(f"run folder: {cfg.out}{where}")
+        if self.changed_flags:
+            self.say(
+                f"note: --resume with flags that differ from the checkpoint's run ({', '.join(self.changed_flags)}): "
+                "from here on the run follows the new values"
+            )
 
     def run(self) -> TrainResult:
         try:
@@ -415,8 +443,8 @@ class _Run:
             self.snap.step,
             None if last is None else last[0],
             None if last is None else last[1],
-            self.best_val,
-            self.best_step,
+            self.snap.best_val,
+            self.snap.best_step,
             self.elapsed(),
             self.cfg.out,
         )
@@ -441,7 +469,8 @@ class _Run:
             done = s + 1
             log_due = cfg.log_every > 0 and (done % cfg.log_every == 0 or done == cfg.steps)
             loss_sum, loss_count = snap.loss_sum + loss, snap.loss_count + 1
-            # One assignment publishes the step: a Ctrl-C sees either the old or the new state.
+            # One assignment publishes the step; a Ctrl-C saves self.committed, which only
+            # moves on below, once the step's log, evaluation, checkpoints and sample are done.
             self.snap = _Snapshot(
                 done,
                 params,
@@ -450,6 +479,8 @@ class _Run:
                 0.0 if log_due else loss_sum,
                 0 if log_due else loss_count,
                 norm,
+                snap.best_val,
+                snap.best_step,
             )
             interval_time += time.perf_counter() - t0
             interval_steps += 1
@@ -462,6 +493,7 @@ class _Run:
                 self._evaluate_and_save(done, lr)
             if cfg.sample_len > 0 and (done == cfg.steps or (cfg.sample_every > 0 and done % cfg.sample_every == 0)):
                 self._print_sample(done)
+            self.committed = self.snap
 
     def _log(self, step: int, loss: float, lr: float, norm: float, per_step: float, eta: float) -> None:
         cfg = self.cfg
@@ -483,8 +515,11 @@ class _Run:
     def _record(self, **fields: Any) -> None:
         assert self.metrics is not None
         fields["time"] = round(self.elapsed(), 3)
-        self.metrics.write(json.dumps(fields) + "\n")
-        self.metrics.flush()
+        try:
+            self.metrics.write(json.dumps(fields) + "\n")
+            self.metrics.flush()
+        except OSError as e:
+            raise TrainError(f"cannot write '{self.path(METRICS)}': {e.strerror or e}; {self._kept()}") from None
 
     def _evaluate_and_save(self, step: int, lr: float) -> None:
         cfg, snap = self.cfg, self.snap
@@ -496,12 +531,12 @@ class _Run:
             raise TrainingDiverged(self._diverged(step, f"evaluation loss train {train_loss}, val {val_loss}"))
         self.last_eval = (train_loss, val_loss)
         self._record(kind="eval", step=step, train_loss=train_loss, val_loss=val_loss, lr=lr)
-        improved = self.best_val is None or val_loss < self.best_val
+        improved = snap.best_val is None or val_loss < snap.best_val
         if improved:
-            self.best_val, self.best_step = val_loss, step
+            snap = self.snap = dataclasses.replace(snap, best_val=val_loss, best_step=step)
             self._save(BEST, snap, with_optimizer=False)
         self._save(LAST, snap, with_optimizer=True)
-        note = f"new best, saved {BEST} and {LAST}" if improved else f"best {self.best_val:.4f} at step {self.best_step}, saved {LAST}"
+        note = f"new best, saved {BEST} and {LAST}" if improved else f"best {snap.best_val:.4f} at step {snap.best_step}, saved {LAST}"
         self.say(f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | eval: train {train_loss:.4f} | val {val_loss:.4f} | {note}")
 
     def _save(self, name: str, snap: _Snapshot, *, with_optimizer: bool) -> str:
@@ -511,40 +546,41 @@ class _Run:
             step=snap.step,
             train_config=asdict(self.cfg),
             rng=checkpoint.restore_rng(snap.rng_state),
-            best_val_loss=self.best_val,
+            best_val_loss=snap.best_val,
             extra={
                 "loss_sum": snap.loss_sum,
                 "loss_count": snap.loss_count,
                 "grad_norm": snap.grad_norm if math.isfinite(snap.grad_norm) else None,
-                "best_step": self.best_step,
+                "best_step": snap.best_step,
                 "elapsed": self.elapsed(),
             },
         )
         path = self.path(name)
-        checkpoint.save_checkpoint(path, params=snap.params, header=header, opt_state=snap.opt if with_optimizer else None)
+        try:
+            checkpoint.save_checkpoint(path, params=snap.params, header=header, opt_state=snap.opt if with_optimizer else None)
+        except OSError as e:  # a full disk, a folder removed under the run: the old file is intact
+            raise TrainError(f"cannot write checkpoint '{path}': {e.strerror or e}; {self._kept()}") from None
         if name == LAST:
             self.saved_step = snap.step
         return path
 
     def _save_on_interrupt(self) -> None:
-        snap = self.snap
+        snap = self.committed
         if not _finite(snap.params):  # pragma: no cover - an update overflowed just before Ctrl-C
             self.say(f"\ninterrupted at step {snap.step}: parameters are not finite, nothing saved")
             return
         path = self._save(LAST, snap, with_optimizer=True)
-        self.say(
-            f"\ninterrupted at step {snap.step}/{self.cfg.steps}: saved {path}; "
-            "continue with the same command and --resume"
-        )
+        how = "--resume in place of --overwrite" if self.cfg.overwrite else "--resume"
+        self.say(f"\ninterrupted at step {snap.step}/{self.cfg.steps}: saved {path}; continue with the same command and {how}")
+
+    def _kept(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint is '{self.path(LAST)}' (step {self.saved_step})"
 
     def _diverged(self, step: int, what: str) -> str:
-        kept = (
-            f"the last good checkpoint is '{self.path(LAST)}' (step {self.saved_step})"
-            if self.saved_step is not None
-            else "no checkpoint had been written yet"
-        )
         return (
-            f"training diverged at step {step}/{self.cfg.steps} ({what}); stopped without saving, {kept}; "
+            f"training diverged at step {step}/{self.cfg.steps} ({what}); stopped without saving, {self._kept()}; "
             "try a lower --lr or a --grad_clip"
         )
 
@@ -562,7 +598,8 @@ class _Run:
         self.say(f"----- sample at step {step} -----\n{text[len(prompt):]}\n-----")
 
     def _summary(self) -> None:
-        best = "none" if self.best_val is None else f"{self.best_val:.4f} at step {self.best_step}"
+        snap = self.snap
+        best = "none" if snap.best_val is None else f"{snap.best_val:.4f} at step {snap.best_step}"
         self.say(
             f"done: step {self.snap.step}/{self.cfg.steps} in {_clock(self.elapsed())}; best val loss {best}; "
             f"checkpoints in {self.cfg.out}"
@@ -574,7 +611,7 @@ def train(cfg: TrainConfig, *, stdout: IO[str] | None = None) -> TrainResult:
     """Run (or, with ``cfg.resume``, continue) training as ``cfg`` says, printing to ``stdout``.
 
     Raises :class:`TrainError` (or :class:`bevialm.data.DataError`,
-    :class:`bevialm.checkpoint.CheckpointError`) when the run cannot start,
+    :class:`bevialm.checkpoint.CheckpointError`) when the run cannot start or write its files,
     :class:`TrainingDiverged` on a NaN or infinite loss (``last.npz`` keeps the
     last good state), and re-raises ``KeyboardInterrupt`` after saving ``last.npz``.
     """

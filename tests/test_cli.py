@@ -194,6 +194,8 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     ("steps-not-a-number", train_cmd("--data", DATA, "--steps", "many"), 2, "argument --steps: expected an integer"),
     ("lr-nan", train_cmd("--data", DATA, "--lr", "nan"), 2, "argument --lr: must be a finite number"),
     ("dropout-one", train_cmd("--data", DATA, "--dropout", "1"), 2, "argument --dropout: must lie in [0, 1)"),
+    ("seed-negative", train_cmd("--data", DATA, "--seed", "-1"), 2, "argument --seed: must be an integer >= 0, got '-1'"),
+    ("resume-and-overwrite", train_cmd("--data", DATA, "--resume", "--overwrite"), 1, "pass only one of them"),
     ("no-data-flag", train_cmd(), 2, "the following arguments are required: --data"),
     ("heads-not-dividing-dim", train_cmd("--data", DATA, "--heads", "3"), 1, "error: train: heads (3) must divide dim (16)"),
     ("min-lr-above-lr", train_cmd("--data", DATA, "--min_lr", "0.1"), 1, "error: train: min_lr (0.1) must lie between 0 and lr"),
@@ -209,6 +211,7 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     ("sample-corrupt", [*SAMPLE, "--checkpoint", "{tmp}/corrupt/last.npz"], 1, "error: checkpoint '{tmp}/corrupt/last.npz' is not a BeviaLLM checkpoint"),
     ("sample-missing", [*SAMPLE, "--out", "{tmp}/nothing"], 1, "error: checkpoint '{tmp}/nothing/last.npz' does not exist"),
     ("sample-top-p-zero", [*SAMPLE, "--top_p", "0"], 2, "argument --top_p: must lie in (0, 1]"),
+    ("sample-seed-negative", [*SAMPLE, "--seed", "-5"], 2, "argument --seed: must be an integer >= 0"),
     ("sample-two-prompts", [*SAMPLE, "--prompt", "a", "--prompt_file", "b"], 2, "not allowed with argument"),
 ]
 
@@ -256,8 +259,10 @@ def test_ctrl_c_on_a_real_training_process_saves_and_resumes(tmp_path: Path) -> 
     proc = subprocess.Popen([*cmd, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     deadline = time.monotonic() + 60
-    for line in proc.stdout:  # wait until it is really training
-        if line.startswith("step ") or time.monotonic() > deadline:
+    logged = 0
+    for line in proc.stdout:  # wait until step 1 is done, log line included: a Ctrl-C then saves step >= 1
+        logged += line.startswith("step ")
+        if logged == 2 or time.monotonic() > deadline:
             break
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=60)

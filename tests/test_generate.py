@@ -106,6 +106,17 @@ def test_generate_rejects_bad_prompts_and_lengths() -> None:
     assert generate.generate(params, CFG, np.array([[1, 2]]), 0, greedy).tolist() == [[1, 2]]
 
 
+def test_generating_nothing_runs_no_forward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = trained_like(CFG, np.float32)
+
+    def no_decoding(*args: Any) -> Any:
+        raise AssertionError("decoded although no token is generated")
+
+    monkeypatch.setattr(generate, "_decode", no_decoding)
+    tokens = generate.generate(params, CFG, np.array([[3, 1, 4]]), 0, lambda logits: np.argmax(logits, axis=1))
+    assert tokens.tolist() == [[3, 1, 4]]
+
+
 # --- choosing tokens --------------------------------------------------------------------------------
 
 PROBS = np.array([0.4, 0.3, 0.2, 0.1])

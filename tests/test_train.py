@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bevialm import model, train
+from bevialm import checkpoint, model, train
 from bevialm.checkpoint import CheckpointError, load_checkpoint
 from bevialm.data import DataError
 from bevialm.train import TrainConfig, TrainError, TrainingDiverged
@@ -161,6 +161,113 @@ def test_resume_after_a_crash_drops_the_lost_metrics_and_replays_them(
     assert same_params(load_checkpoint(tmp_path / "last.npz").params, load_checkpoint(ref_out / "last.npz").params)
 
 
+def test_ctrl_c_during_an_evaluation_saves_the_step_before_and_resume_redoes_it(
+    reference: tuple[Path, train.TrainResult, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref_out = reference[0]
+    cfg = tiny(tmp_path)
+    real, calls = train.evaluate, [0]
+
+    def interrupted_at_third_call(*args: Any) -> float:  # the train-split evaluation at step 20
+        calls[0] += 1
+        if calls[0] == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "evaluate", interrupted_at_third_call)
+        stdout = io.StringIO()
+        with pytest.raises(KeyboardInterrupt):
+            train.train(cfg, stdout=stdout)
+    # step 20 ran, but its evaluation did not: saving step 20 would skip that evaluation for good
+    assert "interrupted at step 19/30" in stdout.getvalue()
+    assert load_checkpoint(tmp_path / "last.npz").step == 19
+    run(replace(cfg, resume=True))
+    assert metrics(tmp_path) == metrics(ref_out)
+    for name in ("last.npz", "best.npz"):
+        a, b = load_checkpoint(tmp_path / name), load_checkpoint(ref_out / name)
+        assert same_params(a.params, b.params) and a.best_val_loss == b.best_val_loss, name
+
+
+def test_ctrl_c_while_writing_best_keeps_best_and_its_loss_together(
+    reference: tuple[Path, train.TrainResult, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref_out = reference[0]
+    cfg = tiny(tmp_path)
+    real = checkpoint.save_checkpoint
+    saves: list[str] = []
+
+    def interrupted_writing_best(path: Any, **kwargs: Any) -> None:
+        saves.append(str(path))
+        if len(saves) == 3:  # best.npz at step 20 (after best and last at step 10)
+            raise KeyboardInterrupt
+        real(path, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(checkpoint, "save_checkpoint", interrupted_writing_best)
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    assert saves[2].endswith("best.npz")
+    last = load_checkpoint(tmp_path / "last.npz")
+    assert last.step == 19 and last.best_val_loss == load_checkpoint(tmp_path / "best.npz").best_val_loss
+    run(replace(cfg, resume=True))
+    assert metrics(tmp_path) == metrics(ref_out)
+    assert same_params(load_checkpoint(tmp_path / "best.npz").params, load_checkpoint(ref_out / "best.npz").params)
+
+
+def test_ctrl_c_before_the_first_step_can_be_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny(tmp_path, steps=3, eval_every=0, sample_len=0, eval_iters=1)
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "loss_and_grads", failing_at(1, KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    assert load_checkpoint(tmp_path / "last.npz").step == 0
+    result, _ = run(replace(cfg, resume=True))
+    assert result.step == 3
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = np.savez
+    calls = [0]
+
+    def full_disk(file: Any, *args: Any, **kwargs: Any) -> None:
+        calls[0] += 1
+        if calls[0] > 2:  # best and last at step 10 fit, then the disk is full
+            file.write(b"PK\x03\x04 partial")
+            raise OSError(28, "No space left on device")
+        real(file, *args, **kwargs)
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(TrainError) as caught:
+        run(tiny(tmp_path))
+    message = str(caught.value)
+    assert message.startswith(f"cannot write checkpoint '{tmp_path / 'best.npz'}': No space left on device;")
+    assert f"the last good checkpoint is '{tmp_path / 'last.npz'}' (step 10)" in message and "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "last.npz", "metrics.jsonl"]  # no temp file
+    assert load_checkpoint(tmp_path / "last.npz").step == 10
+
+
+def test_resume_with_other_training_flags_says_so(reference: tuple[Path, train.TrainResult, str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    _, stdout = run(tiny(out, resume=True, steps=32, lr=1e-3))
+    assert "note: --resume with flags that differ from the checkpoint's run (steps 30 -> 32, lr 0.003 -> 0.001)" in stdout
+    _, stdout = run(tiny(out, resume=True, steps=32, lr=1e-3, log_every=1))
+    assert "note:" not in stdout  # the checkpoint now records the new values; loop flags never count
+
+
+def test_interrupt_message_says_how_to_resume_an_overwriting_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model, "loss_and_grads", failing_at(2, KeyboardInterrupt()))
+    stdout = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny(tmp_path, overwrite=True), stdout=stdout)
+    assert "continue with the same command and --resume in place of --overwrite" in stdout.getvalue()
+
+
 def test_evaluation_and_sampling_never_change_the_training_trajectory(
     reference: tuple[Path, train.TrainResult, str], tmp_path: Path
 ) -> None:
@@ -224,7 +331,7 @@ def test_resume_refuses_what_it_cannot_continue(reference: tuple[Path, train.Tra
             run(tiny(out, resume=True, steps=40, **overrides))
     other = tmp_path / "other.txt"
     other.write_text("completely different text! " * 200, encoding="utf-8")
-    with pytest.raises(TrainError, match="n_layers|vocabulary size 59 in the checkpoint"):
+    with pytest.raises(TrainError, match="vocabulary size 59 in the checkpoint, 16 now"):
         run(tiny(out, resume=True, data=str(other)))
     shutil.copy(out / "best.npz", out / "last.npz")  # parameters only
     with pytest.raises(TrainError, match="no optimizer or RNG state"):
@@ -285,7 +392,8 @@ def test_data_too_short_for_the_context(tmp_path: Path) -> None:
         ({"wd": float("inf")}, "wd must be a finite number >= 0"),
         ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
         ({"top_p": 0.0}, r"top_p must lie in \(0, 1\]"),
-        ({"resume": True, "overwrite": True}, "exclude each other"),
+        ({"resume": True, "overwrite": True}, "--overwrite deletes it: pass only one of them"),
+        ({"seed": -1}, "seed must be an integer >= 0"),
     ],
 )
 def test_train_config_rejects_bad_values(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
