@@ -191,9 +191,14 @@ def test_planted_mistake_loses_exactly_its_checks(mistake: str, solution: Path, 
     assert backward_hint.startswith(f"{tensor} "), backward_hint
     gradcheck_hint = hint(report, f"{pair}.gradcheck")
     assert f"{tensor} " in gradcheck_hint
-    if "shape" not in backward_hint:
+    if " has shape " not in backward_hint:  # (every hint's case label says "input shape")
         # the forward is right, so the hint can say so: "your forward is right, your dW is not"
         assert gradcheck_hint.startswith(f"your forward matches the reference, but your {tensor} ")
+    else:  # shapes read as in the backward hint, not as Python tuples
+        assert f"{tensor} is (4, 3) float64, expected (3, 4) float64" in hint(report, f"{pair}.purity")
+    if pair == "attention":  # the mistake is in the core the student writes too: the hint says so
+        assert "your backward calls your attend_backward" in backward_hint
+        assert "attend_backward" in gradcheck_hint
     assert report.score < report.max_score
 
 
@@ -203,6 +208,7 @@ def test_composite_failures_point_at_the_failing_sub_pair(solution: Path, tmp_pa
     patch(folder, *MISTAKES["softmax backward without the row sum"][0][0])
     report = grade_here(folder, only=("softmax", "attention", "model.loss_and_grads"))
     assert "it uses softmax, which fails this check too" in hint(report, "attention.backward")
+    assert "it uses softmax, which fails this check too" in format_report(report)  # wrapped, not cut
     assert "fix the failing pairs first: attention, softmax" in hint(report, "model.loss_and_grads")
     assert pair_dependencies()["block"] >= {"attention", "mlp", "layernorm", "softmax", "linear"}
     assert "softmax" not in pair_dependencies()["cross_entropy"]  # it uses only softmax's helper
@@ -245,6 +251,10 @@ def test_submission_using_the_reference_is_flagged(solution: Path, tmp_path: Pat
     folder = tmp_path / "upload" / "mine"
     shutil.copytree(solution, folder)
     patch(folder, "layers/block.py", "from . import attention, dropout, layernorm, mlp", "from . import dropout, layernorm, mlp\nfrom bevialm.layers import attention")
+    # ... and tries to hide it: once imported, the package rewrites its source (the scan comes first)
+    with (folder / "__init__.py").open("a") as init:
+        init.write("import pathlib\n_f = pathlib.Path(__file__).parent / 'layers' / 'block.py'\n")
+        init.write("_f.write_text(_f.read_text().replace('from bevialm.layers import attention', 'from . import attention'))\n")
     report = grade_here(folder.parent, only=("block.forward",))
     assert report.root == folder  # found one level down, as students often upload it
     assert report.reference_uses == ["layers/block.py:25: uses the reference bevialm.layers.attention"]
@@ -371,6 +381,7 @@ def test_skeleton_blanks_exactly_the_registry_functions(skeleton: Path) -> None:
     assert "from bevialm.types import" in linear  # infrastructure stays shared
     assert reference_imports(skeleton) == []
     assert "layers/linear.py" in (skeleton / "README.md").read_text()
+    assert "`attend`, `attend_backward`" in (skeleton / "README.md").read_text()  # students write the core
 
 
 def test_rewrite_handles_other_import_forms() -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import math
 import re
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -191,9 +192,14 @@ def compare(name: str, got: Array | None, want: Array, got_type: str | None, tol
     )
 
 
+_SHAPE_DTYPE = re.compile(r"\((\((?:\d+(?:, )?)*,?\)), '(\w+)'\)")
+
+
 def _name_grads(problem: str) -> str:
-    """``grad 'W' is ...`` (the gradient checker's words) -> ``dW is ...``."""
-    return re.sub(r"grad '([^']+)' is", lambda m: f"{tensor_name(m.group(1))} is", problem)
+    """The gradient checker's words in the hint's: ``grad 'W' is ((4, 3), 'float64')`` ->
+    ``dW is (4, 3) float64``."""
+    named = re.sub(r"grad '([^']+)' is", lambda m: f"{tensor_name(m.group(1))} is", problem)
+    return _SHAPE_DTYPE.sub(lambda m: f"{m.group(1)} {m.group(2)}", named)
 
 
 def _summarise(comparisons: list[Comparison], label: str) -> tuple[bool, float | None, str, str]:
@@ -418,6 +424,9 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
         else:
             tasks.append(PairTask(c.id, c.kind, c.subject, tuple(p.input for p in points[c.subject]), settings.gradcheck_entries))
 
+    # Read the submission's source before any of it runs: a check could rewrite its own files
+    # (to hide an import of the reference) before a later scan.
+    reference_uses, missing = reference_imports(root), missing_files(root)
     target = Submission(str(root.resolve()), options.package)
     outcomes = run_sandboxed(tasks, target, limits, options.jobs) if options.sandbox else run_in_process(tasks, target)
 
@@ -432,8 +441,8 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
         root,
         _cross_reference(results),
         rubric,
-        reference_imports(root),
-        missing_files(root),
+        reference_uses,
+        missing,
         time.monotonic() - start,
         options.visible_only,
         options.sandbox,
@@ -525,6 +534,45 @@ def pair_dependencies() -> dict[str, set[str]]:
     return deps
 
 
+CONTRACT = frozenset({"init", "forward", "backward"})
+
+
+def helper_calls() -> dict[str, dict[str, list[str]]]:
+    """For each pair, its graded functions' calls of the pair's *other* graded functions, read
+    from the reference source: ``{"attention": {"forward": ["attend"], "backward":
+    ["attend_backward"]}}``. A wrong number out of ``forward`` may come from ``attend``."""
+    import ast
+    import importlib
+
+    out: dict[str, dict[str, list[str]]] = {}
+    for spec in PAIRS:
+        graded = set(spec.functions)
+        module = importlib.import_module(spec.module.__name__)
+        tree = ast.parse(Path(module.__file__ or "").read_text(encoding="utf-8"))
+        calls: dict[str, list[str]] = {}
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name in graded:
+                called = {
+                    c.func.id
+                    for c in ast.walk(node)
+                    if isinstance(c, ast.Call) and isinstance(c.func, ast.Name) and c.func.id in graded
+                }
+                calls[node.name] = sorted(called - {node.name})
+        out[spec.name] = {k: v for k, v in calls.items() if v}
+    return out
+
+
+def _helper_hint(subject: str, kind: str, helpers: Mapping[str, Mapping[str, list[str]]]) -> str:
+    """`` [your forward calls your attend: look there too]`` for a check whose numbers are wrong."""
+    uses = helpers.get(subject, {})
+    callers = {"forward": ("forward",), "backward": ("backward",), "gradcheck": ("backward",)}.get(kind, ())
+    found = [(c, uses[c]) for c in callers if c in uses]
+    if not found:
+        return ""
+    said = "; ".join(f"your {caller} calls your {' and '.join(names)}" for caller, names in found)
+    return f" [{said}: look there too]"
+
+
 def _names(names: list[str]) -> str:
     return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
 
@@ -534,6 +582,7 @@ def _cross_reference(results: list[CheckResult]) -> list[CheckResult]:
     failed = {(r.check.subject, r.check.kind) for r in results if not r.passed}
     passed = {(r.check.subject, r.check.kind) for r in results if r.passed}
     deps = pair_dependencies()
+    helpers = helper_calls()
     out = []
     for r in results:
         if r.passed or r.reason != "mismatch":
@@ -545,6 +594,8 @@ def _cross_reference(results: list[CheckResult]) -> list[CheckResult]:
             hint = "your forward matches the reference, but " + hint
         if kind == "backward" and (subject, "forward") in failed:
             hint += " [your forward is wrong too: fix it first]"
+        if subject != MODEL and not any((d, kind) in failed for d in deps.get(subject, ())):
+            hint += _helper_hint(subject, kind, helpers)  # no failing sub-pair to blame first
         if subject == MODEL:
             broken = sorted({s for s, _ in failed if s != MODEL})
             if broken:
@@ -580,10 +631,12 @@ def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: b
     id_width = max([len(r.check.id) for r in shown] + [5])
     header = f"{'check':<{id_width}}  {'points':>7}  {'rel err':>7}  hint"
     lines += [header, "-" * min(width, len(header) + 40)]
+    indent = " " * (id_width + 20)
     for r in shown:
         pts = f"{_points(r.score)}/{_points(r.check.rule.points)}"
         row = f"{r.check.id:<{id_width}}  {pts:>7}  {format_rel(r.worst_rel):>7}  {r.hint}"
-        lines.append(row if len(row) <= width else row[: width - 3] + "...")
+        # Wrapped, never cut: the end of a hint ("[it uses linear, which fails ...]") matters most.
+        lines += textwrap.wrap(row, max(width, len(indent) + 40), subsequent_indent=indent, break_on_hyphens=False)
     lines.append("-" * min(width, len(header) + 40))
     scope = " (visible checks only)" if report.visible_only or len(shown) < len(report.results) else ""
     passed = sum(r.passed for r in shown)

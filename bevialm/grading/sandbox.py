@@ -235,15 +235,15 @@ def run_sandboxed(
     """Run every task in its own confined child, at most ``jobs`` at a time."""
     ctx = context()
     outcomes: list[Outcome | None] = [None] * len(tasks)
-    base = Path(tempfile.mkdtemp(prefix="bevialm-grade-"))
     pending = list(range(len(tasks)))
     running: list[_Running] = []
     try:
         while pending or running:
             while pending and len(running) < max(1, jobs):
                 i = pending.pop(0)
-                workdir = base / f"check{i}"
-                workdir.mkdir()
+                # A fresh, unpredictable folder per check (not base/check{i}): a child that made
+                # or filled the next check's folder ahead of time would crash or fool the grader.
+                workdir = Path(tempfile.mkdtemp(prefix=f"bevialm-check{i}-"))
                 p = ctx.Process(target=child_main, args=(tasks[i], submission, str(workdir), limits), daemon=True)
                 p.start()
                 running.append(_Running(i, p, workdir, time.monotonic()))
@@ -262,9 +262,11 @@ def run_sandboxed(
                 outcomes[run.index] = _collect(run, limits, timed_out=over and not (run.workdir / RESULT_FILE).is_file())
                 run.process.close()
                 running.remove(run)
+                shutil.rmtree(run.workdir, ignore_errors=True)
     finally:
         for run in running:  # pragma: no cover - only when the grader itself is interrupted
             _kill_group(run.process.pid)
             run.process.kill()
-        shutil.rmtree(base, ignore_errors=True)
+            run.process.join(KILL_GRACE)
+            shutil.rmtree(run.workdir, ignore_errors=True)
     return [o for o in outcomes if o is not None]
