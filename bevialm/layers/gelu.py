@@ -37,8 +37,16 @@ def forward(params: Params, x: Array, cfg: GeluConfig) -> tuple[Array, GeluCache
     """``y = 0.5 x (1 + tanh(k (x + c x^3)))`` with ``k = sqrt(2/pi)``, ``c = 0.044715``."""
     require_floating("gelu", "x", x)
     k, c = x.dtype.type(_GELU_K), x.dtype.type(_GELU_C)
-    t = np.tanh(k * (x + c * x * x * x))
-    return 0.5 * x * (1 + t), GeluCache(x, t)
+    u = x * x  # u = k (x + c x^3) = k x (1 + c x^2), built in place in one temporary
+    u *= c
+    u += 1
+    u *= x
+    u *= k
+    t = np.tanh(u, out=u)
+    y = t + 1
+    y *= x
+    y *= x.dtype.type(0.5)
+    return y, GeluCache(x, t)
 
 
 def backward(params: Params, cache: GeluCache, dy: Array) -> tuple[Array, Grads]:
@@ -46,5 +54,17 @@ def backward(params: Params, cache: GeluCache, dy: Array) -> tuple[Array, Grads]
     require_shape("gelu", "dy", dy, cache.x.shape)
     x, t = cache.x, cache.t
     k, c = x.dtype.type(_GELU_K), x.dtype.type(_GELU_C)
-    local = 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * c * x * x)
-    return dy * local, {}
+    half = x.dtype.type(0.5)
+    local = t * t  # built in place: 0.5 x (1 - t^2) k (1 + 3 c x^2) + 0.5 (1 + t)
+    np.subtract(1, local, out=local)
+    local *= x
+    local *= half * k
+    poly = x * x
+    poly *= 3 * c
+    poly += 1
+    local *= poly
+    np.add(t, 1, out=poly)
+    poly *= half
+    local += poly
+    local *= dy
+    return local, {}
