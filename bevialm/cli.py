@@ -48,48 +48,24 @@ def _number(text: str, kind: type[int] | type[float]) -> Any:
     return value
 
 
-def positive_int(text: str) -> int:
-    value: int = _number(text, int)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def _checked(kind: type[int] | type[float], ok: Callable[[Any], bool], requirement: str) -> Callable[[str], Any]:
+    """An argparse ``type``: parse ``text`` as ``kind`` and require ``ok(value)``."""
+
+    def parse(text: str) -> Any:
+        value = _number(text, kind)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must {requirement}, got {text!r}")
+        return value
+
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value: int = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value: float = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value: float = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    """A probability in ``[0, 1)`` (dropout, Adam's betas)."""
-    value: float = _number(text, float)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text!r}")
-    return value
-
-
-def top_p_value(text: str) -> float:
-    """A nucleus mass in ``(0, 1]``."""
-    value: float = _number(text, float)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1], got {text!r}")
-    return value
+positive_int = _checked(int, lambda v: v > 0, "be a positive integer")
+non_negative_int = _checked(int, lambda v: v >= 0, "be an integer >= 0")
+positive_float = _checked(float, lambda v: v > 0, "be a positive number")
+non_negative_float = _checked(float, lambda v: v >= 0, "be a number >= 0")
+probability = _checked(float, lambda v: 0 <= v < 1, "lie in [0, 1)")  # dropout, Adam's betas
+top_p_value = _checked(float, lambda v: 0 < v <= 1, "lie in (0, 1]")  # a nucleus mass
 
 
 # --- the flags, each defined once ---------------------------------------------------------------

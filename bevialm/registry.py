@@ -93,12 +93,21 @@ class PairSpec:
     """The module's functions a student implements."""
 
 
-def layer_bind(module: ModuleType) -> Callable[[Case], Bound]:
-    """Bind a layer module's config: ``forward(params, x, cfg)`` becomes ``forward(params, x)``."""
+def layer_bind(module: ModuleType, *, seeded: bool = False) -> Callable[[Case], Bound]:
+    """Bind a layer module's config: ``forward(params, x, cfg)`` becomes ``forward(params, x)``.
+
+    ``seeded`` pairs take an ``rng`` (dropout and the composites containing it): every
+    forward call gets a fresh generator seeded with the case's seed, so the dropout
+    mask is the same on every call and the bound pair is a deterministic function
+    that finite differences can check.
+    """
 
     def bind(case: Case) -> Bound:
         def fwd(params: Params, x: Array) -> tuple[Array, Any]:
-            y, cache = module.forward(params, x, case.cfg)
+            if seeded:
+                y, cache = module.forward(params, x, case.cfg, rng=np.random.default_rng(case.seed))
+            else:
+                y, cache = module.forward(params, x, case.cfg)
             return y, cache
 
         def bwd(params: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
@@ -183,28 +192,6 @@ def _draw_ce(draw: Draw) -> Case:
 
 def _no_params(cfg: Any, rng: np.random.Generator) -> Params:
     return {}
-
-
-def seeded_bind(module: ModuleType) -> Callable[[Case], Bound]:
-    """Bind a pair that takes an ``rng`` (dropout and the composites containing it).
-
-    Every forward call gets a fresh generator seeded with the case's seed, so the
-    dropout mask is the same on every call and the bound pair is a deterministic
-    function that finite differences can check.
-    """
-
-    def bind(case: Case) -> Bound:
-        def fwd(params: Params, x: Array) -> tuple[Array, Any]:
-            y, cache = module.forward(params, x, case.cfg, rng=np.random.default_rng(case.seed))
-            return y, cache
-
-        def bwd(params: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
-            dx, grads = module.backward(params, cache, dy)
-            return dx, grads
-
-        return Bound(fwd, bwd)
-
-    return bind
 
 
 def _draw_heads(draw: Draw, min_dim: int = 1) -> tuple[int, int]:
@@ -359,7 +346,7 @@ PAIRS: tuple[PairSpec, ...] = (
         ),
         init=_no_params,
         make_input=normal_input(),
-        bind=seeded_bind(dropout),
+        bind=layer_bind(dropout, seeded=True),
     ),
     PairSpec(
         name="mlp",
@@ -373,7 +360,7 @@ PAIRS: tuple[PairSpec, ...] = (
         ),
         init=lambda cfg, rng: mlp.init(cfg, rng, np.float64),
         make_input=normal_input(),
-        bind=seeded_bind(mlp),
+        bind=layer_bind(mlp, seeded=True),
     ),
     PairSpec(
         name="block",
@@ -387,7 +374,7 @@ PAIRS: tuple[PairSpec, ...] = (
         ),
         init=lambda cfg, rng: block.init(cfg, rng, np.float64),
         make_input=normal_input(),
-        bind=seeded_bind(block),
+        bind=layer_bind(block, seeded=True),
     ),
 )
 
