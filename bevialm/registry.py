@@ -303,6 +303,8 @@ PAIRS: tuple[PairSpec, ...] = (
         init=_no_params,
         make_input=normal_input(),
         bind=layer_bind(softmax),
+        # the numerically stable softmax itself (playbook 3.4) is part of the exercise
+        functions=("init", "forward", "backward", "softmax"),
     ),
     PairSpec(
         name="cross_entropy",
