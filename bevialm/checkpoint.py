@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from bevialm import __version__
-from bevialm.data import DataError, Vocab
+from bevialm.data import DataError, Vocab, read_bytes
 from bevialm.optim import AdamWState
 from bevialm.types import Array, Params
 
@@ -249,15 +249,7 @@ def save_checkpoint(
 
 def _read_arrays(name: str) -> dict[str, Array]:
     """Every array in the file, read eagerly so that zip CRCs are checked now."""
-    try:
-        with open(name, "rb") as f:
-            magic = f.read(len(_ZIP_MAGIC))
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint '{name}' does not exist") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"checkpoint '{name}' is a directory, not a file") from None
-    except OSError as e:
-        raise CheckpointError(f"checkpoint '{name}' cannot be read: {e.strerror or e}") from None
+    magic = read_bytes(name, "checkpoint", CheckpointError, len(_ZIP_MAGIC))
     if not magic:
         raise CheckpointError(f"checkpoint '{name}' is empty")
     if magic != _ZIP_MAGIC:

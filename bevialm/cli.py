@@ -298,17 +298,14 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from bevialm import generate
-    from bevialm.data import DataError, load_text
+    from bevialm.data import load_text
 
     tune_malloc()
     path = args.checkpoint or generate.default_checkpoint(args.out)
     loaded = generate.load_model(path)
     prompt = args.prompt
     if args.prompt_file is not None:
-        try:
-            prompt = load_text(args.prompt_file)
-        except DataError as e:  # load_text speaks of a "data file"
-            raise DataError(str(e).replace("data file", "prompt file", 1)) from None
+        prompt = load_text(args.prompt_file, "prompt file")
     sampling = generate.SamplingConfig.from_flags(args.temperature, args.top_k, args.top_p)
     texts = generate.sample_text(
         loaded.params,

@@ -116,29 +116,42 @@ class Vocab:
         return raw.decode(_CODEC, "surrogatepass")
 
 
-def load_text(path: str | os.PathLike[str]) -> str:
-    """The whole file at ``path`` decoded as UTF-8, exactly (no newline translation).
+def read_bytes(
+    path: str | os.PathLike[str], what: str, error: type[ValueError] = DataError, size: int = -1
+) -> bytes:
+    """The bytes of ``path`` (its first ``size``; all of it when -1).
 
-    A missing path, a directory, an unreadable, empty or non-UTF-8 file raises
-    :class:`DataError` with one line naming the file and the problem.
+    A missing path, a directory or an unreadable file raises ``error`` with one
+    line naming ``what`` (``"data file"``, ``"checkpoint"``, ...), the path and
+    the problem. Shared by every reader of user-named files.
     """
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
-            raw = f.read()
+            return f.read(size)
     except FileNotFoundError:
-        raise DataError(f"data file '{name}' does not exist") from None
+        raise error(f"{what} '{name}' does not exist") from None
     except IsADirectoryError:
-        raise DataError(f"data file '{name}' is a directory, not a text file") from None
+        raise error(f"{what} '{name}' is a directory, not a file") from None
     except OSError as e:
-        raise DataError(f"data file '{name}' cannot be read: {e.strerror or e}") from None
+        raise error(f"{what} '{name}' cannot be read: {e.strerror or e}") from None
+
+
+def load_text(path: str | os.PathLike[str], what: str = "data file") -> str:
+    """The whole file at ``path`` decoded as UTF-8, exactly (no newline translation).
+
+    A missing path, a directory, an unreadable, empty or non-UTF-8 file raises
+    :class:`DataError` with one line naming ``what``, the file and the problem.
+    """
+    name = os.fspath(path)
+    raw = read_bytes(name, what)
     if not raw:
-        raise DataError(f"data file '{name}' is empty")
+        raise DataError(f"{what} '{name}' is empty")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DataError(
-            f"data file '{name}' is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+            f"{what} '{name}' is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
         ) from None
 
 

@@ -129,10 +129,6 @@ class GradCheckReport:
     def failures(self) -> tuple[TensorResult, ...]:
         return tuple(r for r in self.results if not r.passed)
 
-    @property
-    def worst_rel_error(self) -> float:
-        return max((r.max_rel_error for r in self.results), default=0.0)
-
     def format(self) -> str:
         head = f"gradient check {self.label!r}: {'passed' if self.passed else 'FAILED'}"
         lines = [head, *(f"  problem: {p}" for p in self.problems)]

@@ -24,7 +24,3 @@ def unscope(grads: Mapping[str, Array], prefix: str) -> Grads:
     """``grads`` with every key put under ``prefix``."""
     return {prefix + k: v for k, v in grads.items()}
 
-
-def count(params: Params) -> int:
-    """Total number of scalar parameters."""
-    return sum(int(p.size) for p in params.values())

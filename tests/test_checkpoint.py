@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import bevialm.checkpoint
+import bevialm.data
 from bevialm.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -282,9 +283,8 @@ def test_directory(tmp_path: Path) -> None:
 
 
 def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(
-        bevialm.checkpoint, "open", _raise(PermissionError(13, "Permission denied")), raising=False
-    )
+    # checkpoints are read through bevialm.data.read_bytes, the one reader of user-named files
+    monkeypatch.setattr(bevialm.data, "open", _raise(PermissionError(13, "Permission denied")), raising=False)
     assert "cannot be read: Permission denied" in _load_error(tmp_path / "c.npz")
 
 

@@ -203,7 +203,7 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     ("data-missing", train_cmd("--data", "{tmp}/nope.txt"), 1, "error: data file '{tmp}/nope.txt' does not exist"),
     ("data-empty", train_cmd("--data", "{tmp}/empty.txt"), 1, "error: data file '{tmp}/empty.txt' is empty"),
     ("data-not-utf8", train_cmd("--data", "{tmp}/latin1.txt"), 1, "is not valid UTF-8 (byte 0xe9 at offset 3)"),
-    ("data-a-directory", train_cmd("--data", "{tmp}"), 1, "is a directory, not a text file"),
+    ("data-a-directory", train_cmd("--data", "{tmp}"), 1, "is a directory, not a file"),
     ("out-unwritable", train_cmd("--data", DATA, "--out", "{tmp}/short.txt/run"), 1, "run folder '{tmp}/short.txt/run' cannot be written"),
     ("out-a-file", train_cmd("--data", DATA, "--out", "{tmp}/short.txt"), 1, "exists and is not a folder"),
     ("resume-nothing", train_cmd("--data", DATA, "--out", "{tmp}/r2", "--resume"), 1, "there is no checkpoint '{tmp}/r2/last.npz' to resume from"),

@@ -111,3 +111,16 @@ def test_tolerances_are_documented() -> None:
     assert "allclose" in doc
     for field in ("step", "rtol", "atol", "kink_margin"):
         assert hasattr(gradcheck.DEFAULT, field)
+
+
+def test_structure_problems_name_a_wrong_dx() -> None:
+    x = np.ones((2, 3))
+    assert gradcheck.structure_problems({}, {}, np.ones((3, 2)), x) == ["dx is ((3, 2), 'float64'), expected ((2, 3), 'float64')"]
+    assert gradcheck.structure_problems({}, {}, None, x) == ["dx is NoneType, expected ((2, 3), 'float64')"]
+    assert gradcheck.structure_problems({}, {}, None, np.array([1, 2])) == []  # integer input: no dx
+
+
+def test_changed_reports_a_cache_whose_structure_changed() -> None:
+    before = gradcheck.snapshot([np.ones(2)])
+    assert gradcheck.changed(before, [np.ones(2), np.ones(1)]) == ["structure of cache[0]"]
+    assert gradcheck.changed(before, [np.ones(2)]) == []

@@ -194,7 +194,7 @@ class _Running:
     started: float
 
 
-def _read_output(workdir: Path, limit: int) -> tuple[str, int]:
+def _read_output(workdir: Path) -> tuple[str, int]:
     path = workdir / OUTPUT_FILE
     try:
         size = path.stat().st_size
@@ -207,7 +207,7 @@ def _read_output(workdir: Path, limit: int) -> tuple[str, int]:
 
 def _collect(run: _Running, limits: Limits, timed_out: bool) -> Outcome:
     seconds = time.monotonic() - run.started
-    output, size = _read_output(run.workdir, limits.output_limit)
+    output, size = _read_output(run.workdir)
     code = run.process.exitcode
     result = run.workdir / RESULT_FILE
     if timed_out:
