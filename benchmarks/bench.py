@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from bevialm.parallel import DEFAULT_SHARDS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -79,25 +81,25 @@ def time_steps(step: Any, cfg: dict[str, Any], steps: int, warmup: int) -> list[
     return times
 
 
-def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
-    from bevialm import optim
-    from bevialm.model import ModelConfig, init_params, loss_and_grads
+def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int, shards: int) -> list[float]:
+    from bevialm import optim, parallel
+    from bevialm.model import ModelConfig, init_params
 
     mcfg = ModelConfig(VOCAB, cfg["ctx"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["mlp"], cfg.get("activation", "relu"))
     params = init_params(mcfg, np.random.default_rng(0))
     state = optim.init_state(params)
     ocfg = optim.AdamWConfig(lr=LR, beta2=BETA2, weight_decay=WD)
 
-    def step(x: Any, y: Any) -> None:  # the trainer's step: loss and grads, clip, AdamW
+    def step(x: Any, y: Any) -> None:  # the trainer's step: loss and grads (in shards), clip, AdamW
         nonlocal params, state
-        _, grads = loss_and_grads(params, x, y, mcfg)
+        _, grads = parallel.loss_and_grads(params, x, y, mcfg, shards=shards)
         grads, _ = optim.clip_by_global_norm(grads, CLIP)
         params, state = optim.step(params, grads, state, ocfg)
 
     return time_steps(step, cfg, steps, warmup)
 
 
-def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
+def torch_worker(cfg: dict[str, Any], steps: int, warmup: int, shards: int) -> list[float]:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,10 +111,10 @@ def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
     return time_steps(step, cfg, steps, warmup)
 
 
-def run_worker(impl: str, config: str, steps: int, warmup: int) -> float:
+def run_worker(impl: str, config: str, steps: int, warmup: int, shards: int) -> float:
     """Median ms/step of one fresh worker process."""
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", impl, "--config", config, "--steps", str(steps), "--warmup", str(warmup)],
+        [sys.executable, __file__, "--worker", impl, "--config", config, "--steps", str(steps), "--warmup", str(warmup), "--shards", str(shards)],
         check=True, capture_output=True, text=True, cwd=ROOT,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["median_ms"])
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed steps per worker (default 30)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps per worker (default 5)")
     ap.add_argument("--rounds", type=int, default=5, help="fresh-process rounds per config and implementation (default 5)")
+    ap.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help=f"most shards per step, as the trainer's --shards (default {DEFAULT_SHARDS})")
     ap.add_argument("--configs", default="abc", help="which configs to run, e.g. 'ac' (default abc)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     ap.add_argument("--no-suite", action="store_true", help="skip timing the gradient-check suite")
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
         tune_malloc()  # as the trainer does
         fn = numpy_worker if args.worker == "numpy" else torch_worker
-        times = fn(CONFIGS[args.config], args.steps, args.warmup)
+        times = fn(CONFIGS[args.config], args.steps, args.warmup, args.shards)
         print(json.dumps({"median_ms": 1000 * statistics.median(times)}))
         return 0
 
@@ -206,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             order = ["numpy", "torch"] if r % 2 == 0 else ["torch", "numpy"]
             for impl in order:
                 if impl == "numpy":
-                    ours.append(run_worker("numpy", name, args.steps, args.warmup))
+                    ours.append(run_worker("numpy", name, args.steps, args.warmup, args.shards))
                 elif use_torch:
-                    theirs.append(run_worker("torch", name, args.steps, args.warmup))
+                    theirs.append(run_worker("torch", name, args.steps, args.warmup, args.shards))
         med = statistics.median(ours)
         gflops = flops_per_step(cfg) / (med / 1000) / 1e9
         tokens = cfg["batch"] * cfg["ctx"] / (med / 1000)
