@@ -57,11 +57,18 @@ class RngDraw:
 
 @dataclass(frozen=True)
 class Case:
-    """One checking case: a config, the input's shape, and a seed for the input's values."""
+    """One checking case: a config, the input's shape, and a seed for the input's values.
+
+    ``scale`` and ``shift`` make a stress case's input ``shift + scale * N(0, 1)``
+    (see :data:`PairSpec.stress`); ``note`` says what the case stresses, for reports.
+    """
 
     cfg: Any
     shape: tuple[int, ...]
     seed: int = 0
+    scale: float = 1.0
+    shift: float = 0.0
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,10 @@ class PairSpec:
     """Input values where the pair is not differentiable (kept away from by ``make_input``)."""
     functions: tuple[str, ...] = ("init", "forward", "backward")
     """The module's functions a student implements."""
+    stress: tuple[Case, ...] = ()
+    """Fixed cases at the edges where a plausible implementation breaks (logits of 1e3, a
+    tiny layer-norm input, T = 1, batch 1, odd head counts); the grader always runs them,
+    the test suite checks them like the examples."""
 
 
 def layer_bind(module: ModuleType, *, seeded: bool = False) -> Callable[[Case], Bound]:
@@ -124,6 +135,8 @@ def normal_input(kinks: tuple[float, ...] = ()) -> Callable[[Case, np.random.Gen
 
     def make(case: Case, rng: np.random.Generator) -> Array:
         x = rng.standard_normal(case.shape)
+        if case.scale != 1.0 or case.shift != 0.0:
+            x = case.shift + case.scale * x
         return avoid_kinks(x, kinks) if kinks else x
 
     return make
@@ -140,8 +153,14 @@ def _draw_linear(draw: Draw) -> Case:
     return Case(cfg, (*_lead(draw), cfg.d_in), draw.integer(0, 2**16))
 
 
+LAYERNORM_MIN_DIM = 4
+"""Every layer norm the checks draw normalises at least 4 features: over 2 its output is
++-1 up to eps whatever the input, its input gradient is about 1e-4, and a wrong backward
+shows up only just above the tolerance."""
+
+
 def _draw_layernorm(draw: Draw) -> Case:
-    cfg = layernorm.LayerNormConfig(draw.integer(2, 8))
+    cfg = layernorm.LayerNormConfig(draw.integer(LAYERNORM_MIN_DIM, 8))
     return Case(cfg, (*_lead(draw), cfg.dim), draw.integer(0, 2**16))
 
 
@@ -195,9 +214,10 @@ def _no_params(cfg: Any, rng: np.random.Generator) -> Params:
 
 
 def _draw_heads(draw: Draw, min_dim: int = 1) -> tuple[int, int]:
-    """``(dim, n_heads)``: ``n_heads`` in {1, 2, 4} dividing ``dim``, ``min_dim <= dim <= 8``."""
-    n_heads = draw.choice((1, 2, 4))
-    head_dim = draw.integer(max(1, -(-min_dim // n_heads)), 8 // n_heads)
+    """``(dim, n_heads)``: ``n_heads`` in {1, 2, 3, 4} dividing ``dim``, ``min_dim <= dim <= 9``
+    (three heads: a head count that is not a power of two)."""
+    n_heads = draw.choice((1, 2, 3, 4))
+    head_dim = draw.integer(max(1, -(-min_dim // n_heads)), 9 // n_heads)
     return n_heads * head_dim, n_heads
 
 
@@ -223,7 +243,7 @@ def _draw_mlp(draw: Draw) -> Case:
 
 
 def _draw_block(draw: Draw) -> Case:
-    dim, n_heads = _draw_heads(draw, min_dim=2)  # a layer norm over one feature is constant
+    dim, n_heads = _draw_heads(draw, min_dim=LAYERNORM_MIN_DIM)  # the block's layer norms
     cfg = block.BlockConfig(
         dim,
         n_heads,
@@ -233,6 +253,17 @@ def _draw_block(draw: Draw) -> Case:
         draw.choice(DROPOUT_RATES),
     )
     return Case(cfg, (draw.integer(1, 2), draw.integer(1, cfg.ctx), dim), draw.integer(0, 2**16))
+
+
+def _logit_shifts(cfg: Any, *shapes: tuple[int, ...]) -> tuple[Case, ...]:
+    """Logits shifted by +1000 and by -1000: ``exp`` overflows to inf, or underflows to 0, unless
+    the row maximum is subtracted first. Softmax and cross-entropy are invariant under a shift of a
+    whole row, so each case is the standard-normal case in disguise and finite differences are as
+    well conditioned (|x| ~ 1e3 rounds the step h = 1e-6 by at most 1e-13, a relative 1e-7)."""
+    return (
+        Case(cfg, shapes[0], 11, shift=1e3, note="logits near +1000 (exp overflows unless the row max is subtracted)"),
+        Case(cfg, shapes[1], 12, shift=-1e3, note="logits near -1000 (exp underflows unless the row max is subtracted)"),
+    )
 
 
 PAIRS: tuple[PairSpec, ...] = (
@@ -246,6 +277,7 @@ PAIRS: tuple[PairSpec, ...] = (
             Case(linear.LinearConfig(4, 6), (2, 3, 4), 3),
             Case(linear.LinearConfig(1, 1), (2, 2, 2, 1), 4),
         ),
+        stress=(Case(linear.LinearConfig(3, 4), (1, 1, 3), 11, note="batch 1, T = 1"),),
         init=lambda cfg, rng: linear.init(cfg, rng, np.float64),
         make_input=normal_input(),
         bind=layer_bind(linear),
@@ -257,7 +289,20 @@ PAIRS: tuple[PairSpec, ...] = (
         examples=(
             Case(layernorm.LayerNormConfig(4), (4,), 1),
             Case(layernorm.LayerNormConfig(6), (2, 3, 6), 2),
-            Case(layernorm.LayerNormConfig(2), (5, 2), 3),
+            Case(layernorm.LayerNormConfig(4), (5, 4), 3),
+        ),
+        # Scales where a layer norm's eps and its 1/std show: the output is scale-invariant,
+        # so finite differences are as well conditioned as at scale 1 (the input gradient
+        # shrinks as 1/scale and stays far above atol at 1e3).
+        stress=(
+            Case(layernorm.LayerNormConfig(6), (3, 6), 11, scale=1e3, note="input scale 1e3"),
+            Case(
+                layernorm.LayerNormConfig(5),
+                (2, 2, 5),
+                12,
+                scale=1e-2,
+                note="input scale 1e-2: the variance, about 1e-4, is close to eps = 1e-5 (inside the square root)",
+            ),
         ),
         init=lambda cfg, rng: layernorm.init(cfg, rng, np.float64),
         make_input=normal_input(),
@@ -305,6 +350,7 @@ PAIRS: tuple[PairSpec, ...] = (
         bind=layer_bind(softmax),
         # the numerically stable softmax itself (playbook 3.4) is part of the exercise
         functions=("init", "forward", "backward", "softmax"),
+        stress=_logit_shifts(softmax.SoftmaxConfig(), (2, 3, 5), (4, 6)),
     ),
     PairSpec(
         name="cross_entropy",
@@ -319,6 +365,7 @@ PAIRS: tuple[PairSpec, ...] = (
         make_input=normal_input(),
         bind=_ce_bind,
         functions=("cross_entropy", "cross_entropy_backward"),
+        stress=_logit_shifts(CrossEntropyConfig(5), (2, 3, 5), (1, 4, 5)),
     ),
     # Attention examples have T >= 2: with one key the weights are constant and
     # the q and k gradients vanish, which would hide a wrong backward.
@@ -330,6 +377,11 @@ PAIRS: tuple[PairSpec, ...] = (
             Case(attention.AttentionConfig(4, 2, 4), (2, 3, 4), 1),  # shorter than ctx
             Case(attention.AttentionConfig(3, 1, 3), (1, 3, 3), 2),  # one head, full ctx
             Case(attention.AttentionConfig(4, 4, 3), (2, 2, 4), 3),  # head_dim 1
+        ),
+        stress=(
+            # one key: the weights are 1, so only the v path and dx are checked (dq = dk = 0)
+            Case(attention.AttentionConfig(6, 3, 5), (1, 1, 6), 11, note="T = 1, batch 1, three heads"),
+            Case(attention.AttentionConfig(6, 3, 5), (1, 4, 6), 12, note="batch 1, three heads, T = 4 < ctx = 5"),
         ),
         init=lambda cfg, rng: attention.init(cfg, rng, np.float64),
         make_input=normal_input(),
@@ -371,9 +423,11 @@ PAIRS: tuple[PairSpec, ...] = (
         examples=(
             # Tiny on purpose: each example is checked once per parameter tensor with a
             # deliberately wrong backward. Four heads are covered by attention's examples.
-            Case(block.BlockConfig(2, 2, 4, 2, "relu"), (1, 3, 2), 1),  # two heads, shorter than ctx
-            Case(block.BlockConfig(2, 1, 3, 3, "gelu", dropout=0.25), (2, 3, 2), 2),
+            # Four features: a layer norm over two is nearly constant (see LAYERNORM_MIN_DIM).
+            Case(block.BlockConfig(4, 2, 4, 2, "relu"), (1, 3, 4), 1),  # two heads, shorter than ctx
+            Case(block.BlockConfig(4, 1, 3, 3, "gelu", dropout=0.25), (2, 3, 4), 2),
         ),
+        stress=(Case(block.BlockConfig(6, 3, 4, 5, "gelu"), (1, 1, 6), 11, note="T = 1, batch 1, three heads"),),
         init=lambda cfg, rng: block.init(cfg, rng, np.float64),
         make_input=normal_input(),
         bind=layer_bind(block, seeded=True),

@@ -3,8 +3,6 @@ yet, and each test's output saying every thing once."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bevialm.grading import gradescope
