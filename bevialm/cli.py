@@ -17,7 +17,7 @@ The picture commands ``plot`` and ``attention`` (and ``sample --attention``) com
 :mod:`bevialm.viz`; they need the optional matplotlib (``pip install 'bevialm[plot]'``)
 and say so in one line when it is missing.
 
-The grading subcommands (``skeleton``, ``grade``, ``autograder``) come from
+The grading subcommands (``skeleton``, ``grade``, ``grade-all``, ``autograder``) come from
 :func:`bevialm.grading.cli.add_grading_subcommands`, which adds its parsers to
 ours and sets on each a ``handler`` (a function of the parsed arguments
 returning the exit code), the same convention as ``train`` and ``sample``.
