@@ -387,9 +387,8 @@ def _run_sample(args: argparse.Namespace) -> int:
     recorder = None
     if args.attention is not None or args.show_attention:
         recorder = generate.AttentionRecorder()
-        # checked now, not after sampling; the terminal shows one layer: the last unless --layer
-        shown_layer = viz.choose(loaded.cfg.n_layers, args.layer, "layer")[-1]
-        shown_heads = viz.choose(loaded.cfg.n_heads, args.head, "head")
+        viz.choose(loaded.cfg.n_layers, args.layer, "layer")  # checked now, not after sampling
+        viz.choose(loaded.cfg.n_heads, args.head, "head")
     texts = generate.sample_text(
         loaded.params,
         loaded.cfg,
@@ -411,8 +410,8 @@ def _run_sample(args: argparse.Namespace) -> int:
                 recorder.weights[i],
                 _token_texts(loaded.vocab, recorder.tokens[i]),
                 recorder.prompt_len,
-                layer=shown_layer,
-                heads=shown_heads,
+                layer=args.layer,
+                head=args.head,
                 color=color,
             )
             print(shown, flush=True)

@@ -306,6 +306,7 @@ def attention_grid(
     """
     require_matplotlib()
     from matplotlib import colormaps
+    from matplotlib.colors import PowerNorm
 
     n_q, n_k = weights.shape[-2:]
     if (len(query_tokens), len(key_tokens)) != (n_q, n_k):
@@ -326,6 +327,9 @@ def attention_grid(
     height = bottom + nr * panel_h + (nr - 1) * gap_y + top + 0.25
     fig = _new_figure(width, height)
     cmap = colormaps["viridis"].with_extremes(bad="white")
+    # square-root colour scale: a head spreading its weight evenly over 64 positions (1/64 each)
+    # is still visible against one ignoring them, and a weight near 1 stands out as bright
+    norm = PowerNorm(0.5, vmin=0.0, vmax=1.0)
     image = None
     for r, layer in enumerate(layers):
         for c, head in enumerate(heads):
@@ -335,8 +339,7 @@ def attention_grid(
             image = ax.imshow(
                 np.ma.masked_invalid(weights[layer, head]),
                 cmap=cmap,
-                vmin=0.0,
-                vmax=1.0,
+                norm=norm,
                 interpolation="nearest",
                 aspect="auto",
             )
@@ -356,7 +359,9 @@ def attention_grid(
     bar_h = min(grid_h, 4.0)  # beside the top row
     bar = fig.add_axes(((width - right + 0.25) / width, (bottom + grid_h - bar_h) / height, 0.16 / width, bar_h / height))
     bar.set_label("colorbar")
-    fig.colorbar(image, cax=bar).set_label("attention weight", fontsize=8)
+    fig.colorbar(image, cax=bar, ticks=[0, 0.01, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1]).set_label(
+        "attention weight (square-root scale)", fontsize=8
+    )
     bar.tick_params(labelsize=7)
     fig.text(left / width, (height - 0.2) / height, title, fontsize=10, va="top")
     return fig
@@ -454,23 +459,25 @@ def attention_text(
     tokens: Sequence[str],
     prompt_len: int,
     *,
-    layer: int,
-    heads: Sequence[int] | None = None,
+    layer: int | None = None,
+    head: int | None = None,
     top: int = 3,
     color: bool = False,
 ) -> str:
-    """For each generated token, the ``top`` context tokens each head of ``layer`` attended to most.
+    """For each generated token, the ``top`` context tokens each head of one layer attended to most.
 
-    ``weights`` and ``tokens`` as in :func:`generation_attention_figure`; ``layer`` and
-    ``heads`` are 0-based. One line per generated token: the token, then per head its
-    ``top`` keys as ``token distance weight`` (distance -1: the token just before the
-    generated one). With ``color``, heavy weights are bold and light ones dim (ANSI).
+    ``weights`` and ``tokens`` as in :func:`generation_attention_figure`; ``layer`` (from 1;
+    default the last) is the layer shown, ``head`` (from 1) one head instead of all. One
+    line per generated token: the token, then per head its ``top`` keys as ``token distance
+    weight`` (distance -1: the token just before the generated one). With ``color``, heavy
+    weights are bold and light ones dim (ANSI escape codes: for a terminal only).
     """
     w = np.asarray(weights, dtype=np.float64)
     n_new = len(tokens) - prompt_len
     if w.ndim != 4 or w.shape[2:] != (n_new, len(tokens) - 1):
         raise VizError(f"recorded attention of shape {w.shape} does not fit {prompt_len} prompt and {n_new} generated tokens")
-    heads = list(range(w.shape[1])) if heads is None else list(heads)
+    layer = choose(w.shape[0], layer, "layer")[-1]
+    heads = choose(w.shape[1], head, "head")
     top = max(1, min(top, w.shape[-1]))
     glyphs = [visible(t) for t in tokens]
     glyph_w = max((len(g) for g in glyphs), default=1)

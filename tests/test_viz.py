@@ -19,7 +19,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bevialm import train, viz
+from bevialm import cli, train, viz
 from bevialm.types import Array
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def test_prompt_figure_has_a_map_per_layer_and_head_labelled_with_the_prompt_and
         assert token_labels(ax, "y") == (GLYPHS if left else [])
         assert token_labels(ax, "x") == (GLYPHS if bottom else [])
     bars = [ax for ax in fig.axes if ax.get_label() == "colorbar"]
-    assert len(bars) == 1 and bars[0].get_ylabel() == "attention weight"
+    assert len(bars) == 1 and bars[0].get_ylabel() == "attention weight (square-root scale)"
 
 
 def test_layer_and_head_select_one_map_and_refuse_out_of_range_numbers() -> None:
@@ -168,7 +168,7 @@ HAND[0, 1, 1, :3] = [0.5, 0.25, 0.25]
 
 
 def test_terminal_text_is_exact_for_a_hand_made_array() -> None:
-    text = viz.attention_text(HAND, list("ab c"), 2, layer=0, top=2)
+    text = viz.attention_text(HAND, list("ab c"), 2, top=2)
     assert text == (
         "layer 1 of 1: for each generated token, the 2 context tokens each head attends to most "
         "(token, distance back, weight)\n"
@@ -176,18 +176,31 @@ def test_terminal_text_is_exact_for_a_hand_made_array() -> None:
         "␣     │ b -1 .70  a -2 .30 │ a -2 1.0  b -1 .00\n"
         "c     │ ␣ -1 .80  b -2 .15 │ a -3 .50  b -2 .25"  # a tie (.25, .25): the earlier position first
     )
-    one_head = viz.attention_text(HAND, list("ab c"), 2, layer=0, heads=[1], top=1)
+    one_head = viz.attention_text(HAND, list("ab c"), 2, head=2, top=1)
     assert one_head.splitlines()[1:] == ["token │ head 2", "␣     │ a -2 1.0", "c     │ a -3 .50"]
 
 
+def test_terminal_text_shows_the_last_layer_unless_told_and_checks_the_numbers() -> None:
+    two = np.concatenate((HAND, HAND[:, ::-1]), axis=0)  # layer 2: the two heads swapped
+    assert viz.attention_text(two, list("ab c"), 2).startswith("layer 2 of 2:")
+    swapped = viz.attention_text(two, list("ab c"), 2, layer=2, head=1).splitlines()[2:]
+    assert swapped == viz.attention_text(HAND, list("ab c"), 2, head=2).splitlines()[2:]
+    with pytest.raises(viz.VizError, match=r"^layer 3 is out of range: the model has 2 layers \(1 to 2\)$"):
+        viz.attention_text(two, list("ab c"), 2, layer=3)
+    with pytest.raises(viz.VizError, match=r"^head 3 is out of range"):
+        viz.attention_text(two, list("ab c"), 2, head=3)
+    with pytest.raises(viz.VizError, match="does not fit 2 prompt and 1 generated tokens"):
+        viz.attention_text(two, list("ab "), 2)
+
+
 def test_terminal_text_pads_when_the_context_is_shorter_than_top() -> None:
-    lines = viz.attention_text(HAND, list("ab c"), 2, layer=0, heads=[0], top=3).splitlines()
+    lines = viz.attention_text(HAND, list("ab c"), 2, head=1, top=3).splitlines()
     assert lines[2] == "␣     │ b -1 .70  a -2 .30"  # only two keys existed (trailing padding stripped)
 
 
 def test_terminal_colour_marks_heavy_and_light_weights_only_when_asked() -> None:
-    plain = viz.attention_text(HAND, list("ab c"), 2, layer=0, top=2)
-    coloured = viz.attention_text(HAND, list("ab c"), 2, layer=0, top=2, color=True)
+    plain = viz.attention_text(HAND, list("ab c"), 2, top=2)
+    coloured = viz.attention_text(HAND, list("ab c"), 2, top=2, color=True)
     assert "\x1b" not in plain
     assert "\x1b[1mb -1 .70\x1b[0m" in coloured  # >= 0.5: bold
     assert "\x1b[2mb -2 .15\x1b[0m" in coloured  # < 0.2: dim
@@ -257,7 +270,7 @@ def test_without_matplotlib_pictures_say_how_to_install_it_and_the_text_still_wo
     )
     with pytest.raises(viz.MatplotlibMissing):
         viz.prompt_attention_figure(causal_maps(1, 1, 3), list("abc"))
-    assert viz.attention_text(HAND, list("ab c"), 2, layer=0).startswith("layer 1 of 1")
+    assert viz.attention_text(HAND, list("ab c"), 2, layer=1).startswith("layer 1 of 1")
 
 
 # --- through the real command line ------------------------------------------------------------------
@@ -281,7 +294,7 @@ def test_the_trainer_names_the_command_that_draws_its_curves(run: tuple[Path, st
     assert printed.splitlines()[-1] == f"draw its loss curves: bevialm plot {out}"
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([*CLI, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -290,35 +303,42 @@ def finish(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def test_the_picture_commands_write_their_pictures(run: tuple[Path, str], tmp_path: Path) -> None:
+def test_the_picture_commands_write_their_pictures(
+    run: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In this process (the bad inputs below go through real subprocesses), so coverage sees the commands."""
     out, _ = run
     ckpt = str(out / "best.npz")
-    procs = {
-        "plot": cli("plot", str(out), cwd=tmp_path),
-        "plot2": cli("plot", str(out), str(out / "metrics.jsonl"), "-o", "two.svg", cwd=tmp_path),
-        "attention": cli("attention", "--checkpoint", ckpt, "--prompt", "MARA: the\nend", "--layer", "2", cwd=tmp_path),
-        "sample": cli(
-            "sample", "--checkpoint", ckpt, "--prompt", "MARA:", "--sample_len", "9", "--attention", "gen.png",
-            "--show-attention", "--head", "2", cwd=tmp_path,
-        ),  # fmt: skip
-    }
-    done = {name: finish(p) for name, p in procs.items()}
-    for name, (code, _, err) in done.items():
-        assert code == 0 and err == "", (name, err)
-    assert done["plot"][1] == f"wrote loss curves to {out / 'loss.png'}, 800 x 565 pixels\n"
+    monkeypatch.chdir(tmp_path)
+
+    def bevialm(*args: str) -> str:
+        code = cli.main(list(args))
+        printed, err = capsys.readouterr()
+        assert code == 0 and err == "", err
+        return printed
+
+    assert bevialm("plot", str(out)) == f"wrote loss curves to {out / 'loss.png'}, 800 x 565 pixels\n"
     assert png_size(out / "loss.png") == (800, 565)
     assert_not_blank(out / "loss.png")
-    assert done["plot2"][1] == "wrote loss curves to two.svg\n" and (tmp_path / "two.svg").stat().st_size > 1000
+    assert bevialm("plot", str(out), str(out / "metrics.jsonl"), "-o", "two.svg") == "wrote loss curves to two.svg\n"
+    assert (tmp_path / "two.svg").stat().st_size > 1000
+    printed = bevialm("attention", "--checkpoint", ckpt, "--prompt", "MARA: the\nend", "--layer", "2")
     width, height = png_size(tmp_path / "attention.png")
-    assert done["attention"][1] == f"wrote attention to attention.png, {width} x {height} pixels\n"
+    assert printed == f"wrote attention to attention.png, {width} x {height} pixels\n"
     assert_not_blank(tmp_path / "attention.png")
-    lines = done["sample"][1].splitlines()
+    printed = bevialm(
+        "sample", "--checkpoint", ckpt, "--prompt", "MARA:", "--sample_len", "9", "--attention", "gen.png",
+        "--show-attention", "--head", "2",
+    )  # fmt: skip
+    lines = printed.splitlines()
     assert lines[0].startswith("MARA:") and len(lines[0]) == 5 + 9
     assert lines[1].startswith("layer 2 of 2: for each generated token") and lines[2].split() == ["token", "│", "head", "2"]
-    assert len(lines) == 1 + 2 + 9 + 1 and "\x1b" not in done["sample"][1]  # not a tty: no colour
+    assert len(lines) == 1 + 2 + 9 + 1 and "\x1b" not in printed  # not a terminal: no colour
     assert [line[0] for line in lines[3:12]] == [viz.visible(c) for c in lines[0][5:]]
     assert lines[-1].startswith("wrote attention while generating sample 1 to gen.png, ")
     assert_not_blank(tmp_path / "gen.png")
+    several = bevialm("sample", "--checkpoint", ckpt, "--num_samples", "2", "--sample_len", "3", "--show-attention")
+    assert several.count("layer 2 of 2: for each generated token") == 2
 
 
 def test_show_attention_is_coloured_on_a_terminal(run: tuple[Path, str]) -> None:
@@ -354,14 +374,14 @@ def test_without_matplotlib_the_commands_print_one_line_and_show_attention_still
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), os.environ.get("PYTHONPATH", "")])}
     ckpt = str(out / "best.npz")
     procs = [
-        cli("plot", str(out), "-o", "x.png", cwd=tmp_path, env=env),
-        cli("attention", "--checkpoint", ckpt, "--prompt", "MA", cwd=tmp_path, env=env),
-        cli("sample", "--checkpoint", ckpt, "--sample_len", "5", "--attention", "g.png", cwd=tmp_path, env=env),
+        start("plot", str(out), "-o", "x.png", cwd=tmp_path, env=env),
+        start("attention", "--checkpoint", ckpt, "--prompt", "MA", cwd=tmp_path, env=env),
+        start("sample", "--checkpoint", ckpt, "--sample_len", "5", "--attention", "g.png", cwd=tmp_path, env=env),
     ]
     for proc in procs:
         code, printed, err = finish(proc)
         assert (code, printed, err) == (1, "", f"error: {NO_MPL}\n")
-    code, printed, err = finish(cli("sample", "--checkpoint", ckpt, "--prompt", "MA", "--sample_len", "5", "--show-attention", cwd=tmp_path, env=env))
+    code, printed, err = finish(start("sample", "--checkpoint", ckpt, "--prompt", "MA", "--sample_len", "5", "--show-attention", cwd=tmp_path, env=env))
     assert code == 0 and err == "" and len(printed.splitlines()) == 1 + 2 + 5
     assert not list(tmp_path.glob("*.png"))
 
@@ -395,7 +415,7 @@ def bad_runs(run: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) ->
     procs = {}
     for case_id, argv, _ in BAD:
         args = [a.replace("{run}", str(run[0])).replace("{tmp}", str(tmp)) for a in argv]
-        procs[case_id] = cli(*args, cwd=tmp)
+        procs[case_id] = start(*args, cwd=tmp)
     return {case_id: (str(tmp), *finish(proc)) for case_id, proc in procs.items()}
 
 
