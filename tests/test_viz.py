@@ -5,8 +5,10 @@ input through the real command line (one line, no traceback)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import pty
+import re
 import struct
 import subprocess
 import sys
@@ -428,3 +430,29 @@ def test_bad_input_is_one_line_through_the_real_command_line(
     assert len(err.splitlines()) == 1
     assert err.startswith(expected.replace("{tmp}", tmp).replace("{run}", str(run[0])))
     assert not list(Path(tmp).glob("*.png"))
+
+
+def test_the_docs_pictures_exist_are_small_pngs_and_regenerate_from_a_script() -> None:
+    page = (ROOT / "docs" / "visualization.md").read_text(encoding="utf-8")
+    pictures = sorted(set(re.findall(r"\]\((images/[\w.-]+\.png)\)", page)))
+    assert pictures == ["images/attention-generation.png", "images/attention-prompt.png", "images/loss.png"]
+    script = (ROOT / "docs" / "images" / "regenerate.sh").read_text(encoding="utf-8")
+    for picture in pictures:
+        path = ROOT / "docs" / picture
+        png_size(path)  # a PNG
+        assert path.stat().st_size < 300_000
+        assert f"docs/{picture}" in script and f"docs/{picture}" in page  # how to draw it again
+    assert "(docs/visualization.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_speed_benchmark_runs(tmp_path: Path) -> None:
+    """`make bench` runs benchmarks/bench_viz.py: a quick smoke run (no timing asserted)."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/bench_viz.py", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert results["ctx"] == 64 and results["draw_s"] > 0 and results["record_ratio"] > 0
+    assert "to PNG:" in done.stdout and "recording attention" in done.stdout
