@@ -491,7 +491,9 @@ def test_gradescope_results_format(solution_report: GradeReport, tmp_path: Path)
     assert set(data) >= {"score", "execution_time", "output", "visibility", "tests"}
     assert data["score"] == solution_report.score and isinstance(data["execution_time"], int)
     first = data["tests"][0]
-    assert set(first) == {"name", "number", "score", "max_score", "status", "output", "visibility", "tags"}
+    assert set(first) == {"name", "number", "score", "max_score", "status", "output", "output_format", "visibility", "tags"}
+    assert data["output_format"] == data["test_output_format"] == first["output_format"] == "text"
+    assert first["name"] not in first["output"]
     assert first["number"] == "1.1" and first["status"] == "passed" and first["tags"] == ["linear", "forward"]
     assert {t["visibility"] for t in data["tests"]} == {"visible", "after_published"}
 
@@ -557,7 +559,7 @@ def test_autograder_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_gradescope_output_keeps_hidden_checks_hidden(solution_report: GradeReport) -> None:
     data = gradescope.results(solution_report)
     assert "model.training" not in data["output"]  # after_published in the built-in rubric
-    assert "1 more checks are shown with your grade" in data["output"]
+    assert "1 more check is shown once grades are published" in data["output"]
     assert "model.training" in format_report(solution_report)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
 from bevialm.grading.gradescope import write_bundle, write_results
 from bevialm.grading.rubric import DEFAULT_RUBRIC, RubricError, load
-from bevialm.grading.skeleton import SkeletonError, plan, write_skeleton
+from bevialm.grading.skeleton import DOCSTRINGS, SkeletonError, plan, write_skeleton
 from bevialm.grading.student import SubmissionError
 
 ERRORS = (SubmissionError, RubricError, GradeError, SkeletonError, OSError)
@@ -40,7 +40,7 @@ def cmd_skeleton(args: argparse.Namespace) -> int:
         clashes = [m.path.as_posix() for m in plan() if (out / m.path).exists()]
         if clashes and not args.force:
             raise SkeletonError(f"{out} already has {clashes[0]} (and maybe more): pass --force to overwrite")
-        written = write_skeleton(out, with_solutions=args.with_solutions)
+        written = write_skeleton(out, with_solutions=args.with_solutions, docstrings=args.docstrings)
     except ERRORS as exc:
         return _fail("skeleton", exc)
     what = "a filled-in reference copy (for instructors: never hand it out)" if args.with_solutions else "the student skeleton"
@@ -118,6 +118,13 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--with-solutions", action="store_true", help="keep the reference bodies (instructors only: a copy to test the grader with)")
     p.add_argument("--force", action="store_true", help="overwrite files already in OUT_DIR")
+    p.add_argument(
+        "--docstrings",
+        choices=DOCSTRINGS,
+        default="full",
+        help="what the stubs' docstrings say: the reference's (full: formulas, derivation hints) or only "
+        "the signature and the shapes of one example call (shapes); default full",
+    )
     p.set_defaults(handler=cmd_skeleton)
 
     p = subparsers.add_parser(
