@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test typecheck lint train sample bench clean
+.PHONY: install test typecheck lint train sample bench bench-tokenizer clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ sample: $(STAMP)  ## two samples from the checkpoint `make train` wrote (PROMPT=
 bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional); writes bench-results.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"
 	$(BIN)/python benchmarks/bench.py
+
+bench-tokenizer: $(STAMP)  ## byte-level BPE on Tiny Shakespeare: training 512 / 4,096 tokens, encoding MB/s, next to Hugging Face tokenizers when it installs
+	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "the bench extra could not be installed: benchmarking BeviaLLM alone"
+	$(BIN)/python benchmarks/tokenizer_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .coverage htmlcov runs

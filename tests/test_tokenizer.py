@@ -257,6 +257,11 @@ def test_a_corrupt_tokenizer_is_one_clear_error(obj: Any, message: str) -> None:
         tokenizer.from_json(obj)
 
 
+def test_merges_must_be_a_tuple() -> None:
+    with pytest.raises(DataError, match="merges must be a tuple of pairs"):
+        BPETokenizer([(97, 98)])  # type: ignore[arg-type]
+
+
 def test_loading_a_bad_tokenizer_file_names_it(tmp_path: Path) -> None:
     path = tmp_path / "tok.json"
     path.write_text("{not json", encoding="utf-8")
