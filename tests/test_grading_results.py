@@ -9,7 +9,8 @@ from bevialm.grading import gradescope
 from bevialm.grading.grade import GradeReport, format_report
 from bevialm.grading.rubric import default_rubric, parse
 
-from .test_grading import grade_here, patch, solution_copy
+from . import planted
+from .test_grading import grade_here, solution_copy
 
 RUBRIC = """
 [checks."relu.forward"]
@@ -28,7 +29,7 @@ visibility = "hidden"
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> GradeReport:
     folder = solution_copy(tmp_path_factory.mktemp("results") / "pkg")
-    patch(folder, "layers/gelu.py", "    return local, {}", "    raise ValueError('no gelu backward today')")
+    planted.plant(folder, "layers/gelu.py", "def backward(params, cache, dy):\n    raise ValueError('no gelu backward today')")
     rubric = parse(RUBRIC, "r.toml", default_rubric())
     return grade_here(folder, rubric=rubric, only=("relu", "gelu"))
 
