@@ -259,6 +259,7 @@ def _add_sample_attention_flags(p: argparse._ActionsContainer) -> None:
     )
     p.add_argument(
         "--show-attention",
+        "--show_attention",
         action="store_true",
         dest="show_attention",
         help="after each sample, print for every generated character the context characters each head "
@@ -495,7 +496,7 @@ def _run_attention(args: argparse.Namespace) -> int:
         _token_texts(loaded.tokenizer, ids),
         layer=args.layer,
         head=args.head,
-        title=f"attention over a prompt of {ids.size} characters: {path} (step {loaded.step}); "
+        title=f"attention over a prompt of {ids.size} character{'' if ids.size == 1 else 's'}: {path} (step {loaded.step}); "
         "row: query, column: the position it reads",
     )
     _wrote(args.output, viz.save_figure(fig, args.output), "attention")
