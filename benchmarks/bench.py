@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matmul_floor import floor_seconds
 
 from bevialm.parallel import DEFAULT_SHARDS, shard_count
 from bevialm.runtime import tune_malloc
@@ -198,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
     print(f"large float32 matmul: {peak:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f} at the start")
     if not use_torch:
-        print("PyTorch not installed (pip install -e '.[bench]'): NumPy figures only")
+        print("--no-torch: NumPy figures only" if args.no_torch else "PyTorch not installed (pip install -e '.[bench]'): NumPy figures only")
     results: dict[str, Any] = {"matmul_gflops": peak, "numpy": np.__version__, "load_average": os.getloadavg(), "configs": {}}
     header = f"{'config':<24}{'shards':>7}{'ms/step':>10}{'spread':>16}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>8}"
+    header += f"{'products':>10}"
     header += f"{'torch ms':>10}{'ratio':>7}" if use_torch else ""
     print(header)
     for name in args.configs:
@@ -219,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         tokens = cfg["batch"] * cfg["ctx"] / (med / 1000)
         shards = shard_count(cfg["batch"], cfg["ctx"], args.shards)
         row: dict[str, Any] = {**cfg, "shards": shards, "ms_per_step": med, "runs_ms": ours, "tokens_per_s": tokens, "gflops": gflops, "share_of_peak": gflops / peak}
-        line = f"({name}) {cfg['label']:<20}{shards:>7}{med:>10.2f}{f'{min(ours):.1f}-{max(ours):.1f}':>16}{tokens:>11.0f}{gflops:>9.1f}{gflops / peak:>8.0%}"
+        floor = 1000 * floor_seconds(cfg, VOCAB, shards, 3 if args.quick else 20)
+        row["products_ms"] = floor
+        line = f"({name}) {cfg['label']:<20}{shards:>7}{med:>10.2f}{f'{min(ours):.1f}-{max(ours):.1f}':>16}{tokens:>11.0f}{gflops:>9.1f}{gflops / peak:>8.0%}{floor:>10.2f}"
         if theirs:
             tmed = statistics.median(theirs)
             row.update(torch_ms_per_step=tmed, torch_runs_ms=theirs, ratio=med / tmed)
