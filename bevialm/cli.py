@@ -13,7 +13,7 @@ diverged (NaN or infinite loss); 130 interrupted by Ctrl-C (training saves its
 checkpoint first). ``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:``
 line.
 
-The grading subcommands (``skeleton``, ``grade``, ``autograder``) come from
+The grading subcommands (``skeleton``, ``grade``, ``grade-all``, ``autograder``) come from
 :func:`bevialm.grading.cli.add_grading_subcommands`, which adds its parsers to
 ours and sets on each a ``handler`` (a function of the parsed arguments
 returning the exit code), the same convention as ``train`` and ``sample``.

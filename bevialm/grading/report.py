@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,26 @@ def format_rel(value: float | None) -> str:
     return "nan" if math.isnan(value) else f"{value:.1e}"
 
 
+WHEN_SHOWN = {
+    "after_due_date": "shown after the due date",
+    "after_published": "shown once grades are published",
+    "hidden": "never shown to students",
+}
+"""What a student is told about the checks left out of their table, by visibility."""
+
+
+def _not_shown(results: Iterable[CheckResult]) -> list[str]:
+    """One line per visibility of the checks left out: "2 more checks are shown after the due
+    date". A hidden check is never announced as shown later."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.check.rule.visibility] = counts.get(r.check.rule.visibility, 0) + 1
+    return [
+        f"{n} more {'check is' if n == 1 else 'checks are'} {WHEN_SHOWN[vis]}"
+        for vis, n in sorted(counts.items(), key=lambda item: list(WHEN_SHOWN).index(item[0]))
+    ]
+
+
 def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: bool = False) -> str:
     """The terminal table. ``visible_rows_only`` leaves out checks the rubric does not make
     ``visible`` (and their points), for output students see before grades are published."""
@@ -70,8 +91,7 @@ def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: b
     lines.append(
         f"score {_points(score)}/{_points(total)}{scope}: {passed} of {len(shown)} checks passed in {report.seconds:.1f} s"
     )
-    if len(shown) < len(report.results):
-        lines.append(f"{len(report.results) - len(shown)} more checks are shown with your grade once it is published")
+    lines += _not_shown(r for r in report.results if r not in shown)
     if report.reference_uses:
         lines.append("FLAGGED: this package uses the reference implementation instead of its own:")
         lines += [f"  {u}" for u in report.reference_uses]
