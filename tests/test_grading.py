@@ -526,9 +526,10 @@ def test_autograder_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert "bevialm-src/bevialm/grading/grade.py" in names and "bevialm-src/bevialm/py.typed" in names
         assert bundle.read("rubric.toml").decode() == rubric.read_text()
         run = bundle.read("run_autograder").decode()
-        assert "grade /autograder/submission" in run and "--results /autograder/results/results.json" in run
+        assert 'grade "$AUTOGRADER/submission"' in run and '--results "$AUTOGRADER/results/results.json"' in run
         assert (bundle.getinfo("run_autograder").external_attr >> 16) & 0o111
-        assert "pip install /autograder/source/bevialm-src" in bundle.read("setup.sh").decode()
+        setup = bundle.read("setup.sh").decode()
+        assert 'pip install "$AUTOGRADER/source/bevialm-src"' in setup and "useradd" in setup
     assert grading_cli.main(["autograder", str(tmp_path / "default.zip")]) == 0
     with zipfile.ZipFile(tmp_path / "default.zip") as bundle:
         assert bundle.read("rubric.toml").decode() == DEFAULT_RUBRIC

@@ -201,7 +201,7 @@ def decode(value: Any, arrays: list[np.ndarray], objects: Objects, package: str)
     if not isinstance(value, dict):
         return value
     if "__a" in value:
-        return arrays[value["__a"]]
+        return arrays[value["__a"]].copy()  # every use its own: one call's mutation stays its own
     if "__s" in value:
         return arrays[value["__s"]][()]
     if "__t" in value:

@@ -41,6 +41,7 @@ import json
 import math
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -122,20 +123,26 @@ class CheckUser:
     """The open lock file that reserves this uid for this grader while it runs."""
 
 
+_STATUS = re.compile(rb"State:\s+(\S).*?Uid:\s+(\d+)\s+(\d+)\s+(\d+)", re.S)
+
+
 def _processes_of(uid: int) -> list[int]:
     """Live processes whose real, effective or saved uid is ``uid`` (zombies are already dead)."""
     found = []
+    wanted = str(uid).encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            with open(f"/proc/{entry.name}/status") as f:
-                text = f.read()
+            fd = os.open(f"/proc/{entry.name}/status", os.O_RDONLY)
+            try:
+                text = os.read(fd, 8192)
+            finally:
+                os.close(fd)
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        uids = fields.get("Uid", "").split()
-        if str(uid) in uids[:3] and not fields.get("State", "").strip().startswith(("Z", "X")):
+        m = _STATUS.search(text)
+        if m and wanted in m.group(2, 3, 4) and m.group(1) not in (b"Z", b"X"):
             found.append(int(entry.name))
     return found
 
@@ -207,10 +214,9 @@ def sweep(user: CheckUser) -> None:
     """Kill every process of the check's uid, again until none is left.
 
     A forked helper becomes that uid and calls ``kill(-1, SIGKILL)``, which reaches
-    exactly the processes that uid may signal: its own. Nothing is killed by name."""
+    exactly the processes that uid may signal: its own. /proc then says whether any
+    is left. Nothing is killed by name."""
     for _ in range(KILL_ROUNDS):
-        if not _processes_of(user.uid):
-            return
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the helper (coverage cannot see it)
             try:
@@ -221,6 +227,8 @@ def sweep(user: CheckUser) -> None:
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
+        if not _processes_of(user.uid):
+            return
         time.sleep(0.01)
     raise RuntimeError(f"processes of uid {user.uid} survive SIGKILL")  # pragma: no cover
 
@@ -451,6 +459,8 @@ class Sandbox:
                 run.process.wait(1.0)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.process.pid, signal.SIGKILL)
+        run.process.kill()
+        code = run.process.wait()
         if user is not None:
             sweep(user)
         else:
@@ -463,8 +473,6 @@ class Sandbox:
                         os.kill(pid, signal.SIGKILL)
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, 0)
-        run.process.kill()
-        code = run.process.wait()
         output, size = _read_output(run.output)
         run.output.unlink(missing_ok=True)
         shutil.rmtree(run.workdir, ignore_errors=True)

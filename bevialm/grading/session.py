@@ -98,7 +98,7 @@ class Session:
     def calls(self, batch: Sequence[tuple[str, str, Sequence[Any], Mapping[str, Any]]], part: int | None = None) -> list[Any]:
         """Several calls in one message (each as :meth:`call`); the first exception is raised.
         With ``part``, each call returns only that item of what the function returned."""
-        arrays: list[np.ndarray] = []
+        arrays = _Arrays()
         calls = [
             {"module": m, "function": f, "args": [_encode(a, arrays) for a in args], "kwargs": {k: _encode(v, arrays) for k, v in kwargs.items()}}
             | ({} if part is None else {"part": part})
@@ -106,7 +106,7 @@ class Session:
         ]
         released, self.released = self.released, []
         try:
-            wire.send(self.requests, {"op": "calls", "calls": calls, "release": released}, arrays)
+            wire.send(self.requests, {"op": "calls", "calls": calls, "release": released}, arrays.items)
             header, answer = wire.receive(self.answers, self.deadline)
         except TimeoutError:
             raise SandboxFailure("timeout", "") from None
@@ -176,18 +176,32 @@ class Session:
             obj.session = None
 
 
-def _encode(value: Any, arrays: list[np.ndarray], depth: int = 0) -> Any:
+class _Arrays:
+    """The arrays of one message, each sent once however many calls use it (the child gives
+    every use its own copy)."""
+
+    def __init__(self) -> None:
+        self.items: list[np.ndarray] = []
+        self.index: dict[int, int] = {}
+
+    def add(self, value: np.ndarray) -> int:
+        i = self.index.get(id(value))
+        if i is None:
+            i = self.index[id(value)] = len(self.items)
+            self.items.append(value)
+        return i
+
+
+def _encode(value: Any, arrays: _Arrays, depth: int = 0) -> Any:
     """An argument for the child (the grader's own values: configs, params, generators)."""
     if depth > wire.MAX_DEPTH:
         raise ValueError("argument nested too deeply")
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, np.ndarray):
-        arrays.append(value)
-        return {"__a": len(arrays) - 1}
+        return {"__a": arrays.add(value)}
     if isinstance(value, np.generic):
-        arrays.append(np.asarray(value))
-        return {"__s": len(arrays) - 1}
+        return {"__s": arrays.add(np.asarray(value))}
     if isinstance(value, RemoteObject):
         return {"__h": value.handle}
     if isinstance(value, tuple):
@@ -263,20 +277,9 @@ class _Recorder:
         self.batch: list[tuple[str, str, tuple[Any, ...], dict[str, Any]]] = []
 
     def call(self, module: str, function: str, *args: Any, **kwargs: Any) -> Any:
-        frozen = (_copied(args), _copied(kwargs))  # the caller may change them before the batch goes
-        self.batch.append((module, function, *frozen))
+        self.batch.append((module, function, args, kwargs))  # sent before anything can change them
         n = len(self.batch) - 1
         return (_Pending(n, 0), _Pending(n, 1))
-
-
-def _copied(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, tuple | list):
-        return type(value)(_copied(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _copied(v) for k, v in value.items()}
-    return value
 
 
 def evaluate(session: Session | LocalSession, f: Callable[[np.ndarray], Any], points: list[np.ndarray]) -> list[Any]:
