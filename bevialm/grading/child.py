@@ -75,19 +75,26 @@ def _read(fd: int, n: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
-def _write(fd: int, data: bytes) -> None:
+def _write(fd: int, data: bytes, deadline: float | None) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        if deadline is not None:  # a child that stops reading cannot stall the grader
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([], [fd], [], left)[1]:
+                raise TimeoutError("the other side stopped reading")
+        try:
+            view = view[os.write(fd, view[: 2**16]) :]
+        except BlockingIOError:  # the grader's end is non-blocking: wait for room again
+            continue
 
 
-def send(fd: int, header: dict[str, Any], arrays: list[np.ndarray]) -> None:
+def send(fd: int, header: dict[str, Any], arrays: list[np.ndarray], deadline: float | None = None) -> None:
     """One frame: sizes, a JSON header (with each array's dtype and shape) and the arrays' bytes."""
     parts = [a if a.flags.c_contiguous else a.copy(order="C") for a in arrays]
     header = {**header, "arrays": [[a.dtype.str, list(a.shape)] for a in parts]}
     text = json.dumps(header).encode("utf-8")
     data = b"".join(a.tobytes() for a in parts)
-    _write(fd, _PREFIX.pack(len(text), len(data)) + text + data)
+    _write(fd, _PREFIX.pack(len(text), len(data)) + text + data, deadline)
 
 
 def _dtype(text: Any) -> np.dtype[Any]:

@@ -301,9 +301,10 @@ def prepare(root: Path, package: str, given: Sequence[str], dest: Path) -> Path:
     return copy
 
 
-def _orphans(since: float) -> list[int]:
+def _adopted(since: float, zombies: bool) -> list[int]:
     """The grader's children that it did not start itself: a check's processes adopted by the
-    grader after their parent died (non-root mode), started after ``since`` (seconds since boot)."""
+    grader after their parent died, started after ``since`` (seconds since boot); the live ones,
+    or the dead ones still to be reaped."""
     me = os.getpid()
     ticks = os.sysconf("SC_CLK_TCK")
     found = []
@@ -315,9 +316,16 @@ def _orphans(since: float) -> list[int]:
                 after = f.read().rpartition(")")[2].split()
         except OSError:
             continue
-        if int(after[1]) == me and int(after[19]) / ticks >= since and after[0] not in "ZX":
+        if int(after[1]) == me and int(after[19]) / ticks >= since and (after[0] in "ZX") == zombies:
             found.append(int(entry.name))
     return found
+
+
+def _reap(since: float) -> None:
+    """Reap the adopted processes a check left dead (each still counts against its uid's process limit)."""
+    for pid in _adopted(since, zombies=True):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
 
 
 def _uptime() -> float:
@@ -325,12 +333,18 @@ def _uptime() -> float:
         return float(f.read().split()[0])
 
 
-def _adopt_orphans() -> None:
-    """Make the grader the parent of every orphan a check leaves (non-root: no uid to sweep)."""
+def _subreaper(on: bool) -> bool:
+    """Make this process the parent of every orphan its descendants leave (or stop); whether it was."""
     import ctypes
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    try:
+        libc = ctypes.CDLL(None)
+        was = ctypes.c_int(0)
+        libc.prctl(37, ctypes.byref(was), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+        libc.prctl(36, int(on), 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        return bool(was.value)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return False
 
 
 # --- running checks -----------------------------------------------------------------------
@@ -359,6 +373,7 @@ class Sandbox:
         self.lock = threading.Lock()
         self.counter = itertools.count()
         self.spare: _Child | None = None
+        self.started = _uptime()
         self.closing = False
         self.private = Path(tempfile.mkdtemp(prefix="bevialm-grader-"))  # 0700: outputs
         self.shared = Path(tempfile.mkdtemp(prefix="bevialm-check-"))
@@ -378,8 +393,7 @@ class Sandbox:
             },
         }
         self.source = Path(child.__file__).read_text(encoding="utf-8")
-        if not self.as_root:
-            _adopt_orphans()
+        self.was_subreaper = _subreaper(True)  # orphans of the checks come to the grader, to be killed and reaped
 
     def close(self) -> None:
         with self.lock:
@@ -390,6 +404,8 @@ class Sandbox:
         for user in self.users:
             sweep(user)
             os.close(user.lock)
+        _reap(self.started)
+        _subreaper(self.was_subreaper)
         shutil.rmtree(self.private, ignore_errors=True)
         shutil.rmtree(self.shared, ignore_errors=True)
 
@@ -465,7 +481,7 @@ class Sandbox:
             sweep(user)
         else:
             for _ in range(KILL_ROUNDS):
-                left = _orphans(run.since_boot)
+                left = _adopted(run.since_boot, zombies=False)
                 if not left:
                     break
                 for pid in left:
@@ -473,6 +489,7 @@ class Sandbox:
                         os.kill(pid, signal.SIGKILL)
                     with contextlib.suppress(ChildProcessError):
                         os.waitpid(pid, 0)
+        _reap(run.since_boot)
         output, size = _read_output(run.output)
         run.output.unlink(missing_ok=True)
         shutil.rmtree(run.workdir, ignore_errors=True)

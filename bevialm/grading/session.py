@@ -27,6 +27,7 @@ import dataclasses
 import importlib
 import os
 import subprocess
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,6 +86,7 @@ class Session:
         self.process = process
         self.root = root
         self.requests = requests
+        os.set_blocking(requests, False)  # a child that stops reading must not stall a write
         self.answers = answers
         self.deadline = deadline
         self.blocked: list[str] = []
@@ -106,7 +108,7 @@ class Session:
         ]
         released, self.released = self.released, []
         try:
-            wire.send(self.requests, {"op": "calls", "calls": calls, "release": released}, arrays.items)
+            wire.send(self.requests, {"op": "calls", "calls": calls, "release": released}, arrays.items, self.deadline)
             header, answer = wire.receive(self.answers, self.deadline)
         except TimeoutError:
             raise SandboxFailure("timeout", "") from None
@@ -167,8 +169,8 @@ class Session:
         raise SandboxFailure("unreadable", "its answer could not be read (an unknown value)")
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            wire.send(self.requests, {"op": "exit"}, [])
+        with contextlib.suppress(OSError, TimeoutError):
+            wire.send(self.requests, {"op": "exit"}, [], time.monotonic() + 0.1)
         for fd in (self.requests, self.answers):
             with contextlib.suppress(OSError):
                 os.close(fd)
