@@ -6,10 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test typecheck lint train sample bench clean
+.PHONY: help install test typecheck lint train sample plot bench bench-tokenizer clean
 
 help:  ## list the targets
-	@awk -F ':.*## ' '/^[a-z]+:.*## / { printf "  make %-10s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,17 @@ train: $(STAMP)  ## the playbook's quick start on data.txt (about 20 s of traini
 sample: $(STAMP)  ## two samples from the newest run's best checkpoint (PROMPT="..." to change the prompt)
 	$(BIN)/python -m bevialm sample --prompt "$(PROMPT)" --num_samples 2
 
+plot: $(STAMP)  ## draw the loss curves of the newest run (loss.png in it)
+	$(BIN)/python -m bevialm plot
+
 bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional); writes bench-results.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_viz.py
+
+bench-tokenizer: $(STAMP)  ## byte-level BPE on Tiny Shakespeare: training 512 / 4,096 tokens, encoding MB/s, next to Hugging Face tokenizers when it installs
+	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "the bench extra could not be installed: benchmarking BeviaLLM alone"
+	$(BIN)/python benchmarks/tokenizer_bench.py
 
 clean:  ## remove .venv, caches and runs/
 	rm -rf $(VENV) .pytest_cache .mypy_cache .coverage htmlcov runs

@@ -16,7 +16,11 @@ diverged (NaN or infinite loss); 130 interrupted by Ctrl-C and 143 by SIGTERM
 (training saves its checkpoint first and says so in one line on stderr).
 ``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:`` line.
 
-The grading subcommands (``skeleton``, ``grade``, ``autograder``) come from
+The picture commands ``plot`` and ``attention`` (and ``sample --attention``) compose
+:mod:`bevialm.viz`; they need the optional matplotlib (``pip install 'bevialm[plot]'``)
+and say so in one line when it is missing.
+
+The grading subcommands (``skeleton``, ``grade``, ``grade-all``, ``autograder``) come from
 :func:`bevialm.grading.cli.add_grading_subcommands`, which adds its parsers to
 ours and sets on each a ``handler`` (a function of the parsed arguments
 returning the exit code), the same convention as ``train`` and ``sample``.
@@ -89,7 +93,7 @@ def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
 
 
 def _add_model_flags(p: argparse._ActionsContainer) -> None:
-    p.add_argument("--ctx", type=positive_int, default=128, help="context window length in characters (default: %(default)s)")
+    p.add_argument("--ctx", type=positive_int, default=128, help="context window length in tokens (default: %(default)s)")
     p.add_argument("--dim", type=positive_int, default=128, help="embedding dimension (default: %(default)s)")
     p.add_argument("--layers", type=positive_int, default=2, help="number of transformer blocks (default: %(default)s)")
     p.add_argument(
@@ -182,12 +186,31 @@ def _add_loop_flags(p: argparse._ActionsContainer) -> None:
     )
 
 
+def _add_tokenizer_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--tokenizer",
+        choices=("char", "bpe"),
+        default="char",
+        help="char: one token per character of the text; bpe: a byte-level BPE trained on the text "
+        "first, saved in the checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--vocab_size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="tokens of the BPE vocabulary: 256 byte tokens plus N - 256 merges; N >= 256, "
+        "with --tokenizer bpe only (default: 512)",
+    )
+
+
 def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--sample_len",
         type=non_negative_int,
         default=400,
-        help="characters to generate per sample; in training 0 prints no samples (default: %(default)s)",
+        help="tokens (characters with --tokenizer char) to generate per sample; in training 0 prints "
+        "no samples (default: %(default)s)",
     )
     p.add_argument(
         "--temperature",
@@ -196,13 +219,13 @@ def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
         help="divide logits by this before sampling; 0 is greedy (argmax) (default: %(default)s)",
     )
     p.add_argument(
-        "--top_k", type=non_negative_int, default=0, help="sample only among the k likeliest characters; 0: all (default: %(default)s)"
+        "--top_k", type=non_negative_int, default=0, help="sample only among the k likeliest tokens; 0: all (default: %(default)s)"
     )
     p.add_argument(
         "--top_p",
         type=top_p_value,
         default=1.0,
-        help="nucleus sampling: the smallest set of likeliest characters with this much probability; "
+        help="nucleus sampling: the smallest set of likeliest tokens with this much probability; "
         "1: all (default: %(default)s)",
     )
 
@@ -218,13 +241,37 @@ def _add_sample_only_flags(p: argparse.ArgumentParser) -> None:
     prompt.add_argument(
         "--prompt",
         default=None,
-        help="text the samples continue; every character must be in the model's vocabulary "
-        "(default: a newline, or the vocabulary's first character)",
+        help="text the samples continue, encoded with the model's tokenizer; with characters, every "
+        "character must be in its vocabulary (default: a newline, or the vocabulary's first character)",
     )
     prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
     p.add_argument(
         "--num_samples", type=positive_int, default=1, help="number of samples, drawn as one batch (default: %(default)s)"
     )
+
+
+def _add_layer_and_head(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--layer", type=positive_int, default=None, metavar="L", help="only layer L (1 = the first block)")
+    p.add_argument("--head", type=positive_int, default=None, metavar="H", help="only head H (1 = the first)")
+
+
+def _add_sample_attention_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="FILE",
+        help="record every head's attention while generating and draw it to FILE (.png or .svg; the first "
+        "sample; all layers unless --layer/--head; needs matplotlib). Best with a short --sample_len, e.g. 60",
+    )
+    p.add_argument(
+        "--show-attention",
+        "--show_attention",
+        action="store_true",
+        dest="show_attention",
+        help="after each sample, print for every generated character the context characters each head "
+        "attends to most (the last layer unless --layer; works without matplotlib)",
+    )
+    _add_layer_and_head(p)
 
 
 # --- parsers ------------------------------------------------------------------------------------
@@ -239,6 +286,8 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     _add_optimizer_flags(optim)
     loop = p.add_argument_group("loop, logging and checkpoints")
     _add_loop_flags(loop)
+    tokens = p.add_argument_group("tokenizer")
+    _add_tokenizer_flags(tokens)
     sampling = p.add_argument_group("samples printed during training")
     _add_sampling_flags(sampling)
     p.set_defaults(handler=_run_train)
@@ -248,16 +297,63 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
     _add_sample_only_flags(p)
     _add_seed_and_out(p)
     _add_sampling_flags(p)
+    _add_sample_attention_flags(p.add_argument_group("attention while generating"))
     p.set_defaults(handler=_run_sample)
 
 
+def _configure_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="run folder(s) holding metrics.jsonl (a run still training is fine; default: the newest run in runs/)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="picture to write, .png or .svg (default: loss.png in the first run folder)",
+    )
+    p.set_defaults(handler=_run_plot)
+
+
+def _configure_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="checkpoint to read the model from (default: best.npz in --out, else last.npz)",
+    )
+    p.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help="run folder used without --checkpoint (default: the newest run in runs/)"
+    )
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", default=None, help="the text whose attention is drawn (at most ctx characters)")
+    prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
+    p.add_argument(
+        "-o", "--output", default="attention.png", metavar="FILE", help="picture to write, .png or .svg (default: %(default)s)"
+    )
+    _add_layer_and_head(p)
+    p.set_defaults(handler=_run_attention)
+
+
 TRAIN_DESCRIPTION = (
-    "Train a character-level transformer on a text file. Prints progress every --log_every steps, "
-    "train/val loss every --eval_every steps and samples every --sample_every steps; writes "
-    "best.npz, last.npz and metrics.jsonl to --out (by default a new runs/run-NNN). Ctrl-C or SIGTERM "
-    "saves last.npz; --resume continues exactly."
+    "Train a transformer on a text file, on characters or byte-level BPE tokens (--tokenizer). "
+    "Prints progress every --log_every steps, "
+    "train/val loss (and val bits per character) every --eval_every steps and samples every --sample_every steps; writes "
+    "best.npz, last.npz and metrics.jsonl to --out (by default a new runs/run-NNN). Ctrl-C or SIGTERM saves "
+    "last.npz; --resume continues exactly."
 )
 SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
+PLOT_DESCRIPTION = (
+    "Draw the train and validation loss of one or more runs against the step, with the learning rate on a "
+    "second axis, from each run folder's metrics.jsonl. Several runs overlay, one colour each."
+)
+ATTENTION_DESCRIPTION = (
+    "Draw a model's attention over a prompt: a heat map per layer and head, the prompt's characters as "
+    "labels (space and newline as visible glyphs), future positions blank."
+)
 
 
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -272,11 +368,15 @@ def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     # Imported here, not at the top: ``python main.py`` (training only) need not load the grader.
     from bevialm.grading.cli import add_grading_subcommands
 
-    parser = argparse.ArgumentParser(prog=prog, description="BeviaLLM: a gradient-verified NumPy character-level transformer.")
+    parser = argparse.ArgumentParser(prog=prog, description="BeviaLLM: a gradient-verified NumPy transformer language model.")
     parser.add_argument("--version", action="version", version=f"bevialm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _configure_train(sub.add_parser("train", help="train a model on a text file", description=TRAIN_DESCRIPTION))
     _configure_sample(sub.add_parser("sample", help="generate text from a checkpoint", description=SAMPLE_DESCRIPTION))
+    _configure_plot(sub.add_parser("plot", help="draw the loss curves of runs", description=PLOT_DESCRIPTION))
+    _configure_attention(
+        sub.add_parser("attention", help="draw a model's attention over a prompt", description=ATTENTION_DESCRIPTION)
+    )
     add_grading_subcommands(sub)
     return parser
 
@@ -321,52 +421,150 @@ def _checkpoint_to_sample(args: argparse.Namespace) -> str:
     return newest
 
 
+def _check_sampling_memory(args: argparse.Namespace, loaded: Any, prompt: str | None) -> None:
+    """Refuse, in one line, samples that would not fit in memory (``--num_samples 1000000000``)."""
+    from bevialm import memory
+
+    m = loaded.cfg
+    need = memory.sampling_bytes(
+        args.num_samples,
+        len(prompt or "\n") + args.sample_len,  # characters: at least as many as tokens
+        m.ctx,
+        m.dim,
+        m.n_layers,
+        m.n_heads,
+        m.mlp_hidden,
+        m.vocab_size,
+        next(iter(loaded.params.values())).dtype.itemsize,
+    )
+    memory.require(
+        need,
+        f"sampling {args.num_samples} x {args.sample_len} tokens",
+        "token ids and text, key/value cache, one window's forward pass",
+        "use a smaller --num_samples or --sample_len",
+    )
+
+
 def _run_sample(args: argparse.Namespace) -> int:
-    from bevialm import generate, memory
+    from bevialm import generate, viz
     from bevialm.data import load_text
 
     tune_malloc()
+    if args.attention is not None:  # before any work: say now what would fail after sampling
+        viz.require_matplotlib()
+        viz.check_output(args.attention)
+        if args.sample_len == 0:
+            raise ValueError("--attention draws the generated characters: --sample_len must be at least 1")
     with stop_signals_raise():
         path = _checkpoint_to_sample(args)
         loaded = generate.load_model(path)
         prompt = args.prompt
         if args.prompt_file is not None:
             prompt = load_text(args.prompt_file, "prompt file")
-        m = loaded.cfg
-        need = memory.sampling_bytes(
-            args.num_samples,
-            len(prompt or "\n") + args.sample_len,
-            m.ctx,
-            m.dim,
-            m.n_layers,
-            m.n_heads,
-            m.mlp_hidden,
-            m.vocab_size,
-            next(iter(loaded.params.values())).dtype.itemsize,
-        )
-        memory.require(
-            need,
-            f"sampling {args.num_samples} x {args.sample_len} characters",
-            "token ids and text, key/value cache, one window's forward pass",
-            "use a smaller --num_samples or --sample_len",
-        )
+        _check_sampling_memory(args, loaded, prompt)
         if args.checkpoint is None and args.out is None:  # say which run was chosen (stderr: stdout is the text)
             print(f"sampling from {path} (step {loaded.step})", file=sys.stderr, flush=True)
         sampling = generate.SamplingConfig.from_flags(args.temperature, args.top_k, args.top_p)
+        recorder = None
+        if args.attention is not None or args.show_attention:
+            recorder = generate.AttentionRecorder()
+            viz.choose(loaded.cfg.n_layers, args.layer, "layer")  # checked now, not after sampling
+            viz.choose(loaded.cfg.n_heads, args.head, "head")
         texts = generate.sample_text(
             loaded.params,
             loaded.cfg,
-            loaded.vocab,
+            loaded.tokenizer,
             prompt or "",
             args.sample_len,
             num_samples=args.num_samples,
             rng=generate.sampling_rng(args.seed),
             sampling=sampling,
+            recorder=recorder,
         )
-        for i, text in enumerate(texts):
-            if len(texts) > 1:
-                print(f"--- sample {i + 1}/{len(texts)} ---", flush=True)
-            print(text, flush=True)
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1}/{len(texts)} ---", flush=True)
+        print(text, flush=True)
+        if args.show_attention and recorder is not None and args.sample_len > 0:
+            shown = viz.attention_text(
+                recorder.weights[i],
+                _token_texts(loaded.tokenizer, recorder.tokens[i]),
+                recorder.prompt_len,
+                layer=args.layer,
+                head=args.head,
+                color=color,
+            )
+            print(shown, flush=True)
+    if args.attention is not None and recorder is not None:
+        fig = viz.generation_attention_figure(
+            recorder.weights[0],
+            _token_texts(loaded.tokenizer, recorder.tokens[0]),
+            recorder.prompt_len,
+            layer=args.layer,
+            head=args.head,
+        )
+        _wrote(args.attention, viz.save_figure(fig, args.attention), "attention while generating sample 1")
+    return EXIT_OK
+
+
+def _token_texts(vocab: Any, ids: Any) -> list[str]:
+    """Each token's own text: the tick labels and terminal columns of the attention views."""
+    return [vocab.decode([int(i)]) for i in ids]
+
+
+def _wrote(path: str, size: tuple[int, int], what: str) -> None:
+    dims = f", {size[0]} x {size[1]} pixels" if path.lower().endswith(".png") else ""
+    print(f"wrote {what} to {path}{dims}", flush=True)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from bevialm import viz
+
+    viz.require_matplotlib()
+    if not args.runs:
+        from bevialm import runs as run_folders
+
+        newest = run_folders.newest_with(("metrics.jsonl",))
+        if newest is None:
+            raise ValueError(f"no run to plot: '{run_folders.RUNS}' holds no run with metrics.jsonl; name a RUN folder")
+        args.runs = [os.path.dirname(newest)]
+    output = args.output or os.path.join(args.runs[0], "loss.png")
+    runs = [viz.read_metrics(run) for run in args.runs]
+    viz.check_output(output)
+    _wrote(output, viz.save_figure(viz.loss_figure(runs), output), "loss curves")
+    return EXIT_OK
+
+
+def _run_attention(args: argparse.Namespace) -> int:
+    from bevialm import generate, model, viz
+    from bevialm.data import DataError, load_text
+
+    viz.require_matplotlib()
+    viz.check_output(args.output)
+    tune_malloc()
+    path = _checkpoint_to_sample(args)
+    loaded = generate.load_model(path)
+    cfg = loaded.cfg
+    viz.choose(cfg.n_layers, args.layer, "layer")
+    viz.choose(cfg.n_heads, args.head, "head")
+    prompt = args.prompt if args.prompt_file is None else load_text(args.prompt_file, "prompt file")
+    ids = loaded.tokenizer.encode(prompt, what="prompt")
+    if not 0 < ids.size <= cfg.ctx:
+        raise DataError(
+            f"the prompt has {ids.size} characters; the model reads 1 to ctx = {cfg.ctx}: "
+            + ("give a prompt" if ids.size == 0 else "shorten it")
+        )
+    _, cache = model.forward(loaded.params, ids[None, :], cfg)
+    fig = viz.prompt_attention_figure(
+        model.attention_maps(cache),
+        _token_texts(loaded.tokenizer, ids),
+        layer=args.layer,
+        head=args.head,
+        title=f"attention over a prompt of {ids.size} character{'' if ids.size == 1 else 's'}: {path} (step {loaded.step}); "
+        "row: query, column: the position it reads",
+    )
+    _wrote(args.output, viz.save_figure(fig, args.output), "attention")
     return EXIT_OK
 
 

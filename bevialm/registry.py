@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from bevialm import losses
+from bevialm import losses, model, optim
 from bevialm.gradcheck import Backward, Forward, avoid_kinks
 from bevialm.layers import attention, block, dropout, embedding, gelu, layernorm, linear, mlp, relu, softmax
 from bevialm.types import Array, Grads, Params
@@ -57,11 +57,18 @@ class RngDraw:
 
 @dataclass(frozen=True)
 class Case:
-    """One checking case: a config, the input's shape, and a seed for the input's values."""
+    """One checking case: a config, the input's shape, and a seed for the input's values.
+
+    ``scale`` and ``shift`` make a stress case's input ``shift + scale * N(0, 1)``
+    (see :data:`PairSpec.stress`); ``note`` says what the case stresses, for reports.
+    """
 
     cfg: Any
     shape: tuple[int, ...]
     seed: int = 0
+    scale: float = 1.0
+    shift: float = 0.0
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,10 @@ class PairSpec:
     """Input values where the pair is not differentiable (kept away from by ``make_input``)."""
     functions: tuple[str, ...] = ("init", "forward", "backward")
     """The module's functions a student implements."""
+    stress: tuple[Case, ...] = ()
+    """Fixed cases at the edges where a plausible implementation breaks (logits of 1e3, a
+    tiny layer-norm input, T = 1, batch 1, odd head counts); the grader always runs them,
+    the test suite checks them like the examples."""
 
 
 def layer_bind(module: ModuleType, *, seeded: bool = False) -> Callable[[Case], Bound]:
@@ -124,6 +135,8 @@ def normal_input(kinks: tuple[float, ...] = ()) -> Callable[[Case, np.random.Gen
 
     def make(case: Case, rng: np.random.Generator) -> Array:
         x = rng.standard_normal(case.shape)
+        if case.scale != 1.0 or case.shift != 0.0:
+            x = case.shift + case.scale * x
         return avoid_kinks(x, kinks) if kinks else x
 
     return make
@@ -140,8 +153,14 @@ def _draw_linear(draw: Draw) -> Case:
     return Case(cfg, (*_lead(draw), cfg.d_in), draw.integer(0, 2**16))
 
 
+LAYERNORM_MIN_DIM = 4
+"""Every layer norm the checks draw normalises at least 4 features: over 2 its output is
++-1 up to eps whatever the input, its input gradient is about 1e-4, and a wrong backward
+shows up only just above the tolerance."""
+
+
 def _draw_layernorm(draw: Draw) -> Case:
-    cfg = layernorm.LayerNormConfig(draw.integer(2, 8))
+    cfg = layernorm.LayerNormConfig(draw.integer(LAYERNORM_MIN_DIM, 8))
     return Case(cfg, (*_lead(draw), cfg.dim), draw.integer(0, 2**16))
 
 
@@ -195,9 +214,10 @@ def _no_params(cfg: Any, rng: np.random.Generator) -> Params:
 
 
 def _draw_heads(draw: Draw, min_dim: int = 1) -> tuple[int, int]:
-    """``(dim, n_heads)``: ``n_heads`` in {1, 2, 4} dividing ``dim``, ``min_dim <= dim <= 8``."""
-    n_heads = draw.choice((1, 2, 4))
-    head_dim = draw.integer(max(1, -(-min_dim // n_heads)), 8 // n_heads)
+    """``(dim, n_heads)``: ``n_heads`` in {1, 2, 3, 4} dividing ``dim``, ``min_dim <= dim <= 9``
+    (three heads: a head count that is not a power of two)."""
+    n_heads = draw.choice((1, 2, 3, 4))
+    head_dim = draw.integer(max(1, -(-min_dim // n_heads)), 9 // n_heads)
     return n_heads * head_dim, n_heads
 
 
@@ -223,7 +243,7 @@ def _draw_mlp(draw: Draw) -> Case:
 
 
 def _draw_block(draw: Draw) -> Case:
-    dim, n_heads = _draw_heads(draw, min_dim=2)  # a layer norm over one feature is constant
+    dim, n_heads = _draw_heads(draw, min_dim=LAYERNORM_MIN_DIM)  # the block's layer norms
     cfg = block.BlockConfig(
         dim,
         n_heads,
@@ -233,6 +253,17 @@ def _draw_block(draw: Draw) -> Case:
         draw.choice(DROPOUT_RATES),
     )
     return Case(cfg, (draw.integer(1, 2), draw.integer(1, cfg.ctx), dim), draw.integer(0, 2**16))
+
+
+def _logit_shifts(cfg: Any, *shapes: tuple[int, ...]) -> tuple[Case, ...]:
+    """Logits shifted by +1000 and by -1000: ``exp`` overflows to inf, or underflows to 0, unless
+    the row maximum is subtracted first. Softmax and cross-entropy are invariant under a shift of a
+    whole row, so each case is the standard-normal case in disguise and finite differences are as
+    well conditioned (|x| ~ 1e3 rounds the step h = 1e-6 by at most 1e-13, a relative 1e-7)."""
+    return (
+        Case(cfg, shapes[0], 11, shift=1e3, note="logits near +1000 (exp overflows unless the row max is subtracted)"),
+        Case(cfg, shapes[1], 12, shift=-1e3, note="logits near -1000 (exp underflows unless the row max is subtracted)"),
+    )
 
 
 PAIRS: tuple[PairSpec, ...] = (
@@ -246,6 +277,7 @@ PAIRS: tuple[PairSpec, ...] = (
             Case(linear.LinearConfig(4, 6), (2, 3, 4), 3),
             Case(linear.LinearConfig(1, 1), (2, 2, 2, 1), 4),
         ),
+        stress=(Case(linear.LinearConfig(3, 4), (1, 1, 3), 11, note="batch 1, T = 1"),),
         init=lambda cfg, rng: linear.init(cfg, rng, np.float64),
         make_input=normal_input(),
         bind=layer_bind(linear),
@@ -257,7 +289,20 @@ PAIRS: tuple[PairSpec, ...] = (
         examples=(
             Case(layernorm.LayerNormConfig(4), (4,), 1),
             Case(layernorm.LayerNormConfig(6), (2, 3, 6), 2),
-            Case(layernorm.LayerNormConfig(2), (5, 2), 3),
+            Case(layernorm.LayerNormConfig(4), (5, 4), 3),
+        ),
+        # Scales where a layer norm's eps and its 1/std show: the output is scale-invariant,
+        # so finite differences are as well conditioned as at scale 1 (the input gradient
+        # shrinks as 1/scale and stays far above atol at 1e3).
+        stress=(
+            Case(layernorm.LayerNormConfig(6), (3, 6), 11, scale=1e3, note="input scale 1e3"),
+            Case(
+                layernorm.LayerNormConfig(5),
+                (2, 2, 5),
+                12,
+                scale=1e-2,
+                note="input scale 1e-2: the variance, about 1e-4, is close to eps = 1e-5 (inside the square root)",
+            ),
         ),
         init=lambda cfg, rng: layernorm.init(cfg, rng, np.float64),
         make_input=normal_input(),
@@ -305,6 +350,7 @@ PAIRS: tuple[PairSpec, ...] = (
         bind=layer_bind(softmax),
         # the numerically stable softmax itself (playbook 3.4) is part of the exercise
         functions=("init", "forward", "backward", "softmax"),
+        stress=_logit_shifts(softmax.SoftmaxConfig(), (2, 3, 5), (4, 6)),
     ),
     PairSpec(
         name="cross_entropy",
@@ -319,6 +365,7 @@ PAIRS: tuple[PairSpec, ...] = (
         make_input=normal_input(),
         bind=_ce_bind,
         functions=("cross_entropy", "cross_entropy_backward"),
+        stress=_logit_shifts(CrossEntropyConfig(5), (2, 3, 5), (1, 4, 5)),
     ),
     # Attention examples have T >= 2: with one key the weights are constant and
     # the q and k gradients vanish, which would hide a wrong backward.
@@ -330,6 +377,11 @@ PAIRS: tuple[PairSpec, ...] = (
             Case(attention.AttentionConfig(4, 2, 4), (2, 3, 4), 1),  # shorter than ctx
             Case(attention.AttentionConfig(3, 1, 3), (1, 3, 3), 2),  # one head, full ctx
             Case(attention.AttentionConfig(4, 4, 3), (2, 2, 4), 3),  # head_dim 1
+        ),
+        stress=(
+            # one key: the weights are 1, so only the v path and dx are checked (dq = dk = 0)
+            Case(attention.AttentionConfig(6, 3, 5), (1, 1, 6), 11, note="T = 1, batch 1, three heads"),
+            Case(attention.AttentionConfig(6, 3, 5), (1, 4, 6), 12, note="batch 1, three heads, T = 4 < ctx = 5"),
         ),
         init=lambda cfg, rng: attention.init(cfg, rng, np.float64),
         make_input=normal_input(),
@@ -371,9 +423,11 @@ PAIRS: tuple[PairSpec, ...] = (
         examples=(
             # Tiny on purpose: each example is checked once per parameter tensor with a
             # deliberately wrong backward. Four heads are covered by attention's examples.
-            Case(block.BlockConfig(2, 2, 4, 2, "relu"), (1, 3, 2), 1),  # two heads, shorter than ctx
-            Case(block.BlockConfig(2, 1, 3, 3, "gelu", dropout=0.25), (2, 3, 2), 2),
+            # Four features: a layer norm over two is nearly constant (see LAYERNORM_MIN_DIM).
+            Case(block.BlockConfig(4, 2, 4, 2, "relu"), (1, 3, 4), 1),  # two heads, shorter than ctx
+            Case(block.BlockConfig(4, 1, 3, 3, "gelu", dropout=0.25), (2, 3, 4), 2),
         ),
+        stress=(Case(block.BlockConfig(6, 3, 4, 5, "gelu"), (1, 1, 6), 11, note="T = 1, batch 1, three heads"),),
         init=lambda cfg, rng: block.init(cfg, rng, np.float64),
         make_input=normal_input(),
         bind=layer_bind(block, seeded=True),
@@ -381,3 +435,87 @@ PAIRS: tuple[PairSpec, ...] = (
 )
 
 BY_NAME: dict[str, PairSpec] = {spec.name: spec for spec in PAIRS}
+
+
+# --- every graded thing: the pairs, the model that composes them, and the optimizer ----------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One thing a student can be asked to write: functions of one reference module.
+
+    The grader grades it, the skeleton generator blanks its functions (or hands them
+    out filled in when an assignment leaves the task out), the rubric names it.
+    """
+
+    name: str
+    module: ModuleType
+    functions: tuple[str, ...]
+    """The module's functions the student writes."""
+    example: Callable[[], object]
+    """Calls the functions once on a small float64 example, through the module's attributes
+    (so a caller can trace each call's argument and result shapes)."""
+    pair: PairSpec | None = None
+    """The pair's full description, for tasks that are layer pairs."""
+
+
+def _pair_example(spec: PairSpec) -> Callable[[], object]:
+    def run() -> object:
+        case = max(spec.examples, key=lambda c: (len(set(c.shape)), len(c.shape)))  # the most telling shapes
+        rng = np.random.default_rng(case.seed)
+        bound = spec.bind(case)
+        params = spec.module.init(case.cfg, rng, np.float64) if "init" in spec.functions else spec.init(case.cfg, rng)
+        y, cache = bound.forward(params, spec.make_input(case, rng))
+        return bound.backward(params, cache, np.ones_like(y, dtype=np.float64))
+
+    return run
+
+
+EXAMPLE_MODEL = model.ModelConfig(vocab_size=5, ctx=4, dim=4, n_layers=1, n_heads=2, mlp_hidden=8)
+"""A tiny model for the model task's example call."""
+
+
+def _model_example() -> object:
+    rng = np.random.default_rng(0)
+    params = model.init_params(EXAMPLE_MODEL, rng, np.float64)
+    idx = rng.integers(0, EXAMPLE_MODEL.vocab_size, size=(2, 3))
+    return model.loss_and_grads(params, idx, np.roll(idx, -1, axis=1), EXAMPLE_MODEL)
+
+
+def _optimizer_params() -> dict[str, Array]:
+    rng = np.random.default_rng(0)
+    return {"lm_head.W": rng.standard_normal((3, 2)), "lm_head.b": rng.standard_normal(2)}
+
+
+def _adamw_example() -> object:
+    params = _optimizer_params()
+    grads = {k: np.ones_like(v) for k, v in params.items()}
+    decayed = [k for k in params if optim.decays(k)]
+    return decayed, optim.step(params, grads, optim.init_state(params), optim.AdamWConfig(), lr=1e-3)
+
+
+def _schedule_example() -> object:
+    return optim.lr_at(5, 3e-4, warmup=10, total=100, min_lr=3e-5)
+
+
+def _clipping_example() -> object:
+    grads = _optimizer_params()
+    return optim.global_norm(grads), optim.clip_by_global_norm(grads, 1.0)
+
+
+PAIR_TASKS: tuple[TaskSpec, ...] = tuple(
+    TaskSpec(spec.name, spec.module, spec.functions, _pair_example(spec), spec) for spec in PAIRS
+)
+
+TASKS: tuple[TaskSpec, ...] = (
+    *PAIR_TASKS,
+    # the playbook's model (chapter 7): forward, backward and the loss, composed of the student's own pairs
+    TaskSpec("model", model, ("forward", "backward", "loss_and_grads"), _model_example),
+    # the optimizer (chapters 8 and 9): AdamW with its decay rule, the schedule, clipping
+    TaskSpec("adamw", optim, ("decays", "step"), _adamw_example),
+    TaskSpec("schedule", optim, ("lr_at",), _schedule_example),
+    TaskSpec("clipping", optim, ("global_norm", "clip_by_global_norm"), _clipping_example),
+)
+"""Everything the grader grades and the skeleton hands out, pairs first."""
+
+TASK_BY_NAME: dict[str, TaskSpec] = {task.name: task for task in TASKS}

@@ -90,9 +90,9 @@ ONE_LINE_CASES: list[tuple[str, list[str], int, str]] = [
     ("layers-1e30", main_py("--data", DATA, *TINY, "--layers", str(10**30)), 1, NEEDS),
     ("train-sample-len-1e12", main_py("--data", DATA, *TINY, "--sample_len", str(10**12)), 1, NEEDS),
     ("sample-num-samples-1e9", [*BEVIALM, "sample", "--out", "{good}", "--num_samples", "1000000000"], 1,
-     r"sampling 1000000000 x 400 characters needs about .* GiB of memory .*; this machine has .* available .*; use a smaller --num_samples or --sample_len"),  # fmt: skip
+     r"sampling 1000000000 x 400 tokens needs about .* GiB of memory .*; this machine has .* available .*; use a smaller --num_samples or --sample_len"),  # fmt: skip
     ("sample-len-1e12", [*BEVIALM, "sample", "--out", "{good}", "--sample_len", str(10**12)], 1,
-     r"sampling 1 x 1000000000000 characters needs about"),  # fmt: skip
+     r"sampling 1 x 1000000000000 tokens needs about"),  # fmt: skip
     ("data-dev-zero", main_py("--data", "/dev/zero", *TINY), 1, r"error: data file '/dev/zero' is a character device; give a regular file$"),
     ("data-fifo", main_py("--data", "{tmp}/fifo", *TINY), 1, r"error: data file '.*/fifo' is a named pipe \(FIFO\); give a regular file$"),
     ("data-too-large", main_py("--data", "{tmp}/huge.txt", *TINY), 1, r"error: data file '.*huge.txt' is 300 MiB, more than the 256 MiB limit$"),

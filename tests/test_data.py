@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import bevialm.data
 from bevialm.data import DataError, Vocab, get_batch, load_text, split
 
 # ---------------------------------------------------------------- vocabulary
@@ -149,7 +149,7 @@ def test_load_text_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     def deny(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(bevialm.data.os, "open", deny)
+    monkeypatch.setattr(os, "open", deny)
     assert "cannot be read: Permission denied" in _one_line_error(tmp_path / "x.txt")
 
 

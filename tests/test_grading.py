@@ -40,6 +40,8 @@ from bevialm.grading.student import (
 from bevialm.grading.tasks import Observation, ResultError, decode, describe, encode, store
 from bevialm.registry import PAIRS
 
+from . import planted
+
 _counter = itertools.count()
 
 PAIR_CHECKS = ("forward", "backward", "gradcheck", "purity")
@@ -114,19 +116,20 @@ def test_bare_skeleton_scores_zero_without_crashing(skeleton: Path) -> None:
 
 # --- planted mistakes -------------------------------------------------------------------------
 
-Patch = tuple[str, str, str]
+Planted = tuple[str, str]
+"""A planted mistake: the module file and the function(s) substituted in it (see tests/planted.py)."""
 
-# Each mistake: the source patches, the checks that must fail (all others must pass), and
+# Each mistake: the substitution, the checks that must fail (all others must pass), and
 # the pair it is in with the tensor its backward check's hint must name.
-MISTAKES: dict[str, tuple[list[Patch], set[str], str, str]] = {
+MISTAKES: dict[str, tuple[Planted, set[str], str, str]] = {
     "bias gradient not summed over the batch": (
-        [("layers/linear.py", '"b": dy2d.sum(axis=0)', '"b": dy2d.mean(axis=0)')],
+        ("layers/linear.py", planted.BIAS_GRADIENT_AVERAGED),
         {f"{p}.{k}" for p in ("linear", "attention", "mlp", "block") for k in ("backward", "gradcheck")} | MODEL_CHECKS,
         "linear",
         "db",
     ),
     "transposed weight gradient": (
-        [("layers/linear.py", '{"W": cache.x2d.T @ dy2d', '{"W": dy2d.T @ cache.x2d')],
+        ("layers/linear.py", planted.WEIGHT_GRADIENT_TRANSPOSED),
         # attention's projections are square, so only its values are wrong, not its shapes
         {f"{p}.{k}" for p in ("linear", "mlp", "block") for k in ("backward", "gradcheck", "purity")}
         | {"attention.backward", "attention.gradcheck"}
@@ -135,42 +138,25 @@ MISTAKES: dict[str, tuple[list[Patch], set[str], str, str]] = {
         "dW",
     ),
     "mask forgotten in the attention backward": (
-        [
-            (
-                "layers/attention.py",
-                "    weights = cache.weights\n",
-                "    weights = softmax.softmax(cache.q @ cache.k.swapaxes(-1, -2) / math.sqrt(cache.q.shape[-1]))\n",
-            ),
-            (
-                "layers/attention.py",
-                "softmax.backward({}, cache.softmax, dweights)",
-                "softmax.backward({}, softmax.SoftmaxCache(weights), dweights)",
-            ),
-        ],
+        ("layers/attention.py", planted.MASK_FORGOTTEN_IN_ATTEND_BACKWARD),
         {f"{p}.{k}" for p in ("attention", "block") for k in ("backward", "gradcheck")} | MODEL_CHECKS,
         "attention",
         "dx",
     ),
     "embedding backward overwrites repeated indices": (
-        [
-            (
-                "layers/embedding.py",
-                "dW[rows] = np.add.reduceat(dy.reshape(-1, W.shape[1])[order], starts, axis=0)",
-                "dW[flat] = dy.reshape(-1, W.shape[1])",
-            )
-        ],
+        ("layers/embedding.py", planted.EMBEDDING_ROWS_OVERWRITTEN),
         {"embedding.backward", "embedding.gradcheck"} | MODEL_CHECKS,
         "embedding",
         "dW",
     ),
     "layer-norm backward missing the mean term": (
-        [("layers/layernorm.py", "    dx -= mean_g\n", "")],
+        ("layers/layernorm.py", planted.LAYERNORM_MEAN_TERM_MISSING),
         {f"{p}.{k}" for p in ("layernorm", "block") for k in ("backward", "gradcheck")} | MODEL_CHECKS,
         "layernorm",
         "dx",
     ),
     "softmax backward without the row sum": (
-        [("layers/softmax.py", "return y * (dy - np.sum(dy * y, axis=-1, keepdims=True)), {}", "return y * dy, {}")],
+        ("layers/softmax.py", planted.SOFTMAX_BACKWARD_WITHOUT_ROW_SUM),
         {f"{p}.{k}" for p in ("softmax", "attention", "block") for k in ("backward", "gradcheck")} | MODEL_CHECKS,
         "softmax",
         "dx",
@@ -180,11 +166,10 @@ MISTAKES: dict[str, tuple[list[Patch], set[str], str, str]] = {
 
 @pytest.mark.parametrize("mistake", list(MISTAKES))
 def test_planted_mistake_loses_exactly_its_checks(mistake: str, solution: Path, tmp_path: Path) -> None:
-    patches, expected, pair, tensor = MISTAKES[mistake]
+    (file, code), expected, pair, tensor = MISTAKES[mistake]
     folder = tmp_path / "pkg"
     shutil.copytree(solution, folder)
-    for file, old, new in patches:
-        patch(folder, file, old, new)
+    planted.plant(folder, file, code)
     report = grade_here(folder)
     assert failing(report) == expected, format_report(report, width=400)
     backward_hint = hint(report, f"{pair}.backward")
@@ -205,7 +190,7 @@ def test_planted_mistake_loses_exactly_its_checks(mistake: str, solution: Path, 
 def test_composite_failures_point_at_the_failing_sub_pair(solution: Path, tmp_path: Path) -> None:
     folder = tmp_path / "pkg"
     shutil.copytree(solution, folder)
-    patch(folder, *MISTAKES["softmax backward without the row sum"][0][0])
+    planted.plant(folder, *MISTAKES["softmax backward without the row sum"][0])
     report = grade_here(folder, only=("softmax", "attention", "model.loss_and_grads"))
     assert "it uses softmax, which fails this check too" in hint(report, "attention.backward")
     assert "it uses softmax, which fails this check too" in format_report(report)  # wrapped, not cut
@@ -217,11 +202,11 @@ def test_composite_failures_point_at_the_failing_sub_pair(solution: Path, tmp_pa
 def test_wrong_forward_and_returned_garbage_are_reported(solution: Path, tmp_path: Path) -> None:
     folder = tmp_path / "pkg"
     shutil.copytree(solution, folder)
-    patch(folder, "layers/layernorm.py", "var += x.dtype.type(cfg.eps)", "var += 1.0")
-    patch(folder, "layers/gelu.py", "    return local, {}", "    return local, [1, 2]")
-    patch(folder, "layers/softmax.py", "    return y, SoftmaxCache(y)", "    return y.tolist(), SoftmaxCache(y)")
-    patch(folder, "layers/dropout.py", "        return dy, {}\n", "        return dy, {'extra': dy}\n")
-    patch(folder, "layers/linear.py", '    return dx, {"W": cache.x2d.T @ dy2d, "b": dy2d.sum(axis=0)}', '    return dx, {"W": cache.x2d.T @ dy2d}')
+    planted.plant(folder, "layers/layernorm.py", planted.LAYERNORM_EPS_REPLACED_BY_ONE)
+    planted.plant(folder, "layers/gelu.py", planted.returning("backward", "dx", "[1, 2]"))
+    planted.plant(folder, "layers/softmax.py", planted.returning("forward", "y.tolist()", "cache"))
+    planted.plant(folder, "layers/dropout.py", planted.returning("backward", "dx", "{'extra': dx}"))
+    planted.plant(folder, "layers/linear.py", planted.returning("backward", "dx", "{'W': grads['W']}"))
     report = grade_here(folder, only=("layernorm", "gelu", "softmax", "dropout", "linear.backward"))
     assert hint(report, "layernorm.forward").startswith("forward output y differs from the reference")
     assert "your forward is wrong too" in hint(report, "layernorm.backward")
@@ -235,9 +220,9 @@ def test_wrong_forward_and_returned_garbage_are_reported(solution: Path, tmp_pat
 def test_impure_and_upcasting_pairs_fail_purity(solution: Path, tmp_path: Path) -> None:
     folder = tmp_path / "pkg"
     shutil.copytree(solution, folder)
-    patch(folder, "layers/gelu.py", "    return local, {}", "    dy *= 2.0\n    return local, {}")
-    patch(folder, "layers/relu.py", "    return dy * cache.mask, {}", "    return (dy * cache.mask).astype(np.float64), {}")
-    patch(folder, "layers/layernorm.py", '    return {"gamma": np.ones(cfg.dim, dtype=dtype), "beta": np.zeros(cfg.dim, dtype=dtype)}', '    return {"gamma": np.ones(cfg.dim)}')
+    planted.plant(folder, "layers/gelu.py", planted.COTANGENT_DOUBLED_IN_PLACE)
+    planted.plant(folder, "layers/relu.py", planted.returning("backward", "dx.astype(np.float64)", "grads"))
+    planted.plant(folder, "layers/layernorm.py", planted.INIT_WITHOUT_BETA_IN_FLOAT64)
     report = grade_here(folder, only=("purity",))
     # the MLP and the block use relu, gelu and layernorm, so they fail too
     assert failing(report) == {f"{p}.purity" for p in ("gelu", "relu", "layernorm", "mlp", "block")}
@@ -491,7 +476,9 @@ def test_gradescope_results_format(solution_report: GradeReport, tmp_path: Path)
     assert set(data) >= {"score", "execution_time", "output", "visibility", "tests"}
     assert data["score"] == solution_report.score and isinstance(data["execution_time"], int)
     first = data["tests"][0]
-    assert set(first) == {"name", "number", "score", "max_score", "status", "output", "visibility", "tags"}
+    assert set(first) == {"name", "number", "score", "max_score", "status", "output", "output_format", "visibility", "tags"}
+    assert data["output_format"] == data["test_output_format"] == first["output_format"] == "text"
+    assert first["name"] not in first["output"]
     assert first["number"] == "1.1" and first["status"] == "passed" and first["tags"] == ["linear", "forward"]
     assert {t["visibility"] for t in data["tests"]} == {"visible", "after_published"}
 
@@ -557,7 +544,7 @@ def test_autograder_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 def test_gradescope_output_keeps_hidden_checks_hidden(solution_report: GradeReport) -> None:
     data = gradescope.results(solution_report)
     assert "model.training" not in data["output"]  # after_published in the built-in rubric
-    assert "1 more checks are shown with your grade" in data["output"]
+    assert "1 more check is shown once grades are published" in data["output"]
     assert "model.training" in format_report(solution_report)
 
 

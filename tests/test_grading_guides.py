@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,16 +34,22 @@ def test_instructor_guide_commands_work(tmp_path: Path) -> None:
     page = (DOCS / "grading-instructors.md").read_text(encoding="utf-8")
     (tmp_path / "rubric.toml").write_text(TOML.findall(page)[0])
     argvs = commands("grading-instructors.md")
-    assert [a[0] for a in argvs] == ["skeleton", "skeleton", "grade", "grade", "grade", "autograder"]
+    assert [a[0] for a in argvs] == ["skeleton", "skeleton", "skeleton", "grade", "grade", "grade", "autograder", "grade-all"]
     outputs = []
     for argv in argvs:
+        if argv[0] == "grade-all":  # a class of two: the bare skeleton and the reference
+            shutil.copytree(tmp_path / "student_pkg", tmp_path / "submissions" / "ann")
+            shutil.copytree(tmp_path / "solution_pkg", tmp_path / "submissions" / "ben")
         done = run(argv, tmp_path)
         assert done.returncode == 0, f"{argv}: {done.stderr}"
         outputs.append(done.stdout)
-    assert "score 103/103" in outputs[2]  # the reference gets full marks (built-in rubric)
-    assert "attention.backward" in outputs[3]
-    assert "score 0/" in outputs[4] and (tmp_path / "results.json").is_file()
+    assert "In one call of the example" in (tmp_path / "student_pkg_shapes" / "layers" / "linear.py").read_text()
+    assert "score 103/103" in outputs[3]  # the reference gets full marks (built-in rubric)
+    assert "attention.backward" in outputs[4]
+    assert "score 0/" in outputs[5] and (tmp_path / "results.json").is_file()
     assert (tmp_path / "autograder.zip").is_file()
+    gradebook = (tmp_path / "grades.csv").read_text().splitlines()
+    assert gradebook[1].startswith("ann,0,") and gradebook[2].startswith("ben,") and "graded 2 students" in outputs[7]
 
 
 def test_student_guide_commands_work(tmp_path: Path) -> None:

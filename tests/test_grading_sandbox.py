@@ -135,7 +135,7 @@ def test_hostile_submission_through_the_command_line(hostile: Path) -> None:
     data = json.loads(results.read_text())  # the grader's file, not the forged one
     tests = {t["name"].split(":")[0]: t for t in data["tests"]}
     assert len(tests) == 4 * len(HOSTILE_PAIRS)
-    _check_hostile({k: (t["status"] == "passed", t["output"].splitlines()[2]) for k, t in tests.items()})
+    _check_hostile({k: (t["status"] == "passed", t["output"].splitlines()[0]) for k, t in tests.items()})
     assert 0 < data["score"] < sum(t["max_score"] for t in data["tests"])
     assert "spam" in tests["cross_entropy.forward"]["output"]  # the start of the flood is shown
     time.sleep(1.2)  # long enough for the forked forger to have written, had it survived

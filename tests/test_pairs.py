@@ -18,10 +18,11 @@ from .check_helpers import check, point
 from .strategies import cases
 
 EXAMPLES = [pytest.param(spec, case, id=f"{spec.name}-{i}") for spec in PAIRS for i, case in enumerate(spec.examples)]
+STRESS = [pytest.param(spec, case, id=f"{spec.name}-stress-{i}") for spec in PAIRS for i, case in enumerate(spec.stress)]
 SPECS = [pytest.param(spec, id=spec.name) for spec in PAIRS]
 
 
-@pytest.mark.parametrize(("spec", "case"), EXAMPLES)
+@pytest.mark.parametrize(("spec", "case"), EXAMPLES + STRESS)
 def test_fixed_case_matches_finite_differences(spec: PairSpec, case: Case) -> None:
     check(spec, case).raise_if_failed()
 
@@ -52,7 +53,7 @@ def _to32(params: Params, x: Array) -> tuple[dict[str, Array], Array]:
     return p32, (x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x)
 
 
-@pytest.mark.parametrize(("spec", "case"), EXAMPLES)
+@pytest.mark.parametrize(("spec", "case"), EXAMPLES + STRESS)
 def test_float32_in_gives_float32_out(spec: PairSpec, case: Case) -> None:
     bound, params, x = point(spec, case)
     p32, x32 = _to32(params, x)
@@ -85,15 +86,28 @@ def test_backward_rejects_cotangent_of_wrong_shape(spec: PairSpec, case: Case) -
 # --- the check must be able to fail ---------------------------------------------------------
 
 
+def spoiled(a: Array, how: str) -> Array:
+    """A copy of ``a`` scaled by 1.01, or with one entry off by 1e-3, whatever its memory layout
+    (``reshape(-1)`` of a transposed array is a copy: an edit through it would be lost)."""
+    out = np.array(a, copy=True)
+    if how == "scaled":
+        return out * 1.01
+    out[np.unravel_index(out.size // 2, out.shape)] += 1e-3
+    return out
+
+
+def test_spoiled_changes_one_entry_of_every_layout() -> None:
+    base = np.arange(12.0).reshape(3, 4)
+    for a in (base, base.T, base[:, ::2], np.asfortranarray(base)):
+        out = spoiled(a, "one-entry")
+        assert out.shape == a.shape and np.count_nonzero(out != a) == 1
+
+
 def _corrupt(bound: Bound, target: str, how: str) -> Bound:
     """The same pair with one output of its backward deliberately wrong."""
 
     def spoil(a: Array) -> Array:
-        out = np.array(a, copy=True)
-        if how == "scaled":
-            return out * 1.01
-        out.reshape(-1)[out.size // 2] += 1e-3  # one entry off
-        return out
+        return spoiled(a, how)
 
     def backward(params: Params, cache: Any, dy: Array) -> tuple[Array | None, Grads]:
         dx, grads = bound.backward(params, cache, dy)

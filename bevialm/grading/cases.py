@@ -41,14 +41,15 @@ class PairPoint:
 
 
 def cases(spec: PairSpec, seed: int, drawn: int) -> list[Case]:
-    """The registry's examples, then ``drawn`` cases drawn from ``seed`` and the pair's name
-    (so adding a pair to the registry changes no other pair's cases)."""
+    """The registry's examples and stress cases, then ``drawn`` cases drawn from ``seed`` and the
+    pair's name (so adding a pair to the registry changes no other pair's cases)."""
     draw = RngDraw(np.random.default_rng([seed, zlib.crc32(spec.name.encode())]))
-    return [*spec.examples, *(spec.draw_case(draw) for _ in range(drawn))]
+    return [*spec.examples, *spec.stress, *(spec.draw_case(draw) for _ in range(drawn))]
 
 
 def describe_case(i: int, case: Case) -> str:
-    return f"case {i + 1}: {case.cfg!r}, input shape {case.shape}"
+    note = f", {case.note}" if case.note else ""
+    return f"case {i + 1}: {case.cfg!r}, input shape {case.shape}{note}"
 
 
 def point(spec: PairSpec, case: Case, label: str) -> PairPoint:

@@ -1,4 +1,4 @@
-"""The grading subcommands of the ``bevialm`` command: ``skeleton``, ``grade`` and ``autograder``.
+"""The grading subcommands of the ``bevialm`` command: ``skeleton``, ``grade``, ``grade-all`` and ``autograder``.
 
 ``bevialm.cli`` adds them to its own parser through its plugin hook,
 :func:`add_subcommands` (also :func:`add_grading_subcommands`); :func:`main` runs
@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bevialm.grading.batch import DEFAULT_STUDENT_TIME, BatchError, BatchOptions, Row, default_jobs, grade_all
 from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
 from bevialm.grading.gradescope import write_bundle, write_results
 from bevialm.grading.rubric import DEFAULT_RUBRIC, RubricError, load
-from bevialm.grading.skeleton import SkeletonError, plan, write_skeleton
+from bevialm.grading.skeleton import DOCSTRINGS, SkeletonError, plan, write_skeleton
 from bevialm.grading.student import SubmissionError
 
 ERRORS = (SubmissionError, RubricError, GradeError, SkeletonError, OSError)
@@ -40,7 +41,7 @@ def cmd_skeleton(args: argparse.Namespace) -> int:
         clashes = [m.path.as_posix() for m in plan() if (out / m.path).exists()]
         if clashes and not args.force:
             raise SkeletonError(f"{out} already has {clashes[0]} (and maybe more): pass --force to overwrite")
-        written = write_skeleton(out, with_solutions=args.with_solutions)
+        written = write_skeleton(out, with_solutions=args.with_solutions, docstrings=args.docstrings)
     except ERRORS as exc:
         return _fail("skeleton", exc)
     what = "a filled-in reference copy (for instructors: never hand it out)" if args.with_solutions else "the student skeleton"
@@ -94,6 +95,38 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_grade_all(args: argparse.Namespace) -> int:
+    try:
+        rubric = load(args.rubric)
+        checks = plan_checks(rubric)
+        if (args.jobs is not None and args.jobs < 1) or args.student_time_limit <= 0:
+            raise BatchError("--jobs and --student-time-limit must be positive")
+        tasks = list(dict.fromkeys(c.subject for c in checks))
+        options = BatchOptions(
+            csv=args.csv,
+            results_dir=args.results_dir or args.csv.with_name(args.csv.stem + "-results"),
+            rubric=args.rubric,
+            rubric_text=args.rubric.read_text(encoding="utf-8") if args.rubric else "",
+            tasks=tuple(tasks),
+            max_score=sum(c.rule.points for c in checks),
+            jobs=args.jobs or default_jobs(),
+            regrade=args.regrade,
+            time_limit=args.student_time_limit,
+        )
+
+        def show(done: int, total: int, r: Row) -> None:
+            note = f"  [{'; '.join(r.flags)}]" if r.flags else ""
+            print(f"[{done}/{total}] {r.student}: {r.score:g}/{r.max_score:g}{note}", file=sys.stderr, flush=True)
+
+        rows = grade_all(args.submissions, options, progress=show)
+    except (*ERRORS, BatchError) as exc:
+        return _fail("grade-all", exc)
+    skipped = sum(not r.graded_now for r in rows)
+    again = f" ({skipped} unchanged since the last run, not graded again: --regrade to grade them)" if skipped else ""
+    print(f"graded {len(rows)} students{again}; gradebook {args.csv}, results in {options.results_dir}")
+    return 0
+
+
 def cmd_autograder(args: argparse.Namespace) -> int:
     try:
         load(args.rubric)  # refuse to bundle a rubric that would fail on Gradescope
@@ -118,6 +151,13 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--with-solutions", action="store_true", help="keep the reference bodies (instructors only: a copy to test the grader with)")
     p.add_argument("--force", action="store_true", help="overwrite files already in OUT_DIR")
+    p.add_argument(
+        "--docstrings",
+        choices=DOCSTRINGS,
+        default="full",
+        help="what the stubs' docstrings say: the reference's (full: formulas, derivation hints) or only "
+        "the signature and the shapes of one example call (shapes); default full",
+    )
     p.set_defaults(handler=cmd_skeleton)
 
     p = subparsers.add_parser(
@@ -137,6 +177,27 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="checks run at once (default 1)")
     p.add_argument("--no-sandbox", action="store_true", help="run your code in this process (faster, debugger-friendly; no limits: only for your own code)")
     p.set_defaults(handler=cmd_grade)
+
+    p = subparsers.add_parser(
+        "grade-all",
+        help="grade a whole class's submissions into a CSV gradebook",
+        description="Grade every student's submission in SUBMISSIONS (a folder, or a zip of one, holding one "
+        "folder or zip per student, as Gradescope's export or an LMS gives them). Each student is graded by its "
+        "own 'bevialm grade' process, in parallel; a broken or hostile submission affects only its own row. "
+        "Writes one results JSON per student and the CSV gradebook (student, score, max, one column per task, "
+        "flags). Running it again grades only new or changed submissions.",
+    )
+    p.add_argument("submissions", type=Path, metavar="SUBMISSIONS")
+    p.add_argument("--csv", type=Path, required=True, metavar="FILE", help="the gradebook to write")
+    p.add_argument("--results-dir", type=Path, metavar="DIR", help="one results JSON per student (default: next to the CSV, CSVNAME-results/)")
+    p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric (default: the built-in one)")
+    p.add_argument("--jobs", type=int, metavar="N", help="students graded at once (default: one per core)")
+    p.add_argument("--regrade", action="store_true", help="grade every student again, even when nothing changed")
+    p.add_argument(
+        "--student-time-limit", type=float, default=DEFAULT_STUDENT_TIME, metavar="SECONDS",
+        help=f"wall time for one student's whole grading (default {DEFAULT_STUDENT_TIME:g})",
+    )  # fmt: skip
+    p.set_defaults(handler=cmd_grade_all)
 
     p = subparsers.add_parser(
         "autograder",

@@ -26,7 +26,7 @@ import math
 import re
 import textwrap
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -202,13 +202,19 @@ def _name_grads(problem: str) -> str:
     return _SHAPE_DTYPE.sub(lambda m: f"{m.group(1)} {m.group(2)}", named)
 
 
+def _badness(c: Comparison) -> float:
+    """How wrong a failed comparison is, for naming the worst first: a missing, misshapen or
+    non-finite tensor ranks above any finite relative error."""
+    return math.inf if c.worst_rel is None or math.isnan(c.worst_rel) else c.worst_rel
+
+
 def _summarise(comparisons: list[Comparison], label: str) -> tuple[bool, float | None, str, str]:
     """(passed, worst_rel, hint, details) over the tensors of one check."""
     rels = [c.worst_rel for c in comparisons if c.worst_rel is not None]
     worst = max(rels, key=lambda v: (not math.isnan(v), v)) if rels else None
     if any(math.isnan(v) for v in rels):
         worst = math.nan
-    failed = [c for c in comparisons if not c.passed]
+    failed = sorted((c for c in comparisons if not c.passed), key=_badness, reverse=True)
     if not failed:
         return True, worst, "ok", ""
     names: list[str] = []
@@ -229,15 +235,25 @@ def _array(obs: Observation, key: str) -> tuple[Array | None, str | None]:
     return obs.arrays.get(key), obs.meta["types"].get(key)
 
 
+def _worst_case(verdicts: list[tuple[bool, float | None, str, str]]) -> tuple[bool, float | None, str, str]:
+    """Over a check's cases: passed when all did, else the hint of the case with the largest
+    relative error (a stress case that fails by far is named before a case that fails barely)."""
+    worst = _max([v[1] for v in verdicts if v[1] is not None])
+    failed = [v for v in verdicts if not v[0]]
+    if not failed:
+        return True, worst, "ok", ""
+    rank = [math.inf if v[1] is None or math.isnan(v[1]) else v[1] for v in failed]
+    _, _, hint, details = failed[rank.index(max(rank))]
+    return False, worst, hint, details
+
+
 def _judge_forward(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
-    worst: list[float] = []
+    verdicts = []
     for i, p in enumerate(points):
         got, kind = _array(obs, f"{i}/y")
         passed, rel, hint, details = _summarise([compare("y", got, p.y, kind)], p.label)
-        worst += [rel] if rel is not None else []
-        if not passed:
-            return False, _max(worst), f"forward output {hint}", details
-    return True, _max(worst), "ok", ""
+        verdicts.append((passed, rel, f"forward output {hint}", details))
+    return _worst_case(verdicts)
 
 
 def _max(values: list[float]) -> float | None:
@@ -247,7 +263,7 @@ def _max(values: list[float]) -> float | None:
 
 
 def _judge_backward(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
-    worst: list[float] = []
+    verdicts = []
     for i, p in enumerate(points):
         comparisons = []
         if p.dx is not None:
@@ -266,11 +282,8 @@ def _judge_backward(points: list[reference.PairPoint], obs: Observation) -> tupl
         extra = sorted(keys - set(p.grads))
         if extra:
             comparisons.append(Comparison("grads", False, None, f"grads has unexpected keys {extra}"))
-        passed, rel, hint, details = _summarise(comparisons, p.label)
-        worst += [rel] if rel is not None else []
-        if not passed:
-            return False, _max(worst), hint, details
-    return True, _max(worst), "ok", ""
+        verdicts.append(_summarise(comparisons, p.label))
+    return _worst_case(verdicts)
 
 
 def _judge_gradcheck(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
@@ -621,6 +634,26 @@ def format_rel(value: float | None) -> str:
     return "nan" if math.isnan(value) else f"{value:.1e}"
 
 
+WHEN_SHOWN = {
+    "after_due_date": "shown after the due date",
+    "after_published": "shown once grades are published",
+    "hidden": "never shown to students",
+}
+"""What a student is told about the checks left out of their table, by visibility."""
+
+
+def _not_shown(results: Iterable[CheckResult]) -> list[str]:
+    """One line per visibility of the checks left out: "2 more checks are shown after the due
+    date". A hidden check is never announced as shown later."""
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.check.rule.visibility] = counts.get(r.check.rule.visibility, 0) + 1
+    return [
+        f"{n} more {'check is' if n == 1 else 'checks are'} {WHEN_SHOWN[vis]}"
+        for vis, n in sorted(counts.items(), key=lambda item: list(WHEN_SHOWN).index(item[0]))
+    ]
+
+
 def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: bool = False) -> str:
     """The terminal table. ``visible_rows_only`` leaves out checks the rubric does not make
     ``visible`` (and their points), for output students see before grades are published."""
@@ -645,8 +678,7 @@ def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: b
     lines.append(
         f"score {_points(score)}/{_points(total)}{scope}: {passed} of {len(shown)} checks passed in {report.seconds:.1f} s"
     )
-    if len(shown) < len(report.results):
-        lines.append(f"{len(report.results) - len(shown)} more checks are shown with your grade once it is published")
+    lines += _not_shown(r for r in report.results if r not in shown)
     if report.reference_uses:
         lines.append("FLAGGED: this package uses the reference implementation instead of its own:")
         lines += [f"  {u}" for u in report.reference_uses]

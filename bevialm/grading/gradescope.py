@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import bevialm
-from bevialm.grading.grade import GradeReport, format_report
+from bevialm.grading.grade import CheckResult, GradeReport, format_report
 
 MAX_OUTPUT = 8000
 """Characters of output per test (Gradescope shows them all; very long ones help nobody)."""
@@ -27,31 +27,43 @@ def _clip(text: str, limit: int = MAX_OUTPUT) -> str:
     return text if len(text) <= limit else text[:limit] + "\n... (cut)"
 
 
+def _output(r: CheckResult) -> str:
+    """A test's output: its verdict and hint, then the details the hint does not already say
+    (Gradescope shows the test's name above it, so the name is not repeated)."""
+    lines = ["ok" if r.passed else r.hint]
+    details = r.details.splitlines() if not r.passed else []
+    while details and (not details[0].strip() or details[0].strip() in r.hint):
+        details.pop(0)  # the hint says it already
+    if details:
+        lines += ["", *details]
+    if r.worst_rel is not None:
+        lines.append(f"worst relative error: {r.worst_rel:.2e}")
+    return "\n".join(lines)
+
+
 def results(report: GradeReport) -> dict[str, Any]:
-    """The report in Gradescope's format."""
-    tests = []
-    for r in report.results:
-        lines = [r.check.title, "", "ok" if r.passed else r.hint]
-        if r.details and not r.passed:
-            lines += ["", r.details]
-        if r.worst_rel is not None:
-            lines.append(f"worst relative error: {r.worst_rel:.2e}")
-        tests.append(
-            {
-                "name": r.check.title,
-                "number": r.check.number,
-                "score": r.score,
-                "max_score": r.check.rule.points,
-                "status": "passed" if r.passed else "failed",
-                "output": _clip("\n".join(lines)),
-                "visibility": r.check.rule.visibility,
-                "tags": [r.check.subject, r.check.kind],
-            }
-        )
+    """The report in Gradescope's format (plain text everywhere: the table is aligned in a
+    fixed-width font)."""
+    tests = [
+        {
+            "name": r.check.title,
+            "number": r.check.number,
+            "score": r.score,
+            "max_score": r.check.rule.points,
+            "status": "passed" if r.passed else "failed",
+            "output": _clip(_output(r)),
+            "output_format": "text",
+            "visibility": r.check.rule.visibility,
+            "tags": [r.check.subject, r.check.kind],
+        }
+        for r in report.results
+    ]
     return {
         "score": report.score,
         "execution_time": round(report.seconds),
         "output": _clip(format_report(report, width=200, visible_rows_only=True), 20000),
+        "output_format": "text",
+        "test_output_format": "text",
         "visibility": report.rubric.settings.results_visibility,
         "stdout_visibility": "hidden",
         "tests": tests,

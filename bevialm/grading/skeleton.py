@@ -23,14 +23,20 @@ the skeleton's shape, for instructors and tests to check the grader against.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 import importlib.util
+import inspect
 import textwrap
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from bevialm.registry import PAIRS, PairSpec
+import numpy as np
+
+from bevialm.registry import PAIR_TASKS, TaskSpec
 
 ROOT = "bevialm"
 
@@ -119,12 +125,15 @@ def _source_file(module: ModuleType) -> str:
     return module.__file__
 
 
-def plan(pairs: tuple[PairSpec, ...] = PAIRS) -> list[SourceModule]:
-    """Every module of the package, with the functions to blank: the pair modules,
-    every reference module they import (transitively), and the packages holding them."""
+def plan(tasks: Sequence[TaskSpec] = PAIR_TASKS, written: Collection[str] | None = None) -> list[SourceModule]:
+    """Every module of the package, with the functions to blank: the modules of ``tasks``,
+    every reference module they import (transitively), and the packages holding them.
+    Only the functions of the tasks named in ``written`` are blanked (every task's when
+    None); the others are handed out filled in."""
     blank: dict[str, set[str]] = {}
-    for spec in pairs:
-        blank.setdefault(spec.module.__name__, set()).update(spec.functions)
+    for task in tasks:
+        chosen = written is None or task.name in written
+        blank.setdefault(task.module.__name__, set()).update(task.functions if chosen else ())
     todo, seen = list(blank), set(blank)
     while todo:
         for dep in sorted(referenced_modules(todo.pop())):
@@ -135,6 +144,76 @@ def plan(pairs: tuple[PairSpec, ...] = PAIRS) -> list[SourceModule]:
         parts = name.split(".")
         seen.update(".".join(parts[:i]) for i in range(2, len(parts)))
     return [SourceModule(n, module_path(n), frozenset(blank.get(n, ()))) for n in sorted(seen)]
+
+
+# --- what a stub's docstring says -----------------------------------------------------------
+
+DOCSTRINGS = ("full", "shapes")
+"""``full``: each stub keeps the reference's docstring (the formula, often the derivation);
+``shapes``: only the signature and the shapes it takes and returns in one example."""
+
+
+def _describe(value: Any) -> str:
+    """A value's shape, the way a stub docstring shows it: ``(2, 5) float64``, ``{W: (5, 2), b: (2,)}``."""
+    if isinstance(value, np.ndarray):
+        return f"{value.shape} {value.dtype}" if value.ndim else f"scalar array {value.dtype}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return "(" + ", ".join(_describe(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = {f.name for f in dataclasses.fields(value)}
+        if type(value).__name__.endswith("Config"):
+            return repr(value)
+        return f"a {type(value).__name__} ({', '.join(sorted(names))})"
+    if isinstance(value, np.random.Generator):
+        return "a numpy Generator"
+    if isinstance(value, bool | int | float | str) or value is None:
+        return repr(value) if not isinstance(value, float) else type(value).__name__
+    return f"a {type(value).__name__}"
+
+
+def traced_shapes(task: TaskSpec) -> dict[str, str]:
+    """For each of ``task``'s functions, a docstring body with the argument and result shapes
+    of its first call in the task's example (the reference's functions, traced)."""
+    module = task.module
+    calls: dict[str, str] = {}
+    saved = {name: getattr(module, name) for name in task.functions}
+
+    def tracer(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(function)
+
+        def traced(*args: Any, **kwargs: Any) -> Any:
+            result = function(*args, **kwargs)
+            if name not in calls:
+                bound = signature.bind(*args, **kwargs)
+                lines = [f"    {arg}: {_describe(value)}" for arg, value in bound.arguments.items()]
+                lines.append(f"    returns: {_describe(result)}")
+                calls[name] = "\n".join(lines)
+            return result
+
+        return traced
+
+    try:
+        for name, function in saved.items():
+            setattr(module, name, tracer(name, function))
+        task.example()
+    finally:
+        for name, function in saved.items():
+            setattr(module, name, function)
+    return calls
+
+
+def shape_docstrings(tasks: Sequence[TaskSpec]) -> dict[str, dict[str, str]]:
+    """``{module name: {function: docstring text}}`` of the ``shapes`` style for ``tasks``."""
+    out: dict[str, dict[str, str]] = {}
+    for task in tasks:
+        traced = traced_shapes(task)
+        for name in task.functions:
+            shapes = traced.get(name)
+            where = f"In one call of the example:\n\n{shapes}" if shapes else "(Not called in the example.)"
+            out.setdefault(task.module.__name__, {})[name] = f"Write this function: keep its signature.\n\n{where}\n"
+    return out
 
 
 # --- rewriting one module -----------------------------------------------------------------
@@ -195,8 +274,11 @@ def _rewrite_import(node: ast.Import | ast.ImportFrom, package: str) -> str | No
     return None if text == original else text
 
 
-def _blank_body(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> tuple[int, int, str]:
-    """``(first, last, text)``: the 1-based line range of the body after the docstring, and its stub."""
+def _blank_body(
+    node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str], docstring: str | None = None
+) -> tuple[int, int, str]:
+    """``(first, last, text)``: the 1-based line range of the body after the docstring, and its
+    stub; with ``docstring``, the range includes the docstring, replaced by this one."""
     body = node.body
     has_doc = isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) and isinstance(
         body[0].value.value, str
@@ -209,6 +291,9 @@ def _blank_body(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) 
     # Comment lines right after the last statement, at the body's indentation, belong to it.
     while end < len(lines) and lines[end].startswith(indent) and lines[end].strip().startswith("#"):
         end += 1
+    if docstring is not None:
+        doc = textwrap.indent(f'"""{docstring.rstrip()}\n"""', indent)
+        return body[0].lineno, end, f"{doc}\n{stub}"
     if has_doc:
         rest = body[1:]
         if not rest:
@@ -217,8 +302,11 @@ def _blank_body(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) 
     return body[0].lineno, end, stub
 
 
-def rewrite(source: str, name: str, is_package: bool, blank: frozenset[str]) -> str:
-    """The student version of module ``name``'s ``source`` (see the module docstring)."""
+def rewrite(
+    source: str, name: str, is_package: bool, blank: frozenset[str], docstrings: Mapping[str, str] | None = None
+) -> str:
+    """The student version of module ``name``'s ``source`` (see the module docstring);
+    ``docstrings`` replaces the docstrings of blanked functions it names."""
     tree = ast.parse(source)
     lines = source.splitlines()
     package = _package_of(name, is_package)
@@ -227,7 +315,7 @@ def rewrite(source: str, name: str, is_package: bool, blank: frozenset[str]) -> 
     for node in tree.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in blank:
             missing.discard(node.name)
-            edits.append(_blank_body(node, lines))
+            edits.append(_blank_body(node, lines, (docstrings or {}).get(node.name)))
     blanked = [(first, last) for first, last, _ in edits]
     for sub in ast.walk(tree):
         if isinstance(sub, ast.Import | ast.ImportFrom):
@@ -282,22 +370,34 @@ def _readme(modules: list[SourceModule]) -> str:
     )
 
 
-def write_skeleton(out_dir: Path, *, with_solutions: bool = False, pairs: tuple[PairSpec, ...] = PAIRS) -> list[Path]:
+def write_skeleton(
+    out_dir: Path,
+    *,
+    with_solutions: bool = False,
+    tasks: Sequence[TaskSpec] = PAIR_TASKS,
+    written: Collection[str] | None = None,
+    docstrings: str = "full",
+) -> list[Path]:
     """Write the package into ``out_dir`` (created; existing files are overwritten) and
-    return the files written, relative to ``out_dir``."""
-    modules = plan(pairs)
-    written: list[Path] = []
+    return the files written, relative to ``out_dir``. The functions of the tasks named in
+    ``written`` (all of ``tasks`` when None) are blanked, with docstrings of the given
+    style (:data:`DOCSTRINGS`); the other tasks are handed out filled in."""
+    if docstrings not in DOCSTRINGS:
+        raise SkeletonError(f"docstrings must be one of {', '.join(DOCSTRINGS)}, got {docstrings!r}")
+    modules = plan(tasks, written)
+    replaced = shape_docstrings([t for t in tasks if written is None or t.name in written]) if docstrings == "shapes" else {}
+    files: list[Path] = []
     out_dir.mkdir(parents=True, exist_ok=True)
     for m in modules:
         module = importlib.import_module(m.name)
         source = Path(_source_file(module)).read_text(encoding="utf-8")
         blank = frozenset() if with_solutions else m.blank
-        text = rewrite(source, m.name, hasattr(module, "__path__"), blank)
+        text = rewrite(source, m.name, hasattr(module, "__path__"), blank, None if with_solutions else replaced.get(m.name))
         target = out_dir / m.path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
-        written.append(m.path)
+        files.append(m.path)
     (out_dir / "__init__.py").write_text(_init_source(with_solutions), encoding="utf-8")
     (out_dir / "README.md").write_text(_readme(modules), encoding="utf-8")
-    written += [Path("__init__.py"), Path("README.md")]
-    return written
+    files += [Path("__init__.py"), Path("README.md")]
+    return files

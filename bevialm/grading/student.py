@@ -10,13 +10,16 @@ instead is read from its source (:func:`reference_imports`) without running it.
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
 import dataclasses
 import importlib
 import importlib.machinery
 import importlib.util
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -43,24 +46,77 @@ def expected_files() -> list[Path]:
     return [m.path for m in plan()]
 
 
+def _candidate(folder: Path, wanted: list[Path]) -> str | None:
+    """``"package"`` when ``folder`` holds module files where the skeleton puts them,
+    ``"flattened"`` when it holds module files that belong in a subfolder (``linear.py``
+    uploaded without ``layers/``), None otherwise."""
+    if any((folder / p).is_file() for p in wanted if len(p.parts) > 1):
+        return "package"
+    if any((folder / p.name).is_file() for p in wanted if len(p.parts) > 1):
+        return "flattened"
+    if any((folder / p).is_file() for p in wanted):
+        return "package"
+    return None
+
+
+def _relative_name(folder: Path, submission: Path) -> str:
+    rel = folder.relative_to(submission).as_posix()
+    return "the upload's top folder" if rel == "." else f"{rel}/"
+
+
 def find_package_root(submission: Path, max_depth: int = 3) -> Path:
-    """The folder that holds the package: ``submission`` itself or the shallowest folder below it
-    with any of the skeleton's module files (students often upload a folder, or zip one)."""
+    """The folder that holds the package: ``submission`` itself or a folder below it with
+    any of the skeleton's module files (students often upload a folder, or zip one).
+
+    A *flattened* upload (the module files without their folders, as dragging files into
+    an upload form gives) is rebuilt in a fresh temporary folder with every file placed
+    by its name, and that folder is returned. Two candidate packages are an error naming
+    both: the grader never picks one silently.
+    """
     if not submission.exists():
         raise SubmissionError(f"submission folder {submission} does not exist")
     if not submission.is_dir():
         raise SubmissionError(f"submission {submission} is not a folder")
     wanted = [p for p in expected_files() if p.name != "__init__.py"]
+    found: list[tuple[Path, str]] = []
     level = [submission]
     for _ in range(max_depth + 1):
+        below = []
         for folder in level:
-            if any((folder / p).is_file() for p in wanted):
-                return folder
-        level = sorted(
-            d for folder in level for d in folder.iterdir() if d.is_dir() and d.name not in IGNORED_DIRS
+            kind = _candidate(folder, wanted)
+            if kind is not None:
+                found.append((folder, kind))  # a package's own subfolders are not candidates
+            else:
+                below += [d for d in folder.iterdir() if d.is_dir() and d.name not in IGNORED_DIRS]
+        level = sorted(below)
+    if len(found) > 1:
+        names = " and ".join(_relative_name(f, submission) for f, _ in found[:2])
+        more = f" (and {len(found) - 2} more)" if len(found) > 2 else ""
+        raise SubmissionError(
+            f"two packages in {submission}: {names}{more}; upload only the one to grade"
         )
-    names = ", ".join(p.as_posix() for p in wanted[:3])
-    raise SubmissionError(f"no BeviaLLM package in {submission}: expected files such as {names}")
+    if not found:
+        names = ", ".join(p.as_posix() for p in wanted[:3])
+        raise SubmissionError(f"no BeviaLLM package in {submission}: expected files such as {names}")
+    folder, kind = found[0]
+    return folder if kind == "package" else rebuild_flattened(folder, wanted)
+
+
+def rebuild_flattened(folder: Path, wanted: list[Path]) -> Path:
+    """A fresh folder (removed when the grader exits) with ``folder``'s files placed by name:
+    ``linear.py`` -> ``layers/linear.py``; an ``__init__.py`` and every other file at the top."""
+    out = Path(tempfile.mkdtemp(prefix="bevialm-flattened-upload-"))
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
+    by_name = {p.name: p for p in wanted}
+    for item in sorted(folder.iterdir()):
+        if item.is_file():
+            target = out / by_name.get(item.name, Path(item.name))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(item, target)
+    for p in expected_files():  # the handed-out package files a flattened upload cannot place
+        if p.name == "__init__.py" and not (out / p).exists() and (out / p).parent.is_dir():
+            (out / p).write_text('"""Rebuilt by the grader from a flattened upload."""\n', encoding="utf-8")
+    return out
 
 
 def missing_files(root: Path) -> list[str]:
