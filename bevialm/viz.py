@@ -264,7 +264,7 @@ def _label_axis(fig: Figure, ax: Axes, which: Literal["x", "y"], labels: Sequenc
     """Write every ``stride``-th token (made visible) beside its column (x) or row (y).
 
     Plain text artists, not matplotlib ticks: a tick is five artists with copied properties,
-    and a grid of maps has hundreds of labels, so ticks made drawing several times slower.
+    and a grid of maps has hundreds of labels (ticks took 1.2 to 1.6 times the CPU time).
     Each label's artist is named ``"x-token"`` or ``"y-token"`` (its ``get_label()``).
     """
     from matplotlib.transforms import offset_copy
