@@ -90,6 +90,22 @@ def visible(token: str) -> str:
     return "".join(_GLYPHS.get(c, chr(0x2400 + ord(c)) if ord(c) < 0x20 else c) for c in token)
 
 
+def token_texts(tokenizer: Any, ids: Sequence[int] | Array) -> list[str]:
+    """Each token's own text, for labels: ``tokenizer.decode([id])`` one token at a time.
+
+    A byte-level token that is only part of a character (a BPE token holding some of
+    the bytes of ``é``) has no text of its own; it is shown as its bytes, ``\\xc3``
+    (when the tokenizer has ``token_bytes``), rather than as nothing or ``�``.
+    """
+    texts = []
+    for i in np.asarray(ids).tolist():
+        text = tokenizer.decode([i])
+        if (not text or "\ufffd" in text) and hasattr(tokenizer, "token_bytes"):
+            text = "".join(f"\\x{b:02x}" for b in tokenizer.token_bytes(i))
+        texts.append(text)
+    return texts
+
+
 # --- output files -------------------------------------------------------------------------------
 
 
