@@ -450,9 +450,11 @@ def _run_sample(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _token_texts(vocab: Any, ids: Any) -> list[str]:
+def _token_texts(tokenizer: Any, ids: Any) -> list[str]:
     """Each token's own text: the tick labels and terminal columns of the attention views."""
-    return [vocab.decode([int(i)]) for i in ids]
+    from bevialm.tokenizer import token_texts
+
+    return token_texts(tokenizer, ids)
 
 
 def _wrote(path: str, size: tuple[int, int], what: str) -> None:
@@ -474,6 +476,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 def _run_attention(args: argparse.Namespace) -> int:
     from bevialm import generate, model, viz
     from bevialm.data import DataError, load_text
+    from bevialm.tokenizer import unit
 
     viz.require_matplotlib()
     viz.check_output(args.output)
@@ -487,7 +490,7 @@ def _run_attention(args: argparse.Namespace) -> int:
     ids = loaded.tokenizer.encode(prompt, what="prompt")
     if not 0 < ids.size <= cfg.ctx:
         raise DataError(
-            f"the prompt has {ids.size} characters; the model reads 1 to ctx = {cfg.ctx}: "
+            f"the prompt has {ids.size} {unit(loaded.tokenizer)}s; the model reads 1 to ctx = {cfg.ctx}: "
             + ("give a prompt" if ids.size == 0 else "shorten it")
         )
     _, cache = model.forward(loaded.params, ids[None, :], cfg)
@@ -496,7 +499,7 @@ def _run_attention(args: argparse.Namespace) -> int:
         _token_texts(loaded.tokenizer, ids),
         layer=args.layer,
         head=args.head,
-        title=f"attention over a prompt of {ids.size} character{'' if ids.size == 1 else 's'}: {path} (step {loaded.step}); "
+        title=f"attention over a prompt of {ids.size} {unit(loaded.tokenizer)}{'' if ids.size == 1 else 's'}: {path} (step {loaded.step}); "
         "row: query, column: the position it reads",
     )
     _wrote(args.output, viz.save_figure(fig, args.output), "attention")

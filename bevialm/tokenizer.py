@@ -46,7 +46,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -405,7 +405,7 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
         counts.pop((a, b), None)
     tokenizer = BPETokenizer(tuple(merges), pre_split_rule)
     if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
-        tokenizer._cache.update(zip(list(chunks)[:_CACHE_LIMIT], words))
+        tokenizer._cache.update(islice(zip(chunks, words, strict=True), _CACHE_LIMIT))
     return tokenizer
 
 
@@ -427,6 +427,19 @@ def describe(tokenizer: Tokenizer) -> str:
     """``"characters, 65 tokens"`` or ``"byte-level BPE, 512 tokens"``."""
     name = "byte-level BPE" if isinstance(tokenizer, BPETokenizer) else "characters"
     return f"{name}, {tokenizer.vocab_size:,} tokens"
+
+
+def unit(tokenizer: Tokenizer) -> str:
+    """What one token is, for messages: ``"character"`` or ``"token"``."""
+    return "token" if isinstance(tokenizer, BPETokenizer) else "character"
+
+
+def token_texts(tokenizer: Tokenizer, ids: IntArray | Sequence[int]) -> list[str]:
+    """Each token's own text, for labels: a BPE token holding part of a character shows
+    its bytes as escapes (``\\xe6\\x97``) rather than nothing."""
+    if isinstance(tokenizer, BPETokenizer):
+        return [tokenizer.token_bytes(int(i)).decode("utf-8", "backslashreplace") for i in ids]
+    return [tokenizer.decode([int(i)]) for i in ids]
 
 
 def from_json(obj: object) -> Tokenizer:
