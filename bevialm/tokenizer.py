@@ -429,19 +429,6 @@ def describe(tokenizer: Tokenizer) -> str:
     return f"{name}, {tokenizer.vocab_size:,} tokens"
 
 
-def unit(tokenizer: Tokenizer) -> str:
-    """What one token is, for messages: ``"character"`` or ``"token"``."""
-    return "token" if isinstance(tokenizer, BPETokenizer) else "character"
-
-
-def token_texts(tokenizer: Tokenizer, ids: IntArray | Sequence[int]) -> list[str]:
-    """Each token's own text, for labels: a BPE token holding part of a character shows
-    its bytes as escapes (``\\xe6\\x97``) rather than nothing."""
-    if isinstance(tokenizer, BPETokenizer):
-        return [tokenizer.token_bytes(int(i)).decode("utf-8", "backslashreplace") for i in ids]
-    return [tokenizer.decode([int(i)]) for i in ids]
-
-
 def from_json(obj: object) -> Tokenizer:
     """The tokenizer ``to_json`` described; a one-line :class:`DataError` for anything else."""
     if not isinstance(obj, dict):

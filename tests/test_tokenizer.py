@@ -369,11 +369,3 @@ def test_the_guard_allows_exactly_the_tokens_that_keep_utf8_valid(prefix: bytes,
 
 def test_a_char_vocabulary_needs_no_guard() -> None:
     assert tokenizer.utf8_guard(Vocab(("a", "b")), 2) is None
-
-
-def test_token_texts_label_every_token(mixed_bpe: BPETokenizer) -> None:
-    ids = [*mixed_bpe.encode("ok "), 0xE6, 0x97]  # the first two bytes of 日: no character yet
-    assert tokenizer.token_texts(mixed_bpe, ids)[-2:] == ["\\xe6", "\\x97"]
-    assert "".join(tokenizer.token_texts(mixed_bpe, ids[:-2])) == "ok "
-    assert tokenizer.token_texts(Vocab(("a", "b")), [1, 0]) == ["b", "a"]
-    assert (tokenizer.unit(mixed_bpe), tokenizer.unit(Vocab(("a",)))) == ("token", "character")
