@@ -35,14 +35,15 @@ import numpy as np
 
 from bevialm.gradcheck import DEFAULT, Tolerances, relative_error
 from bevialm.grading import cases as reference
-from bevialm.grading.rubric import KIND_TITLES, MODEL_KINDS, PAIR_KINDS, Rubric, Rule, default_rubric
+from bevialm.grading.rubric import KIND_TITLES, TASK_KINDS, Rubric, Rule, default_rubric
 from bevialm.grading.sandbox import Limits, Outcome, run_in_process, run_sandboxed
 from bevialm.grading.student import PACKAGE, find_package_root, missing_files, reference_imports
-from bevialm.grading.tasks import ModelTask, Observation, PairTask, Submission, Task
-from bevialm.registry import PAIRS
+from bevialm.grading.tasks import ModelTask, Observation, PairTask, Submission, Task, TrainingTask
+from bevialm.registry import BY_NAME, PAIRS
 from bevialm.types import Array
 
 MODEL = "model"
+COMPOSED = frozenset(f"{MODEL}.{kind}" for kind in ("loss_and_grads", "training"))
 
 
 class GradeError(Exception):
@@ -107,7 +108,7 @@ class GradeReport:
 
 
 def subjects() -> list[tuple[str, tuple[str, ...]]]:
-    return [*((spec.name, PAIR_KINDS) for spec in PAIRS), (MODEL, MODEL_KINDS)]
+    return list(TASK_KINDS.items())
 
 
 def all_checks(rubric: Rubric) -> list[Check]:
@@ -134,6 +135,7 @@ def plan_checks(rubric: Rubric, *, visible_only: bool = False, only: Sequence[st
         c
         for c in checks
         if c.rule.enabled
+        and rubric.graded(c.subject, c.kind)
         and (not visible_only or c.rule.visibility == "visible")
         and (not only or any(_matches(c, p) for p in only))
     ]
@@ -208,6 +210,22 @@ def _badness(c: Comparison) -> float:
     return math.inf if c.worst_rel is None or math.isnan(c.worst_rel) else c.worst_rel
 
 
+_GROUPED = re.compile(r"^d\(([^.()]+)\.")
+
+
+def _groups(comparisons: list[Comparison]) -> str:
+    """`` [wrong: q, v; right: k, proj]`` when the gradients of some parameter groups (attention's
+    projections, a block's sub-layers, the model's embeddings) are wrong and others right."""
+    status: dict[str, bool] = {}
+    for c in comparisons:
+        m = _GROUPED.match(c.name)
+        if m:
+            status[m.group(1)] = status.get(m.group(1), True) and c.passed
+    wrong = [g for g, ok in status.items() if not ok]
+    right = [g for g, ok in status.items() if ok]
+    return f" [wrong: {', '.join(wrong)}; right: {', '.join(right)}]" if wrong and right else ""
+
+
 def _summarise(comparisons: list[Comparison], label: str) -> tuple[bool, float | None, str, str]:
     """(passed, worst_rel, hint, details) over the tensors of one check."""
     rels = [c.worst_rel for c in comparisons if c.worst_rel is not None]
@@ -224,7 +242,7 @@ def _summarise(comparisons: list[Comparison], label: str) -> tuple[bool, float |
     fine = sorted({c.name for c in comparisons} - set(names))
     also = f"; also wrong: {_names(names[1:])}" if len(names) > 1 else ""
     suffix = f"; {', '.join(fine)} {'match' if len(fine) > 1 else 'matches'}" if fine and len(fine) <= 4 else ""
-    hint = f"{failed[0].problem} ({label}){also}{suffix}"
+    hint = f"{failed[0].problem} ({label}){also}{suffix}{_groups(comparisons)}"
     return False, worst, hint, "\n".join(f"{c.problem}" for c in failed[:20])
 
 
@@ -421,8 +439,11 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     )
 
     # The reference runs first, before any student code, so nothing the student does can change it.
-    points = {c.subject: reference.pair_points(_spec(c.subject), settings) for c in checks if c.subject != MODEL}
-    model_point = reference.model_point(settings) if any(c.subject == MODEL for c in checks) else None
+    from bevialm.grading import training as beyond  # imports this module's comparisons
+
+    points = {c.subject: reference.pair_points(_spec(c.subject), settings) for c in checks if c.subject in BY_NAME}
+    model_point = reference.model_point(settings) if any(c.id in COMPOSED for c in checks) else None
+    others = beyond.reference_cases(settings) if any((c.subject, c.kind) in beyond.RUNNERS for c in checks) else None
     training = (
         reference.reference_training(model_point, settings.training_steps)
         if model_point is not None and any(c.id == f"{MODEL}.training" for c in checks)
@@ -430,7 +451,10 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     )
     tasks: list[Task] = []
     for c in checks:
-        if c.subject == MODEL:
+        if (c.subject, c.kind) in beyond.RUNNERS:
+            assert others is not None
+            tasks.append(TrainingTask(c.id, c.subject, c.kind, others))
+        elif c.subject == MODEL:
             assert model_point is not None
             mp = model_point
             tasks.append(ModelTask(c.id, c.kind, mp.cfg, mp.params, mp.idx, mp.targets, mp.seed, settings.training_steps if c.kind == "training" else 0, reference.LEARNING_RATE))
@@ -445,7 +469,7 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
 
     results = []
     for c, outcome in zip(checks, outcomes, strict=True):
-        result = _judge(c, outcome, limits, points.get(c.subject, []), model_point, training)
+        result = _judge(c, outcome, limits, points.get(c.subject, []), model_point, training, others)
         results.append(result)
         if progress is not None:
             progress(result)
@@ -473,7 +497,10 @@ def _judge(
     points: list[reference.PairPoint],
     model_point: reference.ModelPoint | None,
     training: Array | None,
+    others: Any = None,
 ) -> CheckResult:
+    from bevialm.grading import training as beyond
+
     printed = f"\nit printed ({outcome.output_bytes} bytes):\n{outcome.output[:2000]}" if outcome.output_bytes else ""
     failure = _failure(outcome, limits)
     if failure is not None or outcome.observation is None:
@@ -482,9 +509,13 @@ def _judge(
     if obs.meta["error"]:
         case = obs.meta.get("case")
         label = points[case].label if isinstance(case, int) and 0 <= case < len(points) else ""
+        if others is not None and isinstance(case, int) and (check.subject, check.kind) in beyond.RUNNERS:
+            label = beyond.case_label(check.subject, check.kind, others, case)
         hint = _error_hint(obs.meta["error"], label)
         return CheckResult(check, False, hint, None, f"{hint}{printed}", outcome.seconds, "error")
-    if check.kind == "forward":
+    if (check.subject, check.kind) in beyond.JUDGES:
+        verdict = beyond.judge(check.subject, check.kind, others, obs)
+    elif check.kind == "forward":
         verdict = _judge_forward(points, obs)
     elif check.kind == "backward":
         verdict = _judge_backward(points, obs)

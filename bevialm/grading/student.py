@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import atexit
 import contextlib
-import dataclasses
 import importlib
 import importlib.machinery
 import importlib.util
@@ -24,7 +23,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
-from bevialm import model
 from bevialm.grading.skeleton import INFRASTRUCTURE, ROOT, _is_module, plan
 from bevialm.registry import PairSpec
 
@@ -252,10 +250,3 @@ def student_path(module: ModuleType) -> str:
     """``layers/linear.py``-style name of a student module, for messages."""
     parts = module.__name__.split(".")[1:]
     return "/".join(parts) + ".py" if parts else "__init__.py"
-
-
-def student_layers(package: str = PACKAGE) -> model.LayerSet:
-    """The reference model's :class:`~bevialm.model.LayerSet` with every module replaced by the student's."""
-    reference = model.REFERENCE_LAYERS
-    chosen = {f.name: student_module(getattr(reference, f.name), package) for f in dataclasses.fields(reference)}
-    return model.LayerSet(**chosen)

@@ -25,7 +25,7 @@ import numpy as np
 
 from bevialm import model
 from bevialm.gradcheck import purity_problems, structure_problems, vjp_check
-from bevialm.grading.student import PACKAGE, import_package, student_layers, student_module, substituted
+from bevialm.grading.student import PACKAGE, import_package, student_module, substituted
 from bevialm.registry import BY_NAME, Bound, Case, PairSpec
 from bevialm.types import Array, IntArray
 
@@ -77,7 +77,19 @@ class ModelTask:
     lr: float = 0.0
 
 
-Task = PairTask | ModelTask
+@dataclass(frozen=True)
+class TrainingTask:
+    """A check beyond the pairs (:mod:`bevialm.grading.training`): the model's own functions,
+    AdamW, the schedule, clipping. ``cases`` holds the inputs (and the reference's answers,
+    which the student's side never reads)."""
+
+    check_id: str
+    subject: str
+    kind: str
+    cases: Any
+
+
+Task = PairTask | ModelTask | TrainingTask
 
 
 @dataclass
@@ -272,12 +284,12 @@ PAIR_RUNNERS: dict[str, Callable[[PairTask, PairSpec, Observation, Callable[[int
 
 
 def _model(task: ModelTask, obs: Observation) -> None:
-    layers = student_layers(_package(obs))
+    student_model = student_module(model, _package(obs))  # the student's, or the handed-out copy
     params = dict(task.params)
     losses = []
     for step in range(task.steps + 1):
         rng = np.random.default_rng([task.seed, step]) if task.cfg.dropout else None
-        loss, grads = model.loss_and_grads(params, task.idx, task.targets, task.cfg, rng=rng, layers=layers)
+        loss, grads = student_model.loss_and_grads(params, task.idx, task.targets, task.cfg, rng=rng)
         losses.append(float(loss))
         if task.kind == "loss_and_grads":
             store(obs, "loss", np.asarray(loss, dtype=np.float64))
@@ -309,6 +321,13 @@ def run_task(task: Task, submission: Submission) -> Observation:
             spec = BY_NAME[task.pair]
             with substituted(spec, submission.package):
                 PAIR_RUNNERS[task.kind](task, spec, obs, case)
+        elif isinstance(task, TrainingTask):
+            from bevialm.grading import training
+
+            def call(module: str, function: str, *args: Any, **kwargs: Any) -> Any:
+                return getattr(student_module(f"bevialm.{module}", submission.package), function)(*args, **kwargs)
+
+            training.run(task.subject, task.kind, task.cases, call, obs)
         else:
             _model(task, obs)
     except (Exception, SystemExit) as exc:

@@ -1,0 +1,105 @@
+"""Grading beyond the pairs: the model's own forward and backward, AdamW, the schedule and
+clipping. The reference passes every check; each planted mistake loses exactly the checks that
+name it, with a hint that points at it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bevialm.grading.grade import GradeReport, format_report
+from bevialm.grading.rubric import PRESETS, default_rubric, parse
+
+from . import planted
+from .test_grading import failing, grade_here, hint, solution_copy
+
+COMPOSED = {"model.loss_and_grads", "model.training"}
+
+
+@pytest.fixture(scope="module")
+def solution(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return solution_copy(tmp_path_factory.mktemp("training") / "pkg")
+
+
+def graded_with(solution: Path, tmp_path: Path, file: str, code: str, only: tuple[str, ...]) -> GradeReport:
+    folder = tmp_path / "pkg"
+    shutil.copytree(solution, folder)
+    planted.plant(folder, file, code)
+    return grade_here(folder, only=only)
+
+
+OPTIMIZER = ("adamw", "schedule", "clipping")
+
+# mistake -> (file, substitution, checks graded, the checks it must lose, the check that names it, words
+# that check's hint must hold)
+MISTAKES: dict[str, tuple[str, str, tuple[str, ...], set[str], str, list[str]]] = {
+    "AdamW without bias correction": (
+        "optim.py", planted.ADAMW_WITHOUT_BIAS_CORRECTION, OPTIMIZER, {"adamw.step"}, "adamw.step", ["after step 1, t = 1"],
+    ),
+    "L2 added to the gradient instead of decoupled decay": (
+        "optim.py", planted.ADAMW_WITH_L2_INSTEAD_OF_DECOUPLED_DECAY, OPTIMIZER, {"adamw.step"},
+        "adamw.step", ["moments of decayed parameters are wrong", "L2"],
+    ),
+    "decay applied to every parameter": (
+        "optim.py", planted.ADAMW_DECAYING_EVERY_PARAMETER, OPTIMIZER, {"adamw.step"},
+        "adamw.step", ["(exempt from decay)", "only the parameters exempt from decay are wrong"],
+    ),
+    "decay rule without the embedding exemption": (
+        # adamw.step fails too where the config it is handed is the student's own (its decays
+        # method calls the student's rule): MAY_ALSO_FAIL
+        "optim.py", planted.DECAY_RULE_WITHOUT_THE_EMBEDDING_EXEMPTION, OPTIMIZER, {"adamw.decays"},
+        "adamw.decays", ["decays('tok_emb.W') returned True, the reference False"],
+    ),
+    "warmup off by one": (
+        "optim.py", planted.SCHEDULE_WARMUP_OFF_BY_ONE, OPTIMIZER, {"schedule.key_points"}, "schedule.key_points", ["the first update"],
+    ),
+    "cosine off by one": (
+        "optim.py", planted.SCHEDULE_COSINE_OFF_BY_ONE, OPTIMIZER, {"schedule.key_points"}, "schedule.key_points", ["the first cosine step"],
+    ),
+    "per-tensor clipping": (
+        "optim.py", planted.PER_TENSOR_CLIPPING, OPTIMIZER, {"clipping.clip"}, "clipping.clip", ["below the norm", "clipped["],
+    ),
+    "global norm as a sum of norms": (
+        "optim.py", planted.GLOBAL_NORM_AS_A_SUM_OF_NORMS, OPTIMIZER, {"clipping.global_norm", "clipping.clip"},
+        "clipping.global_norm", ["global_norm differs", "two tensors"],
+    ),
+    "position-embedding gradient averaged over the batch": (
+        "model.py", planted.POS_EMB_GRADIENT_AVERAGED, ("model",), {"model.backward"} | COMPOSED,
+        "model.backward", ["d(pos_emb.W) differs", "batch of 2", "[wrong: pos_emb;"],
+    ),
+    "positions for the whole context": (
+        "model.py", planted.POSITIONS_FOR_THE_WHOLE_CONTEXT, ("model",), {"model.forward", "model.backward"},
+        "model.forward", ["raised ValueError", "T = 3 < ctx"],
+    ),
+}
+
+
+MAY_ALSO_FAIL = {"decay rule without the embedding exemption": {"adamw.step"}}
+
+
+def test_reference_passes_every_check_beyond_the_pairs(solution: Path) -> None:
+    report = grade_here(solution, only=("model", *OPTIMIZER))
+    assert failing(report) == set(), format_report(report)
+    assert {r.check.id for r in report.results} >= {"model.forward", "model.backward", "adamw.step", "adamw.decays",
+                                                     "schedule.key_points", "clipping.global_norm", "clipping.clip"}  # fmt: skip
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_planted_mistake_loses_the_check_that_names_it(mistake: str, solution: Path, tmp_path: Path) -> None:
+    file, code, only, expected, named, words = MISTAKES[mistake]
+    report = graded_with(solution, tmp_path, file, code, only)
+    assert expected <= failing(report) <= expected | MAY_ALSO_FAIL.get(mistake, set()), format_report(report, width=400)
+    text = hint(report, named)
+    assert all(w in text for w in words), text
+    assert report.score < report.max_score
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_gives_the_reference_full_marks(name: str, solution: Path) -> None:
+    rubric = parse(f'[assignment]\npreset = "{name}"\n', "r.toml", default_rubric())
+    report = grade_here(solution, rubric=rubric)
+    assert report.max_score > 0 and report.score == report.max_score, format_report(report)
+    graded = {r.check.subject for r in report.results}
+    assert graded - {"model"} == set(PRESETS[name]) - {"model"}
