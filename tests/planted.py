@@ -238,3 +238,23 @@ GLOBAL_NORM_AS_A_SUM_OF_NORMS = """
 def global_norm(grads):
     return float(sum(np.sqrt(np.vdot(g, g)) for g in grads.values()))  # not the root of the summed squares
 """
+
+SPLIT_HEADS_IN_THE_WRONG_ORDER = """
+def split_heads(x, n_heads):
+    b, t, c = x.shape
+    return x.reshape(b, t, c // n_heads, n_heads).transpose(0, 3, 1, 2)  # head_dim before heads
+"""
+
+MERGE_HEADS_WITHOUT_THE_TRANSPOSE = """
+def merge_heads(x):
+    b, h, t, hd = x.shape
+    return x.reshape(b, t, h * hd)  # heads and time mixed up
+"""
+
+VALUE_PROJECTION_GRADIENT_DOUBLED = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    return dx, {**grads, "v.W": 2 * grads["v.W"], "v.b": 2 * grads["v.b"]}
+"""

@@ -17,6 +17,8 @@ from bevialm.grading.batch import BatchError, find_students, safe_extract
 from .test_grading import solution_copy
 
 RUBRIC = """
+[assignment]
+preset = "layers"
 [settings]
 time_limit = 3.0
 [kinds.backward]

@@ -36,7 +36,7 @@ OPTIMIZER = ("adamw", "schedule", "clipping")
 # that check's hint must hold)
 MISTAKES: dict[str, tuple[str, str, tuple[str, ...], set[str], str, list[str]]] = {
     "AdamW without bias correction": (
-        "optim.py", planted.ADAMW_WITHOUT_BIAS_CORRECTION, OPTIMIZER, {"adamw.step"}, "adamw.step", ["after step 1, t = 1"],
+        "optim.py", planted.ADAMW_WITHOUT_BIAS_CORRECTION, OPTIMIZER, {"adamw.step"}, "adamw.step", ["after step 1, t = 1", "bias correction"],
     ),
     "L2 added to the gradient instead of decoupled decay": (
         "optim.py", planted.ADAMW_WITH_L2_INSTEAD_OF_DECOUPLED_DECAY, OPTIMIZER, {"adamw.step"},
@@ -103,3 +103,48 @@ def test_every_preset_gives_the_reference_full_marks(name: str, solution: Path) 
     assert report.max_score > 0 and report.score == report.max_score, format_report(report)
     graded = {r.check.subject for r in report.results}
     assert graded - {"model"} == set(PRESETS[name]) - {"model"}
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_gives_its_bare_skeleton_zero(name: str, tmp_path: Path) -> None:
+    from bevialm.grading.skeleton import write_skeleton
+
+    write_skeleton(tmp_path / "pkg", written=PRESETS[name])
+    rubric = parse(f'[assignment]\npreset = "{name}"\n', "r.toml", default_rubric())
+    report = grade_here(tmp_path / "pkg", rubric=rubric)
+    assert report.max_score > 0 and report.score == 0, format_report(report)
+    assert all("NotImplementedError" in r.hint for r in report.results), format_report(report)
+
+
+def test_assignment_tables_and_presets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import zipfile
+
+    from bevialm.grading import cli as grading_cli
+    from bevialm.grading.rubric import RubricError, load
+
+    rubric = parse('[assignment]\ntasks = ["attention", "softmax"]\n', "r.toml", default_rubric())
+    assert rubric.tasks == ("softmax", "attention")  # the registry's order
+    assert rubric.graded("model", "training") and not rubric.graded("model", "forward") and not rubric.graded("linear", "forward")
+    for text, message in [
+        ('[assignment]\npreset = "everything"\n', "preset must be one of all, layers"),
+        ('[assignment]\ntasks = ["lstm"]\n', "unknown task 'lstm'"),
+        ("[assignment]\ntasks = []\n", "non-empty list"),
+        ('[assignment]\nweek = 3\n', "unknown key"),
+    ]:
+        (tmp_path / "bad.toml").write_text(text)
+        with pytest.raises(RubricError, match=message):
+            load(tmp_path / "bad.toml")
+    out = tmp_path / "a.zip"
+    assert grading_cli.main(["autograder", str(out), "--preset", "optimizer"]) == 0
+    with zipfile.ZipFile(out) as bundle:
+        assert parse(bundle.read("rubric.toml").decode(), "b", default_rubric()).tasks == PRESETS["optimizer"]
+    (tmp_path / "mine.toml").write_text("[settings]\nseed = 3\n")
+    assert grading_cli.main(["autograder", str(out), "--rubric", str(tmp_path / "mine.toml"), "--preset", "layers"]) == 0
+    with zipfile.ZipFile(out) as bundle:
+        assert parse(bundle.read("rubric.toml").decode(), "b", default_rubric()).tasks == PRESETS["layers"]
+    (tmp_path / "own.toml").write_text('[assignment]\npreset = "layers"\n')
+    assert grading_cli.main(["autograder", str(out), "--rubric", str(tmp_path / "own.toml"), "--preset", "all"]) == 1
+    assert "has its own [assignment]" in capsys.readouterr().err
+    assert grading_cli.main(["grade", "--list-checks", "--preset", "optimizer"]) == 0
+    listed = capsys.readouterr().out
+    assert "adamw.step" in listed and "linear.forward" not in listed and "model." not in listed

@@ -39,7 +39,7 @@ from bevialm.grading.rubric import KIND_TITLES, TASK_KINDS, Rubric, Rule, defaul
 from bevialm.grading.sandbox import Limits, Outcome, run_in_process, run_sandboxed
 from bevialm.grading.student import PACKAGE, find_package_root, missing_files, reference_imports
 from bevialm.grading.tasks import ModelTask, Observation, PairTask, Submission, Task, TrainingTask
-from bevialm.registry import BY_NAME, PAIRS
+from bevialm.registry import BY_NAME, PAIRS, PairSpec
 from bevialm.types import Array
 
 MODEL = "model"
@@ -369,7 +369,7 @@ def _judge_model(point: reference.ModelPoint, obs: Observation) -> tuple[bool, f
     for key, want in point.grads.items():
         got, kind = _array(obs, f"grad/{key}")
         comparisons.append(compare(tensor_name(key), got, want, kind) if got is not None or kind else Comparison(tensor_name(key), False, None, f"no gradient for {key!r}"))
-    return _summarise(comparisons, "the reference model with your pairs")
+    return _summarise(comparisons, "the model on one batch")
 
 
 def _judge_training(expected: Array, obs: Observation) -> tuple[bool, float | None, str, str]:
@@ -530,7 +530,25 @@ def _judge(
         assert training is not None
         verdict = _judge_training(training, obs)
     passed, worst, hint, details = verdict
+    if not passed and check.subject in BY_NAME:
+        hint += _probe_hint(BY_NAME[check.subject], obs)
     return CheckResult(check, passed, hint, worst, f"{details}{printed}".strip(), outcome.seconds)
+
+
+def _probe_hint(spec: PairSpec, obs: Observation) -> str:
+    """`` [your causal_mask(4, 4) differs from the reference's: fix it first]`` when a helper the
+    pair's functions use gives other results than the reference's helper (see ``PairSpec.probes``)."""
+    for j, probe in enumerate(spec.probes):
+        got, kind = _array(obs, f"probe/{j}")
+        if got is None and kind is None:
+            continue  # not probed in this check
+        want = np.asarray(getattr(spec.module, probe.function)(*probe.args))
+        if got is None:
+            what = kind if kind and kind.startswith("raised") else f"returned a {kind}"
+            return f" [your {probe.describe()} {what}: fix it first]"
+        if got.shape != want.shape or got.dtype.kind != want.dtype.kind or not np.allclose(got, want, rtol=DEFAULT.rtol, atol=DEFAULT.atol):
+            return f" [your {probe.describe()} differs from the reference's: fix it first]"
+    return ""
 
 
 def _graded_uses(module_name: str, graded: Mapping[str, frozenset[str]]) -> set[str]:

@@ -297,6 +297,21 @@ def preset(name: Any, where: str = "preset") -> tuple[str, ...]:
     return PRESETS[name]
 
 
+def with_preset(text: str, name: str, source: str) -> str:
+    """Rubric ``text`` with its assignment set to preset ``name``: the built-in rubric's preset
+    line replaced, or an ``[assignment]`` table added to a rubric that has none."""
+    preset(name, "--preset")
+    if text == DEFAULT_RUBRIC:
+        return text.replace('preset = "all"', f'preset = "{name}"', 1)
+    try:
+        has_assignment = "assignment" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RubricError(f"{source}: not valid TOML: {exc}") from None
+    if has_assignment:
+        raise RubricError(f"{source} has its own [assignment]: set the preset there, not with --preset")
+    return text.rstrip() + f'\n\n[assignment]\npreset = "{name}"\n'
+
+
 def parse(text: str, source: str, base: Rubric | None = None) -> Rubric:
     """A rubric from TOML ``text``, every missing key taken from ``base`` (nothing when None)."""
     try:

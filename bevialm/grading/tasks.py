@@ -271,6 +271,20 @@ def _purity(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[in
         obs.meta["cases"][str(i)] = found
 
 
+PROBED = frozenset({"forward", "backward", "gradcheck"})
+"""Kinds of check whose wrong numbers a faulty helper can explain (see :data:`PairSpec.probes`)."""
+
+
+def _probe(spec: PairSpec, obs: Observation) -> None:
+    """The student's helpers on the registry's probes: what each returned, or what it raised."""
+    student = student_module(spec.module, _package(obs))
+    for j, p in enumerate(spec.probes):
+        try:
+            store(obs, f"probe/{j}", getattr(student, p.function)(*p.args))
+        except Exception as exc:  # evidence about the helper, not a failure of the check
+            obs.meta["types"][f"probe/{j}"] = f"raised {type(exc).__name__}"
+
+
 def _package(obs: Observation) -> str:
     return str(obs.meta["package"])
 
@@ -321,6 +335,8 @@ def run_task(task: Task, submission: Submission) -> Observation:
             spec = BY_NAME[task.pair]
             with substituted(spec, submission.package):
                 PAIR_RUNNERS[task.kind](task, spec, obs, case)
+                if task.kind in PROBED:
+                    _probe(spec, obs)
         elif isinstance(task, TrainingTask):
             from bevialm.grading import training
 

@@ -424,6 +424,7 @@ def _param_name(cfg: optim.AdamWConfig) -> Callable[[str], str]:
 
 def _judge_adamw_step(cases: TrainingCases, obs: Observation) -> Verdict:
     verdicts: list[Verdict] = []
+    case_passed: dict[str, bool] = {}
     for i, c in enumerate(cases.adamw):
         for s, (want_params, want_state) in enumerate(c.after):
             label = f"{c.label}: after step {s + 1}, t = {want_state.t}"
@@ -439,7 +440,12 @@ def _judge_adamw_step(cases: TrainingCases, obs: Observation) -> Verdict:
                 verdicts.append((passed, worst, hint + _decay_pattern(comparisons, c), details))
                 break  # later steps start from a wrong state: the first wrong step says most
             verdicts.append((passed, worst, hint, details))
-    return _first_failure(verdicts)
+        case_passed[c.label] = verdicts[-1][0]  # its last step passed only when every step did
+    passed, worst, hint, details = _first_failure(verdicts)
+    fresh, late = cases.adamw[0], cases.adamw[1]
+    if not case_passed[fresh.label] and case_passed[late.label]:
+        hint += f" [right at t = {late.state.t + 1}, wrong from t = 1: bias correction (1 - beta^t)?]"
+    return passed, worst, hint, details
 
 
 def _decay_pattern(comparisons: list[Comparison], case: AdamWCase) -> str:
