@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test typecheck lint train sample bench clean
+.PHONY: install test typecheck lint train sample plot bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +32,13 @@ train: $(STAMP)  ## the playbook's quick start on data.txt (a few minutes on 2 c
 sample: $(STAMP)  ## two samples from the checkpoint `make train` wrote (PROMPT="..." to change the prompt)
 	$(BIN)/bevialm sample --out $(TRAIN_OUT) --prompt "$(PROMPT)" --num_samples 2
 
+plot: $(STAMP)  ## draw the loss curves of the run `make train` wrote (loss.png in it)
+	$(BIN)/bevialm plot $(TRAIN_OUT)
+
 bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional); writes bench-results.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"
 	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench_viz.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .coverage htmlcov runs

@@ -13,6 +13,10 @@ diverged (NaN or infinite loss); 130 interrupted by Ctrl-C (training saves its
 checkpoint first). ``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:``
 line.
 
+The picture commands ``plot`` and ``attention`` (and ``sample --attention``) compose
+:mod:`bevialm.viz`; they need the optional matplotlib (``pip install 'bevialm[plot]'``)
+and say so in one line when it is missing.
+
 The grading subcommands (``skeleton``, ``grade``, ``grade-all``, ``autograder``) come from
 :func:`bevialm.grading.cli.add_grading_subcommands`, which adds its parsers to
 ours and sets on each a ``handler`` (a function of the parsed arguments
@@ -221,6 +225,29 @@ def _add_sample_only_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_layer_and_head(p: argparse._ActionsContainer) -> None:
+    p.add_argument("--layer", type=positive_int, default=None, metavar="L", help="only layer L (1 = the first block)")
+    p.add_argument("--head", type=positive_int, default=None, metavar="H", help="only head H (1 = the first)")
+
+
+def _add_sample_attention_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--attention",
+        default=None,
+        metavar="FILE",
+        help="record every head's attention while generating and draw it to FILE (.png or .svg; the first "
+        "sample; all layers unless --layer/--head; needs matplotlib). Best with a short --sample_len, e.g. 60",
+    )
+    p.add_argument(
+        "--show-attention",
+        action="store_true",
+        dest="show_attention",
+        help="after each sample, print for every generated character the context characters each head "
+        "attends to most (the last layer unless --layer; works without matplotlib)",
+    )
+    _add_layer_and_head(p)
+
+
 # --- parsers ------------------------------------------------------------------------------------
 
 
@@ -242,7 +269,40 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
     _add_sample_only_flags(p)
     _add_seed_and_out(p)
     _add_sampling_flags(p)
+    _add_sample_attention_flags(p.add_argument_group("attention while generating"))
     p.set_defaults(handler=_run_sample)
+
+
+def _configure_plot(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folder(s) holding metrics.jsonl (a run still training is fine)"
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="picture to write, .png or .svg (default: loss.png in the first run folder)",
+    )
+    p.set_defaults(handler=_run_plot)
+
+
+def _configure_attention(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="checkpoint to read the model from (default: best.npz in --out, else last.npz)",
+    )
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="run folder used without --checkpoint (default: %(default)s)")
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", default=None, help="the text whose attention is drawn (at most ctx characters)")
+    prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
+    p.add_argument(
+        "-o", "--output", default="attention.png", metavar="FILE", help="picture to write, .png or .svg (default: %(default)s)"
+    )
+    _add_layer_and_head(p)
+    p.set_defaults(handler=_run_attention)
 
 
 TRAIN_DESCRIPTION = (
@@ -251,6 +311,14 @@ TRAIN_DESCRIPTION = (
     "best.npz, last.npz and metrics.jsonl to --out. Ctrl-C saves last.npz; --resume continues exactly."
 )
 SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
+PLOT_DESCRIPTION = (
+    "Draw the train and validation loss of one or more runs against the step, with the learning rate on a "
+    "second axis, from each run folder's metrics.jsonl. Several runs overlay, one colour each."
+)
+ATTENTION_DESCRIPTION = (
+    "Draw a model's attention over a prompt: a heat map per layer and head, the prompt's characters as "
+    "labels (space and newline as visible glyphs), future positions blank."
+)
 
 
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -271,6 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _configure_train(sub.add_parser("train", help="train a model on a text file", description=TRAIN_DESCRIPTION))
     _configure_sample(sub.add_parser("sample", help="generate text from a checkpoint", description=SAMPLE_DESCRIPTION))
+    _configure_plot(sub.add_parser("plot", help="draw the loss curves of runs", description=PLOT_DESCRIPTION))
+    _configure_attention(
+        sub.add_parser("attention", help="draw a model's attention over a prompt", description=ATTENTION_DESCRIPTION)
+    )
     add_grading_subcommands(sub)
     return parser
 
@@ -297,16 +369,26 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from bevialm import generate
+    from bevialm import generate, viz
     from bevialm.data import load_text
 
     tune_malloc()
+    if args.attention is not None:  # before any work: say now what would fail after sampling
+        viz.require_matplotlib()
+        viz.check_output(args.attention)
+        if args.sample_len == 0:
+            raise ValueError("--attention draws the generated characters: --sample_len must be at least 1")
     path = args.checkpoint or generate.default_checkpoint(args.out)
     loaded = generate.load_model(path)
     prompt = args.prompt
     if args.prompt_file is not None:
         prompt = load_text(args.prompt_file, "prompt file")
     sampling = generate.SamplingConfig.from_flags(args.temperature, args.top_k, args.top_p)
+    recorder = None
+    if args.attention is not None or args.show_attention:
+        recorder = generate.AttentionRecorder()
+        viz.choose(loaded.cfg.n_layers, args.layer, "layer")  # checked now, not after sampling
+        viz.choose(loaded.cfg.n_heads, args.head, "head")
     texts = generate.sample_text(
         loaded.params,
         loaded.cfg,
@@ -316,11 +398,85 @@ def _run_sample(args: argparse.Namespace) -> int:
         num_samples=args.num_samples,
         rng=generate.sampling_rng(args.seed),
         sampling=sampling,
+        recorder=recorder,
     )
+    color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     for i, text in enumerate(texts):
         if len(texts) > 1:
             print(f"--- sample {i + 1}/{len(texts)} ---", flush=True)
         print(text, flush=True)
+        if args.show_attention and recorder is not None and args.sample_len > 0:
+            shown = viz.attention_text(
+                recorder.weights[i],
+                _token_texts(loaded.vocab, recorder.tokens[i]),
+                recorder.prompt_len,
+                layer=args.layer,
+                head=args.head,
+                color=color,
+            )
+            print(shown, flush=True)
+    if args.attention is not None and recorder is not None:
+        fig = viz.generation_attention_figure(
+            recorder.weights[0],
+            _token_texts(loaded.vocab, recorder.tokens[0]),
+            recorder.prompt_len,
+            layer=args.layer,
+            head=args.head,
+        )
+        _wrote(args.attention, viz.save_figure(fig, args.attention), "attention while generating sample 1")
+    return EXIT_OK
+
+
+def _token_texts(vocab: Any, ids: Any) -> list[str]:
+    """Each token's own text: the tick labels and terminal columns of the attention views."""
+    return [vocab.decode([int(i)]) for i in ids]
+
+
+def _wrote(path: str, size: tuple[int, int], what: str) -> None:
+    dims = f", {size[0]} x {size[1]} pixels" if path.lower().endswith(".png") else ""
+    print(f"wrote {what} to {path}{dims}", flush=True)
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from bevialm import viz
+
+    viz.require_matplotlib()
+    output = args.output or os.path.join(args.runs[0], "loss.png")
+    runs = [viz.read_metrics(run) for run in args.runs]
+    viz.check_output(output)
+    _wrote(output, viz.save_figure(viz.loss_figure(runs), output), "loss curves")
+    return EXIT_OK
+
+
+def _run_attention(args: argparse.Namespace) -> int:
+    from bevialm import generate, model, viz
+    from bevialm.data import DataError, load_text
+
+    viz.require_matplotlib()
+    viz.check_output(args.output)
+    tune_malloc()
+    path = args.checkpoint or generate.default_checkpoint(args.out)
+    loaded = generate.load_model(path)
+    cfg = loaded.cfg
+    viz.choose(cfg.n_layers, args.layer, "layer")
+    viz.choose(cfg.n_heads, args.head, "head")
+    prompt = args.prompt if args.prompt_file is None else load_text(args.prompt_file, "prompt file")
+    ids = loaded.vocab.encode(prompt, what="prompt")
+    if not 0 < ids.size <= cfg.ctx:
+        raise DataError(
+            f"the prompt has {ids.size} characters; the model reads 1 to ctx = {cfg.ctx}: "
+            + ("give a prompt" if ids.size == 0 else "shorten it")
+        )
+    _, cache = model.forward(loaded.params, ids[None, :], cfg)
+    fig = viz.prompt_attention_figure(
+        model.attention_maps(cache),
+        _token_texts(loaded.vocab, ids),
+        layer=args.layer,
+        head=args.head,
+        title=f"attention over a prompt of {ids.size} characters: {path} (step {loaded.step}); "
+        "row: query, column: the position it reads",
+    )
+    _wrote(args.output, viz.save_figure(fig, args.output), "attention")
     return EXIT_OK
 
 

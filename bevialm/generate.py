@@ -27,6 +27,12 @@ temperature, cut to the ``top_k`` likeliest (ties at the k-th value are kept)
 and then to the smallest set whose probability reaches ``top_p`` (nucleus), and
 one token is drawn by inverting the cumulative distribution with one uniform
 number per row.
+
+**Recording attention** (:class:`AttentionRecorder`): passed to :func:`generate`, it
+keeps, for every generated token, each layer's and head's attention weights over
+the context the token was predicted from: the last query row of the very weights
+the decoder computed (no second forward pass). Without a recorder the decoder does
+no extra work.
 """
 
 from __future__ import annotations
@@ -152,7 +158,9 @@ def _scoped(params: Params, cfg: ModelConfig) -> _Scoped:
     )
 
 
-def _decode(sp: _Scoped, cfg: ModelConfig, cache: KVCache, idx: IntArray) -> tuple[Array, KVCache]:
+def _decode(
+    sp: _Scoped, cfg: ModelConfig, cache: KVCache, idx: IntArray, seen: list[Array] | None = None
+) -> tuple[Array, KVCache]:
     start, t = cache.length, idx.shape[1]
     if idx.ndim != 2 or idx.shape[0] != cache.batch or t < 1 or start + t > cfg.ctx:
         raise ValueError(
@@ -172,7 +180,9 @@ def _decode(sp: _Scoped, cfg: ModelConfig, cache: KVCache, idx: IntArray) -> tup
         v, _ = linear.forward(bp.v, a, bc.attn.linear)
         k_all = np.concatenate((k_old, attention.split_heads(k, h)), axis=2)
         v_all = np.concatenate((v_old, attention.split_heads(v, h)), axis=2)
-        out, _ = attention.attend(attention.split_heads(q, h), k_all, v_all)
+        out, core = attention.attend(attention.split_heads(q, h), k_all, v_all)
+        if seen is not None:  # recording: this block's weights (B, H, t, keys), kept by reference
+            seen.append(core.weights)
         a, _ = linear.forward(bp.proj, attention.merge_heads(out), bc.attn.linear)
         x = x + a
         m, _ = layernorm.forward(bp.ln2, x, bc.ln2)
@@ -233,14 +243,53 @@ def pick_tokens(logits: Array, sampling: SamplingConfig, rng: np.random.Generato
     return chosen
 
 
+class AttentionRecorder:
+    """What each head attended to while :func:`generate` chose each new token.
+
+    After ``generate(..., recorder=r)``: ``r.weights[b, l, h, n, j]`` is how much
+    head ``h`` of layer ``l`` (0-based), at the position just before generated
+    token ``n`` of sequence ``b``, took from position ``j`` of the text; NaN where
+    ``j`` was not in that token's context (later positions, or positions that had
+    left the sliding window). Shape ``(B, n_layers, n_heads, n_new, T0 + n_new - 1)``.
+    ``r.tokens`` is the whole ``(B, T0 + n_new)`` output and ``r.prompt_len`` is ``T0``.
+    """
+
+    def __init__(self) -> None:
+        self.weights: Array = np.empty((0, 0, 0, 0, 0))
+        self.tokens: IntArray = np.empty((0, 0), dtype=np.int64)
+        self.prompt_len = 0
+        self._seen: list[Array] = []  # the decoder's latest call appends each block's weights here
+
+    def _start(self, cfg: ModelConfig, tokens: IntArray, prompt_len: int, dtype: np.dtype[Any]) -> None:
+        b, total = tokens.shape
+        shape = (b, cfg.n_layers, cfg.n_heads, total - prompt_len, total - 1)
+        self.weights, self.tokens, self.prompt_len = np.full(shape, np.nan, dtype=dtype), tokens, prompt_len
+
+    def _add(self, position: int) -> None:
+        """The token at ``position`` was just chosen from the last query row of the weights
+        the decoder left in ``_seen`` (per layer ``(B, H, t, keys)``, keys ending at ``position - 1``)."""
+        seen = self._seen
+        n, keys = position - self.prompt_len, seen[0].shape[-1]
+        for layer, w in enumerate(seen):
+            self.weights[:, layer, :, n, position - keys : position] = w[:, :, -1]
+        seen.clear()
+
+
 def generate(
-    params: Params, cfg: ModelConfig, prompt: IntArray, n_new: int, pick: Callable[[Array], IntArray]
+    params: Params,
+    cfg: ModelConfig,
+    prompt: IntArray,
+    n_new: int,
+    pick: Callable[[Array], IntArray],
+    *,
+    recorder: AttentionRecorder | None = None,
 ) -> IntArray:
     """``prompt`` ``(B, T0)`` followed by ``n_new`` tokens, each ``pick(logits of the last position)``.
 
     ``pick`` gets ``(B, V)`` logits and returns ``(B,)`` token ids. A prompt
     longer than ``ctx`` is cut to its last ``ctx`` tokens for the model (it is
     kept whole in the output); past ``ctx`` the window slides (module docstring).
+    A ``recorder`` keeps the attention weights behind each choice (:class:`AttentionRecorder`).
     """
     if not isinstance(prompt, np.ndarray) or prompt.ndim != 2 or prompt.shape[1] < 1:
         raise ValueError(f"{LAYER}: prompt must be a (B, T) array of token ids with T >= 1")
@@ -250,18 +299,24 @@ def generate(
     b, t0 = prompt.shape
     tokens = np.empty((b, t0 + n_new), dtype=np.int64)
     tokens[:, :t0] = prompt
+    seen: list[Array] | None = None
+    if recorder is not None:
+        recorder._start(cfg, tokens, t0, sp.dtype)
+        seen = recorder._seen
     if n_new == 0:  # nothing to choose: skip the prompt's forward pass
         return tokens
     fresh = empty_cache(cfg, b, sp.dtype)
-    logits, cache = _decode(sp, cfg, fresh, tokens[:, max(0, t0 - cfg.ctx) : t0])
+    logits, cache = _decode(sp, cfg, fresh, tokens[:, max(0, t0 - cfg.ctx) : t0], seen)
     for i in range(t0, t0 + n_new):
         tokens[:, i] = pick(logits[:, -1])
+        if recorder is not None:
+            recorder._add(i)
         if i + 1 == t0 + n_new:
             break
         if cache.length < cfg.ctx:
-            logits, cache = _decode(sp, cfg, cache, tokens[:, i : i + 1])
+            logits, cache = _decode(sp, cfg, cache, tokens[:, i : i + 1], seen)
         else:  # full: recompute the window of the last ctx tokens, the new one included
-            logits, cache = _decode(sp, cfg, fresh, tokens[:, i + 1 - cfg.ctx : i + 1])
+            logits, cache = _decode(sp, cfg, fresh, tokens[:, i + 1 - cfg.ctx : i + 1], seen)
     return tokens
 
 
@@ -289,12 +344,13 @@ def sample_text(
     num_samples: int = 1,
     rng: np.random.Generator | None = None,
     sampling: SamplingConfig = SamplingConfig(),
+    recorder: AttentionRecorder | None = None,
 ) -> list[str]:
     """``num_samples`` texts, each the prompt followed by ``length`` generated characters.
 
     An empty prompt means :func:`default_prompt`. A prompt with characters
     outside the vocabulary raises :class:`bevialm.data.DataError` naming them.
-    All samples are generated together, as one batch.
+    All samples are generated together, as one batch; a ``recorder`` keeps their attention.
     """
     if num_samples < 1:
         raise ValueError(f"{LAYER}: num_samples must be positive, got {num_samples}")
@@ -302,7 +358,7 @@ def sample_text(
         raise ValueError(f"{LAYER}: the model has {cfg.vocab_size} tokens, the vocabulary {vocab.size}")
     ids = vocab.encode(prompt or default_prompt(vocab), what="prompt")
     batch = np.broadcast_to(ids, (num_samples, ids.size))
-    tokens = generate(params, cfg, batch, length, lambda logits: pick_tokens(logits, sampling, rng))
+    tokens = generate(params, cfg, batch, length, lambda logits: pick_tokens(logits, sampling, rng), recorder=recorder)
     return [vocab.decode(row) for row in tokens]
 
 

@@ -605,6 +605,7 @@ class _Run:
             f"checkpoints in {self.cfg.out}"
         )
         self.say(f"sample from it: bevialm sample --checkpoint {self.path(BEST)} --prompt \"...\"")
+        self.say(f"draw its loss curves: bevialm plot {self.cfg.out}")
 
 
 def train(cfg: TrainConfig, *, stdout: IO[str] | None = None) -> TrainResult:
