@@ -258,3 +258,31 @@ def backward(params, cache, dy):
     dx, grads = _reference_backward(params, cache, dy)
     return dx, {**grads, "v.W": 2 * grads["v.W"], "v.b": 2 * grads["v.b"]}
 """
+
+GARBAGE_FROM_THE_OPTIMIZER = """
+def step(params, grads, state, cfg, lr=None):
+    return [params], state.t  # neither the params dict nor a state
+
+def decays(name):
+    return "yes"
+
+def lr_at(step, base_lr, warmup, total, min_lr):
+    return "fast"
+
+def global_norm(grads):
+    return None
+
+def clip_by_global_norm(grads, max_norm):
+    return 1.0
+"""
+
+GARBAGE_FROM_THE_MODEL = """
+_reference_forward = forward
+
+def forward(params, idx, cfg, *, rng=None, layers=REFERENCE_LAYERS):
+    logits, cache = _reference_forward(params, idx, cfg, rng=rng, layers=layers)
+    return logits.tolist(), cache
+
+def backward(params, cache, dlogits):
+    return [1, 2, 3]
+"""

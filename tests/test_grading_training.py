@@ -148,3 +148,19 @@ def test_assignment_tables_and_presets(tmp_path: Path, capsys: pytest.CaptureFix
     assert grading_cli.main(["grade", "--list-checks", "--preset", "optimizer"]) == 0
     listed = capsys.readouterr().out
     assert "adamw.step" in listed and "linear.forward" not in listed and "model." not in listed
+
+
+def test_garbage_returned_fails_with_a_readable_hint(solution: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "pkg"
+    shutil.copytree(solution, folder)
+    planted.plant(folder, "optim.py", planted.GARBAGE_FROM_THE_OPTIMIZER)
+    planted.plant(folder, "model.py", planted.GARBAGE_FROM_THE_MODEL)
+    report = grade_here(folder, only=("model.forward", "model.backward", *OPTIMIZER))
+    assert failing(report) == {r.check.id for r in report.results}, format_report(report)
+    assert "logits is a list" in hint(report, "model.forward")
+    assert "grads is a list, expected a dict" in hint(report, "model.backward")
+    assert "step returned its state as an int" in hint(report, "adamw.step") or "params is a list" in hint(report, "adamw.step")
+    assert "decays('tok_emb.W') returned a str, expected True or False" in hint(report, "adamw.decays")
+    assert "lr / base_lr is a str" in hint(report, "schedule.key_points")
+    assert "global_norm is missing" in hint(report, "clipping.global_norm") or "global_norm is a NoneType" in hint(report, "clipping.global_norm")
+    assert "clip_by_global_norm returned a float, expected (clipped, norm)" in hint(report, "clipping.clip")

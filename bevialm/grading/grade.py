@@ -659,7 +659,7 @@ def _cross_reference(results: list[CheckResult]) -> list[CheckResult]:
         if subject != MODEL and not any((d, kind) in failed for d in deps.get(subject, ())):
             hint += _helper_hint(subject, kind, helpers)  # no failing sub-pair to blame first
         if subject == MODEL:
-            broken = sorted({s for s, _ in failed if s != MODEL})
+            broken = sorted({s for s, _ in failed if s in BY_NAME})
             if broken:
                 hint += f" [fix the failing pairs first: {_names(broken)}]"
         else:

@@ -307,7 +307,15 @@ def _run_adamw_step(cases: TrainingCases, call: Call, obs: Observation, case: Ca
 def _run_decays(cases: TrainingCases, call: Call, obs: Observation, case: Callable[[int], None]) -> None:
     case(0)
     answers = [call("optim", "decays", name) for name, _ in cases.decay_names]
-    obs.meta["cases"]["decays"] = [a if isinstance(a, bool) else repr(a)[:40] for a in answers]
+    obs.meta["cases"]["decays"] = [_as_bool(a) for a in answers]
+
+
+def _as_bool(answer: Any) -> bool | str:
+    """A truth value as it may come back (``True``, ``np.True_``, a 0-d boolean array), or what
+    came instead, described."""
+    if isinstance(answer, bool | np.bool_) or (isinstance(answer, np.ndarray) and answer.shape == () and answer.dtype == bool):
+        return bool(answer)
+    return _a(type(answer).__name__)
 
 
 def _run_schedule(cases: TrainingCases, call: Call, obs: Observation, case: Callable[[int], None]) -> None:
@@ -370,6 +378,10 @@ def case_label(subject: str, kind: str, cases: TrainingCases, i: int) -> str:
 # --- judging -----------------------------------------------------------------------------------
 
 
+def _a(noun: str) -> str:
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
+
+
 def _array(obs: Observation, key: str) -> tuple[Array | None, str | None]:
     return obs.arrays.get(key), obs.meta["types"].get(key)
 
@@ -378,7 +390,8 @@ def _mapping(obs: Observation, key: str, want: Mapping[str, Array], name: Callab
     """Compare the dict stored under ``key`` with ``want``, tensor by tensor."""
     kind = obs.meta["types"].get(key)
     if kind is not None:
-        return [Comparison(name("*"), False, None, f"{key.rpartition('/')[2]} is a {kind}, expected a dict")]
+        what = key.rpartition("/")[2]
+        return [Comparison(what, False, None, f"{what} is {_a(kind)}, expected a dict")]
     keys = set(obs.meta["cases"].get(key, []))
     out = []
     for k, w in want.items():
@@ -433,8 +446,9 @@ def _judge_adamw_step(cases: TrainingCases, obs: Observation) -> Verdict:
             comparisons.append(compare("state.t", got_t, np.asarray(float(want_state.t)), t_kind))
             comparisons += _mapping(obs, f"{i}/{s}/m", want_state.m, lambda k: f"state.m[{k!r}]")
             comparisons += _mapping(obs, f"{i}/{s}/v", want_state.v, lambda k: f"state.v[{k!r}]")
-            if f"{i}/{s}/params" not in obs.meta["cases"] and f"{i}/{s}/params" not in obs.meta["types"]:
-                comparisons.append(Comparison("step", False, None, "step returned no (params, state) pair"))
+            state_kind = obs.meta["types"].get(f"{i}/{s}/state")
+            if state_kind is not None:
+                comparisons.insert(0, Comparison("state", False, None, f"step returned its state as {_a(state_kind)}, expected an AdamWState"))
             passed, worst, hint, details = _summarise(comparisons, label)
             if not passed:
                 verdicts.append((passed, worst, hint + _decay_pattern(comparisons, c), details))
@@ -475,6 +489,8 @@ def _judge_decays(cases: TrainingCases, obs: Observation) -> Verdict:
     if not wrong:
         return True, None, "ok", ""
     name, want, got = wrong[0]
+    if isinstance(got, str):
+        return False, None, f"decays({name!r}) returned {got}, expected True or False", ""
     also = f"; also wrong for {', '.join(repr(w[0]) for w in wrong[1:4])}{', ...' if len(wrong) > 4 else ''}" if len(wrong) > 1 else ""
     why = "weight matrices decay" if want else "embeddings, biases and layer-norm gains and shifts are exempt"
     return False, None, f"decays({name!r}) returned {got}, the reference {want} ({why}){also}", "\n".join(f"decays({w[0]!r}): yours {w[2]}, reference {w[1]}" for w in wrong)
@@ -503,7 +519,7 @@ def _judge_clip(cases: TrainingCases, obs: Observation) -> Verdict:
     for i, c in enumerate(cases.clips):
         kind = obs.meta["types"].get(f"{i}/result")
         if kind is not None:
-            verdicts.append((False, None, f"clip_by_global_norm returned a {kind}, expected (clipped, norm) ({c.label})", ""))
+            verdicts.append((False, None, f"clip_by_global_norm returned {_a(kind)}, expected (clipped, norm) ({c.label})", ""))
             continue
         comparisons = _mapping(obs, f"{i}/clipped", c.clipped, lambda k: f"clipped[{k!r}]")
         got, got_kind = _array(obs, f"{i}/norm")
