@@ -286,3 +286,11 @@ def forward(params, idx, cfg, *, rng=None, layers=REFERENCE_LAYERS):
 def backward(params, cache, dlogits):
     return [1, 2, 3]
 """
+
+TWO_GRADIENTS_WRONG_BY_DIFFERENT_AMOUNTS = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    return dx * 1.001, {**grads, "W": grads["W"] * 3.0}  # dx barely wrong, dW badly
+"""

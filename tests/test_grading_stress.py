@@ -86,3 +86,9 @@ def test_attention_hint_names_the_wrong_projection(solution: Path, tmp_path: Pat
     text = hint(report, "attention.backward")
     assert text.startswith("d(v.") and "[wrong: v; right: q, k, proj]" in text
     assert "your helper" not in text and "fix it first" not in text
+
+
+def test_backward_hint_leads_with_the_worst_tensor(solution: Path, tmp_path: Path) -> None:
+    report = graded_with(solution, tmp_path, "layers/linear.py", planted.TWO_GRADIENTS_WRONG_BY_DIFFERENT_AMOUNTS, ("linear.backward",))
+    text = hint(report, "linear.backward")
+    assert text.startswith("dW differs") and "also wrong: dx" in text, text
