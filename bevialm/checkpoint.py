@@ -9,7 +9,7 @@ language with a zip and ``.npy`` reader) holding
 
 The header carries the format name and version, a manifest of the arrays
 (name, shape, dtype), the optimizer's step count, and the trainer's fields made
-by :func:`make_header`: the model config, the vocabulary, the step, the training
+by :func:`make_header`: the model config, the tokenizer (its JSON form), the step, the training
 config, the RNG state (``Generator.bit_generator.state``), the best validation
 loss and an ``extra`` object. Arrays keep their dtype, so a round trip is bit-exact.
 
@@ -35,19 +35,23 @@ from typing import Any
 import numpy as np
 
 from bevialm import __version__
-from bevialm.data import DataError, Vocab, read_bytes
+from bevialm import tokenizer as tokenizers
+from bevialm.data import DataError, read_bytes
 from bevialm.optim import AdamWState
 from bevialm.types import Array, Params
 
 FORMAT = "bevialm-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 stored a character vocabulary as ``"vocab"``: a list of characters; version 2
+stores any tokenizer as ``"tokenizer"``. Both load."""
 
 PARAM = "param/"
 ADAM_M = "adam_m/"
 ADAM_V = "adam_v/"
 HEADER = "header"
 
-TRAINER_KEYS = ("model_config", "vocab", "step", "train_config", "rng_state", "best_val_loss", "extra")
+TRAINER_KEYS = ("model_config", "tokenizer", "step", "train_config", "rng_state", "best_val_loss", "extra")
 """The header fields the trainer supplies, all made by :func:`make_header`."""
 
 WRITER_KEYS = ("format", "version", "bevialm_version", "params", "optimizer")
@@ -77,8 +81,9 @@ class Checkpoint:
         return int(self.header["step"])
 
     @property
-    def vocab(self) -> Vocab:
-        return Vocab(tuple(self.header["vocab"]))
+    def tokenizer(self) -> tokenizers.Tokenizer:
+        """The tokenizer the model was trained with (loading has checked it)."""
+        return tokenizers.from_json(self.header["tokenizer"])
 
     @property
     def model_config(self) -> dict[str, Any]:
@@ -106,7 +111,7 @@ class Checkpoint:
 def make_header(
     *,
     model_config: Mapping[str, Any],
-    vocab: Vocab,
+    tokenizer: tokenizers.Tokenizer,
     step: int,
     train_config: Mapping[str, Any] | None = None,
     rng: np.random.Generator | None = None,
@@ -121,7 +126,7 @@ def make_header(
     """
     return {
         "model_config": dict(model_config),
-        "vocab": list(vocab.chars),
+        "tokenizer": tokenizer.to_json(),
         "step": int(step),
         "train_config": dict(train_config or {}),
         "rng_state": None if rng is None else rng.bit_generator.state,
@@ -138,13 +143,10 @@ def _header_problem(header: Mapping[str, Any]) -> str | None:
     for key in ("model_config", "train_config", "extra"):
         if not isinstance(header[key], dict):
             return f"header field '{key}' must be an object, got {type(header[key]).__name__}"
-    vocab = header["vocab"]
-    if not isinstance(vocab, list):
-        return f"header field 'vocab' must be a list of characters, got {type(vocab).__name__}"
     try:
-        Vocab(tuple(vocab))
+        tokenizers.from_json(header["tokenizer"])
     except DataError as e:
-        return f"header field 'vocab' is invalid ({e})"
+        return f"header field 'tokenizer' is invalid ({e})"
     step = header["step"]
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         return f"header field 'step' must be an integer >= 0, got {step!r}"
@@ -283,11 +285,13 @@ def _parse_header(name: str, arrays: Mapping[str, Array]) -> dict[str, Any]:
         )
     if header.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint '{name}' has format {header.get('format')!r}, expected {FORMAT!r}")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"checkpoint '{name}' has format version {header.get('version')!r}; "
-            f"this BeviaLLM reads version {VERSION}"
+            f"this BeviaLLM reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
+    if header["version"] == 1 and "vocab" in header:  # a character vocabulary, before tokenizers
+        header["tokenizer"] = {"type": "char", "chars": header.pop("vocab")}
     problem = _header_problem(header)
     if problem:
         raise CheckpointError(f"checkpoint '{name}': {problem}")
@@ -403,7 +407,7 @@ def validate_against(ckpt: Checkpoint, expected: Mapping[str, tuple[int, ...]]) 
 
 
 def describe(ckpt: Checkpoint) -> str:
-    """A short human summary: step, size, vocabulary, optimizer, best validation loss, model config."""
+    """A short human summary: step, size, tokenizer, optimizer, best validation loss, model config."""
     n = sum(int(p.size) for p in ckpt.params.values())
     dtypes = "/".join(sorted({str(p.dtype) for p in ckpt.params.values()}))
     opt = "no optimizer state" if ckpt.opt_state is None else f"AdamW t={ckpt.opt_state.t}"
@@ -411,6 +415,6 @@ def describe(ckpt: Checkpoint) -> str:
     config = ", ".join(f"{k}={v}" for k, v in ckpt.model_config.items())
     return (
         f"BeviaLLM checkpoint v{ckpt.header['version']}: step {ckpt.step}, {n:,} parameters in "
-        f"{len(ckpt.params)} {dtypes} arrays, vocabulary of {ckpt.vocab.size} characters, {opt}, "
+        f"{len(ckpt.params)} {dtypes} arrays, tokenizer: {tokenizers.describe(ckpt.tokenizer)}, {opt}, "
         f"best val loss {best}\nmodel: {config or '(no config)'}"
     )

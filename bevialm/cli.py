@@ -88,7 +88,7 @@ def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
 
 
 def _add_model_flags(p: argparse._ActionsContainer) -> None:
-    p.add_argument("--ctx", type=positive_int, default=128, help="context window length in characters (default: %(default)s)")
+    p.add_argument("--ctx", type=positive_int, default=128, help="context window length in tokens (default: %(default)s)")
     p.add_argument("--dim", type=positive_int, default=128, help="embedding dimension (default: %(default)s)")
     p.add_argument("--layers", type=positive_int, default=2, help="number of transformer blocks (default: %(default)s)")
     p.add_argument(
@@ -180,12 +180,31 @@ def _add_loop_flags(p: argparse._ActionsContainer) -> None:
     )
 
 
+def _add_tokenizer_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--tokenizer",
+        choices=("char", "bpe"),
+        default="char",
+        help="char: one token per character of the text; bpe: a byte-level BPE trained on the text "
+        "first, saved in the checkpoints (default: %(default)s)",
+    )
+    p.add_argument(
+        "--vocab_size",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="tokens of the BPE vocabulary: 256 byte tokens plus N - 256 merges; N >= 256, "
+        "with --tokenizer bpe only (default: 512)",
+    )
+
+
 def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--sample_len",
         type=non_negative_int,
         default=400,
-        help="characters to generate per sample; in training 0 prints no samples (default: %(default)s)",
+        help="tokens (characters with --tokenizer char) to generate per sample; in training 0 prints "
+        "no samples (default: %(default)s)",
     )
     p.add_argument(
         "--temperature",
@@ -194,13 +213,13 @@ def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
         help="divide logits by this before sampling; 0 is greedy (argmax) (default: %(default)s)",
     )
     p.add_argument(
-        "--top_k", type=non_negative_int, default=0, help="sample only among the k likeliest characters; 0: all (default: %(default)s)"
+        "--top_k", type=non_negative_int, default=0, help="sample only among the k likeliest tokens; 0: all (default: %(default)s)"
     )
     p.add_argument(
         "--top_p",
         type=top_p_value,
         default=1.0,
-        help="nucleus sampling: the smallest set of likeliest characters with this much probability; "
+        help="nucleus sampling: the smallest set of likeliest tokens with this much probability; "
         "1: all (default: %(default)s)",
     )
 
@@ -216,8 +235,8 @@ def _add_sample_only_flags(p: argparse.ArgumentParser) -> None:
     prompt.add_argument(
         "--prompt",
         default=None,
-        help="text the samples continue; every character must be in the model's vocabulary "
-        "(default: a newline, or the vocabulary's first character)",
+        help="text the samples continue, encoded with the model's tokenizer; with characters, every "
+        "character must be in its vocabulary (default: a newline, or the vocabulary's first character)",
     )
     prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
     p.add_argument(
@@ -240,6 +259,7 @@ def _add_sample_attention_flags(p: argparse._ActionsContainer) -> None:
     )
     p.add_argument(
         "--show-attention",
+        "--show_attention",
         action="store_true",
         dest="show_attention",
         help="after each sample, print for every generated character the context characters each head "
@@ -260,6 +280,8 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     _add_optimizer_flags(optim)
     loop = p.add_argument_group("loop, logging and checkpoints")
     _add_loop_flags(loop)
+    tokens = p.add_argument_group("tokenizer")
+    _add_tokenizer_flags(tokens)
     sampling = p.add_argument_group("samples printed during training")
     _add_sampling_flags(sampling)
     p.set_defaults(handler=_run_train)
@@ -306,8 +328,9 @@ def _configure_attention(p: argparse.ArgumentParser) -> None:
 
 
 TRAIN_DESCRIPTION = (
-    "Train a character-level transformer on a text file. Prints progress every --log_every steps, "
-    "train/val loss every --eval_every steps and samples every --sample_every steps; writes "
+    "Train a transformer on a text file, on characters or byte-level BPE tokens (--tokenizer). "
+    "Prints progress every --log_every steps, "
+    "train/val loss (and val bits per character) every --eval_every steps and samples every --sample_every steps; writes "
     "best.npz, last.npz and metrics.jsonl to --out. Ctrl-C saves last.npz; --resume continues exactly."
 )
 SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
@@ -334,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     from bevialm.grading.cli import add_grading_subcommands
 
     parser = argparse.ArgumentParser(
-        prog="bevialm", description="BeviaLLM: a gradient-verified NumPy character-level transformer."
+        prog="bevialm", description="BeviaLLM: a gradient-verified NumPy transformer language model."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _configure_train(sub.add_parser("train", help="train a model on a text file", description=TRAIN_DESCRIPTION))
@@ -392,7 +415,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     texts = generate.sample_text(
         loaded.params,
         loaded.cfg,
-        loaded.vocab,
+        loaded.tokenizer,
         prompt or "",
         args.sample_len,
         num_samples=args.num_samples,
@@ -408,7 +431,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         if args.show_attention and recorder is not None and args.sample_len > 0:
             shown = viz.attention_text(
                 recorder.weights[i],
-                _token_texts(loaded.vocab, recorder.tokens[i]),
+                _token_texts(loaded.tokenizer, recorder.tokens[i]),
                 recorder.prompt_len,
                 layer=args.layer,
                 head=args.head,
@@ -418,7 +441,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.attention is not None and recorder is not None:
         fig = viz.generation_attention_figure(
             recorder.weights[0],
-            _token_texts(loaded.vocab, recorder.tokens[0]),
+            _token_texts(loaded.tokenizer, recorder.tokens[0]),
             recorder.prompt_len,
             layer=args.layer,
             head=args.head,
@@ -461,7 +484,7 @@ def _run_attention(args: argparse.Namespace) -> int:
     viz.choose(cfg.n_layers, args.layer, "layer")
     viz.choose(cfg.n_heads, args.head, "head")
     prompt = args.prompt if args.prompt_file is None else load_text(args.prompt_file, "prompt file")
-    ids = loaded.vocab.encode(prompt, what="prompt")
+    ids = loaded.tokenizer.encode(prompt, what="prompt")
     if not 0 < ids.size <= cfg.ctx:
         raise DataError(
             f"the prompt has {ids.size} characters; the model reads 1 to ctx = {cfg.ctx}: "
@@ -470,10 +493,10 @@ def _run_attention(args: argparse.Namespace) -> int:
     _, cache = model.forward(loaded.params, ids[None, :], cfg)
     fig = viz.prompt_attention_figure(
         model.attention_maps(cache),
-        _token_texts(loaded.vocab, ids),
+        _token_texts(loaded.tokenizer, ids),
         layer=args.layer,
         head=args.head,
-        title=f"attention over a prompt of {ids.size} characters: {path} (step {loaded.step}); "
+        title=f"attention over a prompt of {ids.size} character{'' if ids.size == 1 else 's'}: {path} (step {loaded.step}); "
         "row: query, column: the position it reads",
     )
     _wrote(args.output, viz.save_figure(fig, args.output), "attention")

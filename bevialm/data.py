@@ -1,6 +1,10 @@
 """Character-level data pipeline (playbook chapter 5): the vocabulary, encode and
 decode, a deterministic train/validation split and random training batches.
 
+:class:`Vocab` is the character tokenizer; it and the byte-level BPE of
+:mod:`bevialm.tokenizer` share one interface (``encode``, ``decode``,
+``vocab_size``, ``count_chars``, ``to_json``).
+
 Text is read as exact UTF-8 bytes (no newline translation), so a vocabulary
 built from a file and the text sampled from a model round-trip to the byte.
 Every problem a user can cause (a missing or non-UTF-8 data file, a prompt with
@@ -11,9 +15,10 @@ unknown characters, a text shorter than one context window) raises
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -80,6 +85,19 @@ class Vocab:
         """Number of tokens ``V``."""
         return len(self.chars)
 
+    @property
+    def vocab_size(self) -> int:
+        """``size``, under the name every tokenizer has (:class:`bevialm.tokenizer.Tokenizer`)."""
+        return len(self.chars)
+
+    def count_chars(self, ids: IntArray) -> int:
+        """Characters in ``ids``: one per token."""
+        return int(np.asarray(ids).size)
+
+    def to_json(self) -> dict[str, Any]:
+        """``{"type": "char", "chars": [...]}`` (:func:`bevialm.tokenizer.from_json` reads it)."""
+        return {"type": "char", "chars": list(self.chars)}
+
     def encode(self, text: str, *, what: str = "text") -> IntArray:
         """``text`` as an int64 array of token ids.
 
@@ -99,7 +117,7 @@ class Vocab:
             raise DataError(f"{what} contains characters not in the vocabulary: {named}{more}")
         return ids.astype(np.int64, copy=False)
 
-    def decode(self, ids: IntArray | list[int]) -> str:
+    def decode(self, ids: IntArray | Sequence[int]) -> str:
         """The text of a 1-D sequence of token ids (each in ``[0, size)``)."""
         arr = np.asarray(ids)
         if arr.size == 0:

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from bevialm import checkpoint
-from bevialm.data import Vocab
+from bevialm import tokenizer as tokenizers
+from bevialm.data import DataError
 from bevialm.layers import attention, embedding, layernorm, linear, mlp
 from bevialm.model import ModelConfig, block_prefix, param_shapes
 from bevialm.params import scope
@@ -328,16 +329,20 @@ def sampling_rng(seed: int, step: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, SAMPLE_STREAM, step])
 
 
-def default_prompt(vocab: Vocab) -> str:
-    """What a sample starts from when no prompt is given: a newline if the vocabulary
-    has one (a fresh line), otherwise its first character."""
-    return "\n" if "\n" in vocab.stoi else vocab.chars[0]
+def default_prompt(tokenizer: tokenizers.Tokenizer) -> str:
+    """What a sample starts from when no prompt is given: a newline if the tokenizer
+    can encode one (a fresh line), otherwise the text of token 0."""
+    try:
+        tokenizer.encode("\n")
+    except DataError:
+        return tokenizer.decode([0])
+    return "\n"
 
 
 def sample_text(
     params: Params,
     cfg: ModelConfig,
-    vocab: Vocab,
+    tokenizer: tokenizers.Tokenizer,
     prompt: str,
     length: int,
     *,
@@ -346,20 +351,34 @@ def sample_text(
     sampling: SamplingConfig = SamplingConfig(),
     recorder: AttentionRecorder | None = None,
 ) -> list[str]:
-    """``num_samples`` texts, each the prompt followed by ``length`` generated characters.
+    """``num_samples`` texts, each the prompt followed by ``length`` generated tokens
+    (characters, with a character tokenizer).
 
-    An empty prompt means :func:`default_prompt`. A prompt with characters
-    outside the vocabulary raises :class:`bevialm.data.DataError` naming them.
-    All samples are generated together, as one batch; a ``recorder`` keeps their attention.
+    An empty prompt means :func:`default_prompt`. A prompt the tokenizer cannot
+    encode (characters outside a character vocabulary) raises
+    :class:`bevialm.data.DataError` naming them. All samples are generated
+    together, as one batch; a ``recorder`` keeps their attention. With a
+    byte-level tokenizer only tokens that keep each text valid UTF-8 are drawn
+    (:class:`bevialm.tokenizer.Utf8Guard`), and a character cut by the end of
+    generation is left out (its decode rule).
     """
     if num_samples < 1:
         raise ValueError(f"{LAYER}: num_samples must be positive, got {num_samples}")
-    if cfg.vocab_size != vocab.size:
-        raise ValueError(f"{LAYER}: the model has {cfg.vocab_size} tokens, the vocabulary {vocab.size}")
-    ids = vocab.encode(prompt or default_prompt(vocab), what="prompt")
+    if cfg.vocab_size != tokenizer.vocab_size:
+        raise ValueError(f"{LAYER}: the model has {cfg.vocab_size} tokens, the tokenizer {tokenizer.vocab_size}")
+    ids = tokenizer.encode(prompt or default_prompt(tokenizer), what="prompt")
     batch = np.broadcast_to(ids, (num_samples, ids.size))
-    tokens = generate(params, cfg, batch, length, lambda logits: pick_tokens(logits, sampling, rng), recorder=recorder)
-    return [vocab.decode(row) for row in tokens]
+    guard = tokenizers.utf8_guard(tokenizer, num_samples)
+
+    def pick(logits: Array) -> IntArray:
+        if guard is None:
+            return pick_tokens(logits, sampling, rng)
+        chosen = pick_tokens(guard.allow(logits), sampling, rng)
+        guard.advance(chosen)
+        return chosen
+
+    tokens = generate(params, cfg, batch, length, pick, recorder=recorder)
+    return [tokenizer.decode(row) for row in tokens]
 
 
 @dataclass(frozen=True)
@@ -368,7 +387,7 @@ class LoadedModel:
 
     params: dict[str, Array]
     cfg: ModelConfig
-    vocab: Vocab
+    tokenizer: tokenizers.Tokenizer
     step: int
 
 
@@ -388,16 +407,16 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         checkpoint.validate_against(ckpt, param_shapes(cfg))
     except checkpoint.CheckpointError as e:
         raise checkpoint.CheckpointError(f"checkpoint '{name}': {e}") from None
-    vocab = ckpt.vocab
-    if vocab.size != cfg.vocab_size:
+    tokenizer = ckpt.tokenizer
+    if tokenizer.vocab_size != cfg.vocab_size:
         raise checkpoint.CheckpointError(
-            f"checkpoint '{name}' has a vocabulary of {vocab.size} characters for a model of {cfg.vocab_size}"
+            f"checkpoint '{name}' has a tokenizer of {tokenizer.vocab_size} tokens for a model of {cfg.vocab_size}"
         )
     dtypes = {p.dtype for p in ckpt.params.values()}
     if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
         names = ", ".join(sorted(str(d) for d in dtypes))
         raise checkpoint.CheckpointError(f"checkpoint '{name}' parameters must share one float dtype, got {names}")
-    return LoadedModel(ckpt.params, cfg, vocab, ckpt.step)
+    return LoadedModel(ckpt.params, cfg, tokenizer, ckpt.step)
 
 
 def default_checkpoint(out: str | os.PathLike[str]) -> str:

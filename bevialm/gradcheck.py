@@ -180,25 +180,45 @@ def _choose(size: int, max_elements: int | None, rng: np.random.Generator) -> Ar
     return np.sort(rng.choice(size, size=max_elements, replace=False))
 
 
+Evaluate = Callable[[Callable[[Array], Any], list[Array]], list[Any]]
+"""``evaluate(f, points) -> [f(p) for p in points]``, possibly all at once (the grader sends a
+student's outputs at every point of a finite difference to the student's process in one message)."""
+
+
+CHUNK = 64
+"""Entries whose perturbed points are made (and evaluated) together."""
+
+
+def _one_by_one(f: Callable[[Array], Any], points: list[Array]) -> list[Any]:
+    return [f(p) for p in points]
+
+
 def numeric_vjp(
-    f: Callable[[Array], Array], z: Array, cotangent: Array, flat_indices: Array, step: float
+    f: Callable[[Array], Array],
+    z: Array,
+    cotangent: Array,
+    flat_indices: Array,
+    step: float,
+    evaluate: Evaluate = _one_by_one,
 ) -> Array:
     """Central-difference estimate of ``d sum(f(z) * cotangent) / dz`` at ``flat_indices`` of ``z``.
 
-    ``f`` must not keep a reference to its argument: ``z`` is perturbed in place
-    (on a private copy) and restored after each entry.
+    Every perturbed point (``z`` plus and minus ``step`` at one entry) is a fresh copy, so ``f``
+    may keep or change its argument; ``evaluate`` computes ``f`` at all of them.
     """
-    work = np.array(z, dtype=np.float64, copy=True)
-    flat = work.reshape(-1)
+    base = np.array(z, dtype=np.float64, copy=True)
     out = np.empty(flat_indices.size)
-    for k, i in enumerate(flat_indices):
-        old = flat[i]
-        flat[i] = old + step
-        y_plus = np.array(f(work), dtype=np.float64, copy=True)
-        flat[i] = old - step
-        y_minus = np.asarray(f(work), dtype=np.float64)
-        out[k] = np.sum((y_plus - y_minus) * cotangent) / (2 * step)  # before restoring: y may alias z
-        flat[i] = old
+    for start in range(0, flat_indices.size, CHUNK):  # a bounded number of copies at a time
+        chunk = flat_indices[start : start + CHUNK]
+        points = []
+        for i in chunk:
+            for sign in (1.0, -1.0):
+                point = base.copy()
+                point.reshape(-1)[i] += sign * step
+                points.append(point)
+        outputs = [np.asarray(y, dtype=np.float64) for y in evaluate(f, points)]
+        for k in range(chunk.size):
+            out[start + k] = np.sum((outputs[2 * k] - outputs[2 * k + 1]) * cotangent) / (2 * step)
     return out
 
 
@@ -230,11 +250,13 @@ def vjp_check(
     tol: Tolerances = DEFAULT,
     max_elements: int | None = None,
     label: str = "",
+    evaluate: Evaluate = _one_by_one,
 ) -> GradCheckReport:
     """Check ``dx`` (for floating ``x``) and every gradient of a pair against central differences.
 
     ``max_elements`` checks a random subset of that many entries per tensor
-    (all entries when None). Everything must be float64.
+    (all entries when None). Everything must be float64. ``evaluate`` runs the forward
+    at the perturbed points (see :data:`Evaluate`).
     """
     for key, p in params.items():
         if p.dtype != np.float64:
@@ -249,7 +271,7 @@ def vjp_check(
     results = []
     if x_is_float and isinstance(dx, np.ndarray) and dx.shape == x.shape:
         idx = _choose(x.size, max_elements, rng)
-        num = numeric_vjp(lambda z: forward(params, z)[0], x, cotangent, idx, tol.step)
+        num = numeric_vjp(lambda z: forward(params, z)[0], x, cotangent, idx, tol.step, evaluate)
         results.append(_located("dx", dx, num, idx, tol))
     for key in sorted(params):
         g = grads.get(key)
@@ -260,7 +282,7 @@ def vjp_check(
             return forward({**params, key: z}, x)[0]
 
         idx = _choose(params[key].size, max_elements, rng)
-        num = numeric_vjp(run, params[key], cotangent, idx, tol.step)
+        num = numeric_vjp(run, params[key], cotangent, idx, tol.step, evaluate)
         results.append(_located(key, g, num, idx, tol))
     return GradCheckReport(label, tuple(results), tuple(problems))
 

@@ -30,6 +30,12 @@ checkpoints and sample are all done. An interrupt during that work saves the
 step before it, so the resumed run redoes the step and its evaluation instead
 of skipping them.
 
+**Tokens.** ``--tokenizer char`` (the default) makes one token per character of the
+text; ``--tokenizer bpe --vocab_size N`` trains a byte-level BPE on the text first
+(:mod:`bevialm.tokenizer`). The tokenizer is saved in every checkpoint. Evaluations
+report the validation loss per token and in bits per character, which compares
+runs with different tokenizers.
+
 **Files** in the run folder ``out``: ``last.npz`` (with the optimizer state,
 for ``--resume``) and ``best.npz`` (lowest validation loss, parameters only),
 both written at every evaluation, and ``metrics.jsonl``, one JSON object per
@@ -54,7 +60,8 @@ from typing import IO, Any
 import numpy as np
 
 from bevialm import checkpoint, generate, losses, model, optim
-from bevialm.data import Vocab, get_batch, load_text, split
+from bevialm import tokenizer as tokenizers
+from bevialm.data import DataError, get_batch, load_text, split
 from bevialm.layers.mlp import ACTIVATIONS
 from bevialm.types import Array, IntArray
 from bevialm.validate import require_positive
@@ -116,6 +123,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     val_fraction: float = 0.1
+    tokenizer: str = "char"
+    vocab_size: int | None = None
 
     def __post_init__(self) -> None:
         require_positive(
@@ -155,6 +164,17 @@ class TrainConfig:
             raise ValueError(f"{LAYER}: top_p must lie in (0, 1], got {self.top_p!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"{LAYER}: seed must be an integer >= 0, got {self.seed!r}")
+        if self.tokenizer not in tokenizers.KINDS:
+            raise ValueError(f"{LAYER}: tokenizer must be one of {tokenizers.KINDS}, got {self.tokenizer!r}")
+        if self.vocab_size is not None:
+            if self.tokenizer != "bpe":
+                raise ValueError(
+                    f"{LAYER}: vocab_size applies to --tokenizer bpe; a char vocabulary is the text's characters"
+                )
+            try:
+                tokenizers.check_bpe_vocab_size(self.vocab_size)
+            except DataError as e:
+                raise ValueError(f"{LAYER}: {e}") from None
         if self.resume and self.overwrite:
             raise ValueError(
                 f"{LAYER}: --resume continues the run in --out and --overwrite deletes it: pass only one of them"
@@ -197,6 +217,8 @@ class TrainResult:
     best_step: int | None
     elapsed: float
     out: str
+    val_bpc: float | None = None
+    best_val_bpc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -254,7 +276,10 @@ class _Run:
     def __init__(self, cfg: TrainConfig, stdout: IO[str]) -> None:
         self.cfg = cfg
         self.stdout = stdout
-        self.vocab: Vocab
+        self.tokenizer: tokenizers.Tokenizer
+        self.tokenizer_seconds = 0.0
+        self.text_chars = 0
+        self.val_chars = 0  # characters of the validation text, for bits per character
         self.train_data: IntArray
         self.val_data: IntArray
         self.mcfg: model.ModelConfig
@@ -280,7 +305,7 @@ class _Run:
 
     def prepare(self) -> None:
         self._load_data()
-        self.mcfg = self.cfg.model_config(self.vocab.size)
+        self.mcfg = self.cfg.model_config(self.tokenizer.vocab_size)
         self._prepare_folder()
         if self.cfg.resume:
             self._restore()
@@ -290,14 +315,20 @@ class _Run:
     def _load_data(self) -> None:
         cfg = self.cfg
         text = load_text(cfg.data)
-        self.vocab = Vocab.from_text(text)
-        self.train_data, self.val_data = split(self.vocab.encode(text, what=f"data file '{cfg.data}'"), cfg.val_fraction)
+        start = time.perf_counter()
+        self.tokenizer = tokenizers.build(text, cfg.tokenizer, cfg.vocab_size)
+        self.tokenizer_seconds = time.perf_counter() - start
+        ids = self.tokenizer.encode(text, what=f"data file '{cfg.data}'")
+        self.text_chars = len(text)
+        self.train_data, self.val_data = split(ids, cfg.val_fraction)
+        self.val_chars = self.tokenizer.count_chars(self.val_data)
         need = cfg.ctx + 1
+        unit = "characters" if cfg.tokenizer == "char" else "tokens"
         for part, data in (("training part", self.train_data), ("validation part", self.val_data)):
             if len(data) < need:
                 raise TrainError(
                     f"data file '{cfg.data}' is too short for --ctx {cfg.ctx}: its {part} has {len(data)} "
-                    f"characters of {len(text)}, at least ctx + 1 = {need} are needed "
+                    f"{unit} of {len(ids)}, at least ctx + 1 = {need} are needed "
                     f"(the last {cfg.val_fraction:.0%} is validation); use a longer text or a smaller --ctx"
                 )
 
@@ -343,8 +374,12 @@ class _Run:
                 if got.get(k) != v
             ] or ["its model config has other fields"]
             raise TrainError(f"--resume: '{path}' was trained with another model: {'; '.join(diffs)}; pass the run's flags")
-        if ckpt.vocab != self.vocab:
-            raise TrainError(f"--resume: the vocabulary of '{cfg.data}' differs from the one '{path}' was trained on")
+        if ckpt.tokenizer != self.tokenizer:
+            raise TrainError(
+                f"--resume: the tokenizer made from '{cfg.data}' ({tokenizers.describe(self.tokenizer)}) differs from "
+                f"the one '{path}' was trained with ({tokenizers.describe(ckpt.tokenizer)}): the data or "
+                "--tokenizer/--vocab_size changed"
+            )
         checkpoint.validate_against(ckpt, model.param_shapes(self.mcfg))
         dtypes = {str(p.dtype) for p in ckpt.params.values()}
         if dtypes != {cfg.dtype}:
@@ -403,10 +438,24 @@ class _Run:
     def header(self) -> None:
         cfg, m = self.cfg, self.mcfg
         n_train, n_val = len(self.train_data), len(self.val_data)
-        self.say(
-            f"data: '{cfg.data}', {n_train + n_val:,} characters, vocabulary {self.vocab.size}; "
-            f"{n_train:,} train / {n_val:,} val"
-        )
+        if cfg.tokenizer == "char":
+            self.say(
+                f"data: '{cfg.data}', {n_train + n_val:,} characters, vocabulary {self.tokenizer.vocab_size}; "
+                f"{n_train:,} train / {n_val:,} val"
+            )
+        else:
+            self.say(
+                f"data: '{cfg.data}', {self.text_chars:,} characters; tokenizer {tokenizers.describe(self.tokenizer)}, "
+                f"trained in {self.tokenizer_seconds:.1f} s: {n_train + n_val:,} tokens "
+                f"({self.text_chars / (n_train + n_val):.2f} characters per token); {n_train:,} train / {n_val:,} val"
+            )
+            asked = cfg.vocab_size or tokenizers.DEFAULT_BPE_VOCAB
+            if self.tokenizer.vocab_size < asked:
+                self.say(
+                    f"note: the text allows only {self.tokenizer.vocab_size - tokenizers.N_BYTES:,} merges "
+                    f"(every chunk of it is then one token): vocabulary {self.tokenizer.vocab_size:,}, "
+                    f"not --vocab_size {asked:,}"
+                )
         self.say(
             f"model: {m.n_layers} layer(s) x {m.n_heads} head(s), dim {m.dim}, ctx {m.ctx}, mlp {m.mlp_hidden} "
             f"({m.activation}), dropout {m.dropout:g}: {model.count_params(m):,} parameters, {cfg.dtype}"
@@ -438,15 +487,17 @@ class _Run:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
-        last = self.last_eval
+        last, best = self.last_eval, self.snap.best_val
         return TrainResult(
             self.snap.step,
             None if last is None else last[0],
             None if last is None else last[1],
-            self.snap.best_val,
+            best,
             self.snap.best_step,
             self.elapsed(),
             self.cfg.out,
+            None if last is None else self.bits_per_char(last[1]),
+            None if best is None else self.bits_per_char(best),
         )
 
     def _loop(self) -> None:
@@ -521,6 +572,11 @@ class _Run:
         except OSError as e:
             raise TrainError(f"cannot write '{self.path(METRICS)}': {e.strerror or e}; {self._kept()}") from None
 
+    def bits_per_char(self, val_loss: float) -> float:
+        """``val_loss`` (mean nats per token) as bits per character of the validation text:
+        the total nats (mean times its tokens) over its characters, over ln 2."""
+        return val_loss * len(self.val_data) / self.val_chars / math.log(2)
+
     def _evaluate_and_save(self, step: int, lr: float) -> None:
         cfg, snap = self.cfg, self.snap
         seeds = [cfg.seed, EVAL_STREAM, step]
@@ -530,19 +586,23 @@ class _Run:
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             raise TrainingDiverged(self._diverged(step, f"evaluation loss train {train_loss}, val {val_loss}"))
         self.last_eval = (train_loss, val_loss)
-        self._record(kind="eval", step=step, train_loss=train_loss, val_loss=val_loss, lr=lr)
+        val_bpc = self.bits_per_char(val_loss)
+        self._record(kind="eval", step=step, train_loss=train_loss, val_loss=val_loss, val_bpc=val_bpc, lr=lr)
         improved = snap.best_val is None or val_loss < snap.best_val
         if improved:
             snap = self.snap = dataclasses.replace(snap, best_val=val_loss, best_step=step)
             self._save(BEST, snap, with_optimizer=False)
         self._save(LAST, snap, with_optimizer=True)
         note = f"new best, saved {BEST} and {LAST}" if improved else f"best {snap.best_val:.4f} at step {snap.best_step}, saved {LAST}"
-        self.say(f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | eval: train {train_loss:.4f} | val {val_loss:.4f} | {note}")
+        self.say(
+            f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | eval: train {train_loss:.4f} | val {val_loss:.4f} "
+            f"({val_bpc:.4f} bits/char) | {note}"
+        )
 
     def _save(self, name: str, snap: _Snapshot, *, with_optimizer: bool) -> str:
         header = checkpoint.make_header(
             model_config=asdict(self.mcfg),
-            vocab=self.vocab,
+            tokenizer=self.tokenizer,
             step=snap.step,
             train_config=asdict(self.cfg),
             rng=checkpoint.restore_rng(snap.rng_state),
@@ -585,11 +645,11 @@ class _Run:
         )
 
     def _print_sample(self, step: int) -> None:
-        prompt = generate.default_prompt(self.vocab)
+        prompt = generate.default_prompt(self.tokenizer)
         text = generate.sample_text(
             self.snap.params,
             self.mcfg,
-            self.vocab,
+            self.tokenizer,
             prompt,
             self.cfg.sample_len,
             rng=generate.sampling_rng(self.cfg.seed, step),
@@ -599,7 +659,11 @@ class _Run:
 
     def _summary(self) -> None:
         snap = self.snap
-        best = "none" if snap.best_val is None else f"{snap.best_val:.4f} at step {snap.best_step}"
+        best = (
+            "none"
+            if snap.best_val is None
+            else f"{snap.best_val:.4f} ({self.bits_per_char(snap.best_val):.4f} bits/char) at step {snap.best_step}"
+        )
         self.say(
             f"done: step {self.snap.step}/{self.cfg.steps} in {_clock(self.elapsed())}; best val loss {best}; "
             f"checkpoints in {self.cfg.out}"

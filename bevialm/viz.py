@@ -54,6 +54,7 @@ _CELL_IN = 0.11  # a heat-map cell, in inches, while every token gets its label
 _MAX_LABELS = 64  # beyond this many tokens on an axis, label every k-th one and shrink the cells
 _LONG_AXIS_IN = 4.8  # the shortest a long axis gets (256 tokens: ~1.9 pixels each at 100 dpi)
 _MIN_PANEL_IN = 1.7  # a panel is never smaller than this (room for its title)
+_MIN_BAR_IN = 2.0  # the colour bar is never shorter than this (room for its ticks and label)
 
 
 class VizError(ValueError):
@@ -224,6 +225,10 @@ def loss_figure(runs: Sequence[RunMetrics], title: str | None = None) -> Figure:
     return fig
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _wrap(text: str, inches: float, points: float = 10) -> str:
     """``text`` broken into lines that fit ``inches`` at a font size of ``points``."""
     return textwrap.fill(text, max(20, int(inches * 72 / (0.55 * points))))
@@ -324,7 +329,10 @@ def attention_grid(
     width = left + nc * panel_w + (nc - 1) * gap_x + right
     title = _wrap(title, width - left - 0.2)
     top = 0.55 + 0.18 * title.count("\n")  # the title, and the first maps' titles
-    height = bottom + nr * panel_h + (nr - 1) * gap_y + top + 0.25
+    grid_h = nr * panel_h + (nr - 1) * gap_y
+    bar_h = min(max(grid_h, _MIN_BAR_IN), 4.0)  # beside the top row; tall enough for its labels
+    grid_top = bottom + max(grid_h, bar_h)
+    height = grid_top + top + 0.25
     fig = _new_figure(width, height)
     cmap = colormaps["viridis"].with_extremes(bad="white")
     # square-root colour scale: a head spreading its weight evenly over 64 positions (1/64 each)
@@ -334,7 +342,7 @@ def attention_grid(
     for r, layer in enumerate(layers):
         for c, head in enumerate(heads):
             x0 = left + c * (panel_w + gap_x)
-            y0 = bottom + (nr - 1 - r) * (panel_h + gap_y)
+            y0 = grid_top - (r + 1) * panel_h - r * gap_y
             ax = fig.add_axes((x0 / width, y0 / height, panel_w / width, panel_h / height))
             image = ax.imshow(
                 np.ma.masked_invalid(weights[layer, head]),
@@ -355,12 +363,10 @@ def attention_grid(
                 _label_axis(fig, ax, "y", query_tokens, stride_y)
                 ax.text(-room_y / panel_w, 0.5, ylabel, transform=ax.transAxes, ha="right", va="center", rotation=90, fontsize=8)
     assert image is not None  # layers and heads are never empty
-    grid_h = nr * panel_h + (nr - 1) * gap_y
-    bar_h = min(grid_h, 4.0)  # beside the top row
-    bar = fig.add_axes(((width - right + 0.25) / width, (bottom + grid_h - bar_h) / height, 0.16 / width, bar_h / height))
+    bar = fig.add_axes(((width - right + 0.25) / width, (grid_top - bar_h) / height, 0.16 / width, bar_h / height))
     bar.set_label("colorbar")
     fig.colorbar(image, cax=bar, ticks=[0, 0.01, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1]).set_label(
-        "attention weight (square-root scale)", fontsize=8
+        "weight (square-root scale)", fontsize=8
     )
     bar.tick_params(labelsize=7)
     fig.text(left / width, (height - 0.2) / height, title, fontsize=10, va="top")
@@ -400,7 +406,7 @@ def prompt_attention_figure(
         tokens,
         layers=layers,
         heads=heads,
-        title=title or f"attention over a prompt of {len(tokens)} tokens (row: query, column: the key it reads)",
+        title=title or f"attention over a prompt of {_count(len(tokens), 'token')} (row: query, column: the key it reads)",
         xlabel="key (read)",
         ylabel="query",
     )
@@ -436,7 +442,7 @@ def generation_attention_figure(
         layers=layers,
         heads=heads,
         title=title
-        or f"attention while generating {n_new} tokens: row, the generated token; column, what it read "
+        or f"attention while generating {_count(n_new, 'token')}: row, the generated token; column, what it read "
         "(dashed line: end of the prompt)",
         xlabel="context (read)",
         ylabel="generated token",

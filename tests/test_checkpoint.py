@@ -55,7 +55,7 @@ def _trained_state(params: dict[str, Array]) -> tuple[dict[str, Array], AdamWSta
 def _header(rng: np.random.Generator | None = None, **overrides: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "model_config": MODEL_CONFIG,
-        "vocab": VOCAB,
+        "tokenizer": VOCAB,
         "step": 2,
         "train_config": {"lr": 1e-3, "batch": 8, "data": "data.txt"},
         "rng": rng,
@@ -96,12 +96,12 @@ def test_round_trip_is_bit_exact(
             assert got.dtype == want.dtype == np.float32
             assert got.tobytes() == want.tobytes()
     assert ckpt.step == 2
-    assert ckpt.vocab == VOCAB
+    assert ckpt.tokenizer == VOCAB
     assert ckpt.model_config == MODEL_CONFIG
     assert ckpt.train_config == {"lr": 1e-3, "batch": 8, "data": "data.txt"}
     assert ckpt.best_val_loss == 2.5
     assert ckpt.extra == {"note": "ünïcode ok", "history": [1, 2]}
-    assert ckpt.header["format"] == "bevialm-checkpoint" and ckpt.header["version"] == 1
+    assert ckpt.header["format"] == "bevialm-checkpoint" and ckpt.header["version"] == 2
     assert ckpt.header["optimizer"] == {"name": "adamw", "t": 2}
 
 
@@ -151,7 +151,7 @@ def test_file_is_a_plain_npz_readable_without_pickle(
         assert z["param/block0.attn.q.W"].tobytes() == params["block0.attn.q.W"].tobytes()
     assert names == {"header"} | {f"{g}/{k}" for g in ("param", "adam_m", "adam_v") for k in params}
     assert header["params"]["tok_emb.W"] == {"shape": [VOCAB.size, 3], "dtype": "<f4"}
-    assert header["vocab"] == list(VOCAB.chars)
+    assert header["tokenizer"] == {"type": "char", "chars": list(VOCAB.chars)}
     assert header["rng_state"]["bit_generator"] == "PCG64"
 
 
@@ -240,13 +240,13 @@ def test_failed_first_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
         ({"params": {}}, "no parameters"),
         ({"params": {"x": np.array([None])}}, "numeric array"),
         ({"header": {**_header(), "format": "x"}}, r"fields \['format'\] are written by save_checkpoint"),
-        ({"header": {k: v for k, v in _header().items() if k != "vocab"}}, "no 'vocab' field.*make_header"),
+        ({"header": {k: v for k, v in _header().items() if k != "tokenizer"}}, "no 'tokenizer' field.*make_header"),
         ({"header": _header(model_config={"lr": np.float32(1.0)})}, "not plain JSON"),
         ({"header": _header(train_config={"x": float("nan")})}, "not plain JSON"),
         ({"header": _header(best_val_loss=float("inf"))}, "best_val_loss"),
         ({"opt_state": AdamWState(1, {}, {})}, "moments m are not keyed like the params"),
     ],
-    ids=["no-params", "object-array", "reserved", "no-vocab", "numpy-scalar", "nan", "inf-loss", "moments"],
+    ids=["no-params", "object-array", "reserved", "no-tokenizer", "numpy-scalar", "nan", "inf-loss", "moments"],
 )
 def test_save_rejects_bad_input(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
     args: dict[str, Any] = {"params": _params(), "header": _header(), "opt_state": None, **kwargs}
@@ -405,12 +405,18 @@ F32 = np.float32
         (_delete("header"), "has no header"),
         (_set_array("header", np.zeros(3, dtype=np.int32)), "header must be a 1-D uint8 array"),
         (_set_header(format="something-else"), "has format 'something-else', expected 'bevialm-checkpoint'"),
-        (_set_header(version=2), "format version 2; this BeviaLLM reads version 1"),
+        (_set_header(version=3), "format version 3; this BeviaLLM reads versions 1, 2"),
         (_drop_field("format"), "has format None"),
         (_drop_field("model_config"), "header has no 'model_config' field"),
         (_set_header(model_config=[1]), "'model_config' must be an object, got list"),
-        (_set_header(vocab="abc"), "'vocab' must be a list of characters"),
-        (_set_header(vocab=["b", "a"]), "'vocab' is invalid"),
+        (_set_header(tokenizer="abc"), "'tokenizer' is invalid (tokenizer must be a JSON object, got str)"),
+        (_set_header(tokenizer={"type": "char", "chars": ["b", "a"]}), "sorted and unique"),
+        (
+            _set_header(tokenizer={"type": "bpe", "pre_split": "gpt2", "merges": [[97, 98], [97, 999]]}),
+            "'tokenizer' is invalid (BPE: merge 1 is (97, 999), but only tokens 0..256 exist before it)",
+        ),
+        (_set_header(tokenizer={"type": "bpe", "pre_split": "(a*)*b", "merges": []}), "pre-split must be one of"),
+        (_drop_field("tokenizer"), "header has no 'tokenizer' field"),
         (_set_header(step=-1), "'step' must be an integer >= 0"),
         (_set_header(step=True), "'step' must be an integer >= 0"),
         (_set_header(rng_state=5), "'rng_state' must be an object or null"),
@@ -496,8 +502,8 @@ def test_validate_against_names_the_first_mismatch(
 def test_describe_summarises(saved: tuple[Path, dict[str, Array], AdamWState, np.random.Generator]) -> None:
     text = describe(load_checkpoint(saved[0]))
     n = sum(int(np.prod(s)) for s in SHAPES.values())
-    assert text.startswith(f"BeviaLLM checkpoint v1: step 2, {n:,} parameters in 6 float32 arrays")
-    assert f"vocabulary of {VOCAB.size} characters" in text and "AdamW t=2" in text
+    assert text.startswith(f"BeviaLLM checkpoint v2: step 2, {n:,} parameters in 6 float32 arrays")
+    assert f"tokenizer: characters, {VOCAB.size} tokens" in text and "AdamW t=2" in text
     assert "best val loss 2.5000" in text and "dim=3" in text
     bare = Checkpoint(
         params=_params(),
@@ -509,3 +515,29 @@ def test_describe_summarises(saved: tuple[Path, dict[str, Array], AdamWState, np
         and "none yet" in describe(bare)
         and "(no config)" in describe(bare)
     )
+
+
+def test_a_version_1_checkpoint_with_a_character_vocabulary_still_loads(
+    saved: tuple[Path, dict[str, Array], AdamWState, np.random.Generator],
+) -> None:
+    path = saved[0]
+
+    def as_version_1(arrays: dict[str, Array], header: dict[str, Any]) -> None:
+        header["version"] = 1
+        header["vocab"] = header.pop("tokenizer")["chars"]
+
+    _rewrite(path, as_version_1)
+    ckpt = load_checkpoint(path)
+    assert ckpt.tokenizer == VOCAB and ckpt.header["tokenizer"]["type"] == "char"
+
+
+def test_a_bpe_tokenizer_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
+    from bevialm.tokenizer import train_bpe
+
+    bpe = train_bpe("hello, world! hello, world!\n" * 3, 270)
+    size = bpe.vocab_size
+    params = {**_params(), "tok_emb.W": np.zeros((size, 3), F32), "lm_head.W": np.zeros((3, size), F32)}
+    save_checkpoint(tmp_path / "bpe.npz", params=params, header=_header(tokenizer=bpe, model_config={"vocab_size": size}))
+    ckpt = load_checkpoint(tmp_path / "bpe.npz")
+    assert ckpt.tokenizer == bpe and ckpt.tokenizer.encode("hello").tolist() == bpe.encode("hello").tolist()
+    assert f"tokenizer: byte-level BPE, {size} tokens" in describe(ckpt)

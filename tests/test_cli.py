@@ -5,7 +5,9 @@ command line (subprocesses: one clear line, no traceback)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -135,6 +137,18 @@ def test_train_then_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert capsys.readouterr().err == f"error: prompt file '{tmp_path / 'nope.txt'}' does not exist\n"
 
 
+def test_a_bpe_model_trains_and_samples_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", DATA, *TINY, *FAST, "--steps", "10", "--out", out, "--tokenizer", "bpe", "--vocab_size", "300"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "tokenizer byte-level BPE, 300 tokens" in printed and "bits/char)" in printed
+    prompt = "MARA: 日本 😀"  # characters data.txt never had
+    assert cli.main(["sample", "--out", out, "--prompt", prompt, "--sample_len", "25", "--num_samples", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert sum(line.startswith(prompt) for line in printed.splitlines()) == 2 and "\ufffd" not in printed
+
+
 def test_main_py_entry_point_trains(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--data", DATA, *TINY, *FAST, "--steps", "5", "--out", str(tmp_path)]
     assert cli.train_main(argv, prog="main.py") == 0
@@ -213,7 +227,40 @@ BAD_INPUTS: list[tuple[str, list[str], int, str]] = [
     ("sample-top-p-zero", [*SAMPLE, "--top_p", "0"], 2, "argument --top_p: must lie in (0, 1]"),
     ("sample-seed-negative", [*SAMPLE, "--seed", "-5"], 2, "argument --seed: must be an integer >= 0"),
     ("sample-two-prompts", [*SAMPLE, "--prompt", "a", "--prompt_file", "b"], 2, "not allowed with argument"),
+    # tokenizers
+    ("bpe-data-empty", train_cmd("--data", "{tmp}/empty.txt", "--tokenizer", "bpe"), 1, "error: data file '{tmp}/empty.txt' is empty"),
+    ("vocab-size-junk", train_cmd("--data", DATA, "--tokenizer", "bpe", "--vocab_size", "lots"), 2, "argument --vocab_size: expected an integer, got 'lots'"),
+    ("vocab-size-zero", train_cmd("--data", DATA, "--tokenizer", "bpe", "--vocab_size", "0"), 2, "argument --vocab_size: must be a positive integer"),
+    ("vocab-size-below-256", train_cmd("--data", DATA, "--tokenizer", "bpe", "--vocab_size", "100"), 1, "error: train: vocab_size 100 is too small for a byte-level BPE: its first 256 tokens are the byte values"),
+    ("vocab-size-without-bpe", train_cmd("--data", DATA, "--vocab_size", "300"), 1, "error: train: vocab_size applies to --tokenizer bpe"),
+    ("tokenizer-unknown", train_cmd("--data", DATA, "--tokenizer", "words"), 2, "argument --tokenizer: invalid choice: 'words'"),
+    ("sample-corrupt-tokenizer", [*SAMPLE, "--checkpoint", "{tmp}/badtok.npz"], 1, "header field 'tokenizer' is invalid (BPE: merge 1 is (97, 999), but only tokens 0..256 exist before it)"),
+    ("resume-corrupt-tokenizer", train_cmd("--data", DATA, "--out", "{tmp}/badtok", "--resume", "--tokenizer", "bpe"), 1, "header field 'tokenizer' is invalid (BPE: merge 1"),
 ]
+
+
+def _write_checkpoint_with_a_corrupt_tokenizer(path: Path) -> None:
+    """A BPE model's checkpoint whose tokenizer refers to a token that does not exist yet."""
+    import json
+
+    import numpy as np
+
+    from bevialm.checkpoint import make_header, save_checkpoint
+    from bevialm.optim import init_state
+    from bevialm.tokenizer import BPETokenizer
+
+    cfg = model.ModelConfig(vocab_size=258, ctx=16, dim=16, n_layers=1, n_heads=2, mlp_hidden=32)
+    params = model.init_params(cfg, np.random.default_rng(0))
+    tok = BPETokenizer(((97, 98), (97, 256)))
+    header = make_header(model_config=dataclasses.asdict(cfg), tokenizer=tok, step=1, rng=np.random.default_rng(1))
+    save_checkpoint(path, params=params, header=header, opt_state=init_state(params))
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    fields = json.loads(arrays["header"].tobytes())
+    fields["tokenizer"]["merges"][1] = [97, 999]
+    arrays["header"] = np.frombuffer(json.dumps(fields).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
 
 
 @pytest.fixture(scope="module")
@@ -225,6 +272,9 @@ def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     (tmp / "latin1.txt").write_bytes("caf\u00e9 au lait".encode("latin-1"))
     (tmp / "corrupt").mkdir()
     (tmp / "corrupt" / "last.npz").write_bytes(b"this is not a checkpoint")
+    (tmp / "badtok").mkdir()
+    _write_checkpoint_with_a_corrupt_tokenizer(tmp / "badtok" / "last.npz")
+    shutil.copy(tmp / "badtok" / "last.npz", tmp / "badtok.npz")
     procs = {}
     for case_id, argv, _, _ in BAD_INPUTS:
         cmd = [a.replace("{tmp}", str(tmp)) for a in argv]

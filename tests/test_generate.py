@@ -227,7 +227,7 @@ def test_sample_text_checks_its_arguments() -> None:
     params, cfg = text_model()
     with pytest.raises(ValueError, match="num_samples"):
         generate.sample_text(params, cfg, VOCAB, "a", 5, num_samples=0)
-    with pytest.raises(ValueError, match="the model has 11 tokens, the vocabulary 3"):
+    with pytest.raises(ValueError, match="the model has 11 tokens, the tokenizer 3"):
         generate.sample_text(params, cfg, Vocab.from_text("abc"), "a", 5)
 
 
@@ -235,7 +235,7 @@ def test_sample_text_checks_its_arguments() -> None:
 
 
 def write_checkpoint(path: Path, params: dict[str, Array], model_config: dict[str, Any], vocab: Vocab = VOCAB) -> Path:
-    save_checkpoint(path, params=params, header=make_header(model_config=model_config, vocab=vocab, step=12))
+    save_checkpoint(path, params=params, header=make_header(model_config=model_config, tokenizer=vocab, step=12))
     return path
 
 
@@ -244,7 +244,7 @@ def test_load_model_round_trip(tmp_path: Path) -> None:
     from dataclasses import asdict
 
     loaded = generate.load_model(write_checkpoint(tmp_path / "m.npz", params, asdict(cfg)))
-    assert loaded.cfg == cfg and loaded.vocab == VOCAB and loaded.step == 12
+    assert loaded.cfg == cfg and loaded.tokenizer == VOCAB and loaded.step == 12
     assert all(np.array_equal(loaded.params[k], params[k]) for k in params)
 
 
@@ -265,7 +265,7 @@ def test_load_model_explains_checkpoints_it_cannot_run(tmp_path: Path) -> None:
         with pytest.raises(CheckpointError, match=message):
             generate.load_model(path)
     path = write_checkpoint(tmp_path / "vocab.npz", params, good, Vocab.from_text("abc"))
-    with pytest.raises(CheckpointError, match="vocabulary of 3 characters for a model of 11"):
+    with pytest.raises(CheckpointError, match="tokenizer of 3 tokens for a model of 11"):
         generate.load_model(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         generate.load_model(tmp_path / "missing.npz")

@@ -37,7 +37,7 @@ from bevialm.grading.student import (
     reference_imports,
     scan_source,
 )
-from bevialm.grading.tasks import Observation, ResultError, decode, describe, encode, store
+from bevialm.grading.tasks import Observation, describe, store
 from bevialm.registry import PAIRS, TASKS
 
 from . import planted
@@ -291,20 +291,14 @@ def test_compare_names_shape_nan_and_worst_entry() -> None:
     assert tensor_name("W") == "dW" and tensor_name("q.W") == "d(q.W)"
 
 
-def test_observations_survive_the_round_trip_and_garbage_is_refused() -> None:
+def test_observations_record_arrays_and_the_types_of_everything_else() -> None:
     obs = Observation()
     store(obs, "0/y", np.arange(3.0))
     store(obs, "0/n", 2.5)
     store(obs, "0/l", [1, 2])
     store(obs, "0/o", np.array([None]))
-    back = decode(encode(obs))
-    assert np.array_equal(back.arrays["0/y"], np.arange(3.0)) and back.arrays["0/n"] == 2.5
-    assert back.meta["types"] == {"0/n": "float", "0/l": "list", "0/o": "object array"}
-    with pytest.raises(ResultError):
-        decode(b"not a zip")
-    bad = Observation(meta={"no": "fields"})
-    with pytest.raises(ResultError, match="metadata"):
-        decode(encode(bad))
+    assert np.array_equal(obs.arrays["0/y"], np.arange(3.0)) and obs.arrays["0/n"] == 2.5
+    assert obs.meta["types"] == {"0/n": "float", "0/l": "list", "0/o": "object array"}
     try:
         raise SystemExit(4)
     except SystemExit as exc:
@@ -535,9 +529,10 @@ def test_autograder_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert "bevialm-src/bevialm/grading/grade.py" in names and "bevialm-src/bevialm/py.typed" in names
         assert bundle.read("rubric.toml").decode() == rubric.read_text()
         run = bundle.read("run_autograder").decode()
-        assert "grade /autograder/submission" in run and "--results /autograder/results/results.json" in run
+        assert 'grade "$AUTOGRADER/submission"' in run and '--results "$AUTOGRADER/results/results.json"' in run
         assert (bundle.getinfo("run_autograder").external_attr >> 16) & 0o111
-        assert "pip install /autograder/source/bevialm-src" in bundle.read("setup.sh").decode()
+        setup = bundle.read("setup.sh").decode()
+        assert 'pip install "$AUTOGRADER/source/bevialm-src"' in setup and "useradd" in setup
     assert grading_cli.main(["autograder", str(tmp_path / "default.zip")]) == 0
     with zipfile.ZipFile(tmp_path / "default.zip") as bundle:
         assert bundle.read("rubric.toml").decode() == DEFAULT_RUBRIC
@@ -551,25 +546,22 @@ def test_gradescope_output_keeps_hidden_checks_hidden(solution_report: GradeRepo
     assert "model.training" in format_report(solution_report)
 
 
-def test_sandbox_outcomes_from_exit_codes(tmp_path: Path) -> None:
+def test_sandbox_outcomes_from_exit_codes() -> None:
     import signal
-    from dataclasses import dataclass
 
-    from bevialm.grading.sandbox import Limits, _collect, _Running
+    from bevialm.grading.sandbox import Limits, ending
 
-    @dataclass
-    class Ended:
-        exitcode: int
-
-    limits = Limits(time_limit=1.0)
-    xcpu = _collect(_Running(0, Ended(-signal.SIGXCPU), tmp_path, 0.0), limits, timed_out=False)
-    assert xcpu.status == "timeout" and "CPU" in xcpu.detail and xcpu.output == ""
-    (tmp_path / "result.npz").write_bytes(encode(Observation()))
-    assert _collect(_Running(0, Ended(0), tmp_path, 0.0), limits, timed_out=False).status == "ok"
+    limits = Limits(time_limit=1.0, output_limit_kb=1)
+    assert ending("ended", -signal.SIGXCPU, 0, limits) == ("timeout", "used more than 1 s of CPU")
+    assert ending("ended", -signal.SIGSEGV, 0, limits) == ("crashed", "killed by signal SIGSEGV")
+    assert ending("ended", 3, 0, limits)[0] == "exited"
+    assert ending("ok", 0, 2000, limits)[0] == "flood"
+    assert ending("timeout", -9, 2000, limits)[0] == "timeout"
+    assert ending("ok", 0, 10, limits) == ("ok", "")
 
 
 def test_training_that_does_not_lower_the_loss_fails() -> None:
-    from bevialm.grading.grade import _judge_training
+    from bevialm.grading.judge import _judge_training
 
     rising = np.array([1.0, 1.5])
     obs = Observation()

@@ -43,7 +43,7 @@ def _forge() -> None:
 
 
 def _tamper() -> None:
-    """Replace this check's own result with garbage, then leave."""
+    """Write a result file next to this check's output (where the grader once read results), then leave."""
     import os
     workdir = os.path.dirname(os.readlink("/proc/self/fd/1"))
     with open(os.path.join(workdir, "result.npz"), "wb") as f:
@@ -81,7 +81,7 @@ EXPECTED: dict[str, str] = {
     "linear.purity": "raised MemoryError",
     "layernorm.forward": "forward output y contains NaN",
     "layernorm.gradcheck": "your dx disagrees with finite differences",
-    "layernorm.purity": "its result could not be read",
+    "layernorm.purity": "",  # no result file to forge any more: denied (as root) or just ended
     "embedding.backward": "dW has shape (5, 1), the reference's has (5, 3)",
     "embedding.purity": "dW is (5, 1) float64, expected (5, 3) float64",
     "relu.purity": "timed out: no result within 2 s",

@@ -164,3 +164,35 @@ def test_garbage_returned_fails_with_a_readable_hint(solution: Path, tmp_path: P
     assert "lr / base_lr is a str" in hint(report, "schedule.key_points")
     assert "global_norm is missing" in hint(report, "clipping.global_norm") or "global_norm is a NoneType" in hint(report, "clipping.global_norm")
     assert "clip_by_global_norm returned a float, expected (clipped, norm)" in hint(report, "clipping.clip")
+
+
+def test_checks_beyond_the_pairs_in_the_sandbox(solution: Path, tmp_path: Path) -> None:
+    """The same checks through the isolated child: configs and the optimizer's state are the
+    student's own dataclasses there, and the state comes back as a remote object's fields."""
+    from bevialm.grading.grade import Options, grade
+
+    folder = tmp_path / "pkg"
+    shutil.copytree(solution, folder)
+    planted.plant(folder, "optim.py", planted.DECAY_RULE_WITHOUT_THE_EMBEDDING_EXEMPTION)
+    planted.plant(folder, "optim.py", planted.SCHEDULE_WARMUP_OFF_BY_ONE)
+    planted.plant(folder, "model.py", planted.POS_EMB_GRADIENT_AVERAGED)
+    report = grade(folder, Options(only=("model.forward", "model.backward", *OPTIMIZER), jobs=2))
+    assert report.sandboxed
+    # the student's own config calls the student's decay rule, so the step fails as well
+    assert failing(report) == {"model.backward", "adamw.decays", "adamw.step", "schedule.key_points"}, format_report(report)
+    assert "d(pos_emb.W) differs" in hint(report, "model.backward")
+    assert "(exempt from decay)" in hint(report, "adamw.step")
+    assert "the first update" in hint(report, "schedule.key_points")
+
+
+def test_handed_out_modules_are_the_graders_own(solution: Path, tmp_path: Path) -> None:
+    """In an attention assignment the student's copy of linear.py is not used: a change there
+    (a wrong bias gradient) costs nothing, and helps nothing either."""
+    folder = tmp_path / "pkg"
+    shutil.copytree(solution, folder)
+    planted.plant(folder, "layers/linear.py", planted.BIAS_GRADIENT_AVERAGED)
+    rubric = parse('[assignment]\npreset = "attention"\n', "r.toml", default_rubric())
+    report = grade_here(folder, rubric=rubric)
+    assert failing(report) == set() and report.score == report.max_score, format_report(report)
+    everything = grade_here(folder)
+    assert {"linear.backward", "attention.backward"} <= failing(everything)

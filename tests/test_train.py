@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -97,7 +98,12 @@ def test_a_run_logs_evaluates_samples_and_writes_its_folder(reference: tuple[Pat
         ("train", 25), ("train", 30), ("eval", 30),
     ]  # fmt: skip
     assert set(records[0]) == {"kind", "step", "loss", "lr", "grad_norm", "ms_per_step", "tokens_per_s", "time"}
-    assert set(records[2]) == {"kind", "step", "train_loss", "val_loss", "lr", "time"}
+    assert set(records[2]) == {"kind", "step", "train_loss", "val_loss", "val_bpc", "lr", "time"}
+    # one token per character: bits per character is the loss in bits
+    assert records[2]["val_bpc"] == pytest.approx(records[2]["val_loss"] / math.log(2), rel=1e-12)
+    assert result.val_bpc == pytest.approx(result.val_loss / math.log(2))  # type: ignore[operator]
+    assert result.best_val_bpc == pytest.approx(result.best_val_loss / math.log(2))  # type: ignore[operator]
+    assert f"({records[-1]['val_bpc']:.4f} bits/char)" in stdout
     assert records[0]["lr"] == pytest.approx(3e-3)  # update 4 (0-based) ends the 5-step warmup
     first, last = records[0]["loss"], records[-2]["loss"]
     assert first > last  # it learns: from ~ln(59) = 4.08 down
@@ -350,7 +356,7 @@ def test_resume_checks_the_vocabulary(reference: tuple[Path, train.TrainResult, 
     swapped = tmp_path / "swapped.txt"  # same size of vocabulary, one character replaced
     missing = sorted(set(text))[-1]
     swapped.write_text(text.replace(missing, "\u00e9"), encoding="utf-8")
-    with pytest.raises(TrainError, match="vocabulary of .* differs from the one"):
+    with pytest.raises(TrainError, match=r"the tokenizer made from .* \(characters, 59 tokens\) differs from the one"):
         run(tiny(out, resume=True, data=str(swapped)))
 
 
@@ -394,6 +400,10 @@ def test_data_too_short_for_the_context(tmp_path: Path) -> None:
         ({"top_p": 0.0}, r"top_p must lie in \(0, 1\]"),
         ({"resume": True, "overwrite": True}, "--overwrite deletes it: pass only one of them"),
         ({"seed": -1}, "seed must be an integer >= 0"),
+        ({"tokenizer": "words"}, "tokenizer must be one of"),
+        ({"vocab_size": 300}, "vocab_size applies to --tokenizer bpe"),
+        ({"tokenizer": "bpe", "vocab_size": 100}, "vocab_size 100 is too small for a byte-level BPE"),
+        ({"tokenizer": "bpe", "vocab_size": 300.0}, "vocab_size must be an integer"),
     ],
 )
 def test_train_config_rejects_bad_values(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
@@ -419,3 +429,80 @@ def test_evaluate_is_deterministic_and_in_evaluation_mode() -> None:
     a = train.evaluate(params, cfg, data, 3, 4, np.random.default_rng(1))
     b = train.evaluate(params, cfg, data, 3, 4, np.random.default_rng(1))
     assert a == b and abs(a - np.log(5)) < 0.05  # a fresh model is about uniform
+
+
+# --- byte-level BPE ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bpe_reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, train.TrainResult, str]:
+    out = tmp_path_factory.mktemp("bpe")
+    result, stdout = run(tiny(out, tokenizer="bpe", vocab_size=300, steps=20))
+    return out, result, stdout
+
+
+def test_a_bpe_run_trains_reports_bits_per_character_and_saves_its_tokenizer(
+    bpe_reference: tuple[Path, train.TrainResult, str],
+) -> None:
+    out, result, stdout = bpe_reference
+    assert "tokenizer byte-level BPE, 300 tokens, trained in" in stdout and "characters per token" in stdout
+    ckpt = load_checkpoint(out / "last.npz")
+    tok = ckpt.tokenizer
+    assert tok.vocab_size == 300 and ckpt.model_config["vocab_size"] == 300
+    text = (ROOT / "data.txt").read_text(encoding="utf-8")
+    ids = tok.encode(text)
+    n_val = int(len(ids) * 0.1 + 0.5)
+    val_chars = tok.count_chars(ids[-n_val:])
+    assert 3000 < val_chars < 4000  # about the last 10% of 36,184 characters
+    record = metrics(out)[-1]
+    assert record["val_bpc"] == pytest.approx(record["val_loss"] * n_val / val_chars / math.log(2), rel=1e-12)
+    assert record["val_bpc"] < record["val_loss"] / math.log(2)  # a token is more than one character
+    assert result.val_bpc == pytest.approx(record["val_bpc"])
+    assert "----- sample at step 20 -----" in stdout
+
+
+def test_a_bpe_run_resumes_bit_identically_and_samples(
+    bpe_reference: tuple[Path, train.TrainResult, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref_out = bpe_reference[0]
+    cfg = tiny(tmp_path, tokenizer="bpe", vocab_size=300, steps=20)
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "loss_and_grads", failing_at(13, KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            run(cfg)
+    assert load_checkpoint(tmp_path / "last.npz").step == 12
+    run(replace(cfg, resume=True))
+    assert metrics(tmp_path) == metrics(ref_out)
+    for name in ("last.npz", "best.npz"):
+        assert same_params(load_checkpoint(tmp_path / name).params, load_checkpoint(ref_out / name).params)
+
+    from bevialm import generate
+
+    loaded = generate.load_model(tmp_path / "best.npz")
+    prompt = "MARA: ünïcödé 日本 😀"  # characters data.txt never had: bytes encode them
+    texts = generate.sample_text(loaded.params, loaded.cfg, loaded.tokenizer, prompt, 40, num_samples=3,
+                                 rng=generate.sampling_rng(0))  # fmt: skip
+    for t in texts:
+        assert t.startswith(prompt) and "\ufffd" not in t
+
+
+def test_resuming_a_bpe_run_with_another_tokenizer_is_refused(
+    bpe_reference: tuple[Path, train.TrainResult, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    shutil.copytree(bpe_reference[0], out)
+    with pytest.raises(TrainError, match="vocabulary size 300 in the checkpoint, 59 now"):
+        run(tiny(out, resume=True, steps=20))
+    text = (ROOT / "data.txt").read_text(encoding="utf-8")
+    other = tmp_path / "other.txt"
+    other.write_text(text[::-1], encoding="utf-8")
+    with pytest.raises(TrainError, match=r"tokenizer made from .* \(byte-level BPE, 300 tokens\) differs from the one"):
+        run(tiny(out, resume=True, steps=20, tokenizer="bpe", vocab_size=300, data=str(other)))
+
+
+def test_a_text_that_allows_fewer_merges_says_so(tmp_path: Path) -> None:
+    data = tmp_path / "abc.txt"
+    data.write_text("abc abc abc\n" * 40, encoding="utf-8")
+    _, stdout = run(tiny(tmp_path / "run", data=str(data), tokenizer="bpe", vocab_size=1000, steps=2, ctx=4,
+                         eval_every=0, sample_len=0))  # fmt: skip
+    assert "note: the text allows only" in stdout and "not --vocab_size 1,000" in stdout

@@ -84,7 +84,7 @@ def test_prompt_figure_has_a_map_per_layer_and_head_labelled_with_the_prompt_and
         assert token_labels(ax, "y") == (GLYPHS if left else [])
         assert token_labels(ax, "x") == (GLYPHS if bottom else [])
     bars = [ax for ax in fig.axes if ax.get_label() == "colorbar"]
-    assert len(bars) == 1 and bars[0].get_ylabel() == "attention weight (square-root scale)"
+    assert len(bars) == 1 and bars[0].get_ylabel() == "weight (square-root scale)"
 
 
 def test_layer_and_head_select_one_map_and_refuse_out_of_range_numbers() -> None:

@@ -67,6 +67,7 @@ def results(report: GradeReport) -> dict[str, Any]:
         "visibility": report.rubric.settings.results_visibility,
         "stdout_visibility": "hidden",
         "tests": tests,
+        "flags": [*report.reference_uses, *report.import_attempts],
     }
 
 
@@ -88,13 +89,27 @@ SETUP_SH = """\
 # Gradescope's base images are Ubuntu (22.04: Python 3.10; 24.04: Python 3.12). The
 # system Python is "externally managed" on 24.04, so BeviaLLM goes into its own venv.
 set -euo pipefail
+AUTOGRADER="${AUTOGRADER:-/autograder}"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update
-apt-get install -y --no-install-recommends python3 python3-venv python3-pip
-python3 -m venv /autograder/venv
-/autograder/venv/bin/python -m pip install --upgrade pip
-/autograder/venv/bin/python -m pip install /autograder/source/bevialm-src
-/autograder/venv/bin/bevialm --help > /dev/null
+if ! python3 -m venv --help > /dev/null 2>&1; then
+    apt-get update
+    apt-get install -y --no-install-recommends python3 python3-venv python3-pip
+fi
+python3 -m venv "$AUTOGRADER/venv"
+"$AUTOGRADER/venv/bin/python" -m pip install --upgrade pip
+"$AUTOGRADER/venv/bin/python" -m pip install "$AUTOGRADER/source/bevialm-src"
+"$AUTOGRADER/venv/bin/bevialm" --help > /dev/null
+
+# Each check runs as this user, which owns nothing: it may import NumPy from the venv, but not
+# read BeviaLLM (the reference), the rubric or the bundle, nor write the results.
+if ! id -u bevialm-check > /dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin bevialm-check
+fi
+package="$("$AUTOGRADER/venv/bin/python" -c 'import bevialm, os; print(os.path.dirname(bevialm.__file__))')"
+chown -R root:root "$package" "$AUTOGRADER/source"
+chmod 0700 "$package" "$AUTOGRADER/source"
+mkdir -p "$AUTOGRADER/results"
+chmod 0755 "$AUTOGRADER/results"
 """
 
 RUN_AUTOGRADER = """\
@@ -103,17 +118,20 @@ RUN_AUTOGRADER = """\
 # whenever grading ran; when it could not (nothing to grade in the submission), it exits
 # non-zero with one line, and that line becomes the result the student sees.
 set -uo pipefail
-mkdir -p /autograder/results
-if ! /autograder/venv/bin/bevialm grade /autograder/submission \\
-        --rubric /autograder/source/rubric.toml \\
-        --results /autograder/results/results.json 2> /tmp/bevialm-grade-error.txt; then
-    /autograder/venv/bin/python - <<'PY'
-import json
-message = open("/tmp/bevialm-grade-error.txt", encoding="utf-8", errors="replace").read().strip()
+AUTOGRADER="${AUTOGRADER:-/autograder}"
+mkdir -p "$AUTOGRADER/results"
+errors="$(mktemp)"
+if ! "$AUTOGRADER/venv/bin/bevialm" grade "$AUTOGRADER/submission" \\
+        --rubric "$AUTOGRADER/source/rubric.toml" \\
+        --results "$AUTOGRADER/results/results.json" 2> "$errors"; then
+    ERRORS="$errors" RESULTS="$AUTOGRADER/results/results.json" "$AUTOGRADER/venv/bin/python" - <<'PY'
+import json, os
+message = open(os.environ["ERRORS"], encoding="utf-8", errors="replace").read().strip()
 result = {"score": 0, "output": message or "grading could not run", "tests": []}
-json.dump(result, open("/autograder/results/results.json", "w", encoding="utf-8"))
+json.dump(result, open(os.environ["RESULTS"], "w", encoding="utf-8"))
 PY
 fi
+rm -f "$errors"
 exit 0
 """
 

@@ -1,55 +1,84 @@
-"""Run each check's student code in a child process that cannot take the grader down.
+"""Where each check's student code runs: a fresh, confined interpreter that cannot reach the grader.
 
-Every task runs in its own child with:
+For every check the grader starts a child, ``python -I -S -c <bevialm/grading/child.py>``,
+that never imports ``bevialm``. Its import path holds exactly: a private copy of the
+submission (imported as ``bevialm_submission``), the given code (copied from the
+reference's source at grade time: the shared infrastructure ``bevialm.types``,
+``bevialm.validate``, ``bevialm.params``, ``bevialm.gradcheck``, and the modules
+the assignment hands out filled in, such as the model's glue), NumPy, and the
+standard library. Any other ``bevialm`` import fails there and is reported.
 
-- a wall-time limit (the grader kills the child's whole process group when it
-  is over; a CPU-time limit backs it up inside the child);
-- an address-space limit of ``memory_limit_mb`` beyond what the child starts
-  with (``RLIMIT_AS``; allocating more raises ``MemoryError``), and no core dumps;
-- its standard output and error sent to a file that may grow only a little past
-  ``output_limit_kb`` (``RLIMIT_FSIZE``; more is a *flood* and fails the check);
-- its own session, so anything it forks is killed with it;
-- no way to the results file: the child is handed neither its path nor the
-  command line (``sys.argv`` is replaced), and the grader writes the results
-  only after every child has ended, replacing whatever is there.
+Every child has:
 
-An exception, ``sys.exit``, ``os._exit``, a crash (``SIGSEGV``), a hang or a
-flood each ends as an :class:`Outcome` the grader turns into a failed check.
+- a wall-time limit (the grader stops waiting and kills it), backed by a CPU-time limit;
+- an address-space limit of ``memory_limit_mb`` beyond what it starts with, and no core dumps;
+- its standard output and error in a file that may grow only a little past
+  ``output_limit_kb`` (more is a *flood* and fails the check); the file is the
+  grader's, the child only holds a descriptor to it;
+- its own session (a signal to its group never reaches the grader's), and a process limit;
+- nothing to write results to: it answers over a pipe, and the grader computes every verdict.
 
-Children come from a ``forkserver``: a fresh interpreter that has imported
-NumPy and the reference once and forks a clean child per check. Nothing of the
-grader's own state is inherited (unlike ``fork``), and a check starts in
-milliseconds rather than the ~0.3 s of a ``spawn``.
+As **root** (Gradescope, CI), each child also drops to a uid of its own that nothing
+else on the machine uses (:func:`check_users`), with no groups and no way back
+(``PR_SET_NO_NEW_PRIVS``), in an empty folder only it can write; the copy of the
+submission it reads is root's. After each check every process of that uid is
+killed (:func:`sweep`) before the next check starts and before any result is
+written. Files the grader keeps (rubric, reference) are protected only by their
+permissions: the bundle's ``setup.sh`` makes them unreadable to other users.
 
-:func:`run_in_process` runs the same tasks without any of this, for
-debugging one's own code (``bevialm grade --no-sandbox``) and for the tests.
+**Not root** (a student's laptop), the child runs as the student: the limits still
+apply, but it can read what the student can and signal the grader. Orphans it
+leaves are adopted by the grader (``PR_SET_CHILD_SUBREAPER``) and killed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import grp
+import itertools
+import json
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
+import pwd
+import re
 import shutil
 import signal
+import stat
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bevialm.grading.tasks import Observation, ResultError, Submission, Task, decode, encode, run_task
+import numpy as np
 
-RESULT_FILE = "result.npz"
-OUTPUT_FILE = "output.txt"
-MAX_RESULT_BYTES = 256 * 2**20
-"""Hard cap on any file a child writes (its result included)."""
+from bevialm.grading import child
+from bevialm.grading.session import LocalSession, SandboxFailure, Session
+from bevialm.grading.tasks import Observation, Task, run_task
 
-KILL_GRACE = 5.0
-"""Seconds to wait for a killed child to be reaped."""
+CHECK_USER = "bevialm-check"
+"""The user the autograder's ``setup.sh`` creates for the checks (used when present and idle)."""
+
+SPARE_UIDS = (*range(900_100, 900_164), *range(50_100, 50_164))
+"""Where a free uid is looked for otherwise: numbers in no passwd or group entry."""
+
+LOCKS = Path("/run/bevialm-grading")
+"""Root's folder of uid locks (so graders running at once never share a uid)."""
+
+PROCESSES = 64
+"""Processes a check's uid may have at once (RLIMIT_NPROC): a fork bomb stops there."""
+
+KILL_ROUNDS = 50
+
+INFRASTRUCTURE_GIVEN = ("bevialm.types", "bevialm.validate", "bevialm.params", "bevialm.gradcheck")
+"""Reference modules a submission may import (``from bevialm.types import Array``): in the
+child they are copies of the reference's source, in the given code's ``bevialm``."""
 
 
 @dataclass(frozen=True)
@@ -65,12 +94,12 @@ class Limits:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one task ended.
+    """How one check's run ended.
 
-    ``status`` is ``ok`` (an observation came back: the student's exceptions
-    are inside it), ``timeout``, ``crashed`` (killed by a signal), ``exited``
-    (ended without a result, e.g. ``os._exit``), ``flood`` (printed more than
-    the limit) or ``unreadable`` (its result file was tampered with).
+    ``status`` is ``ok`` (an observation came back: the student's exceptions are
+    inside it), ``timeout``, ``crashed`` (killed by a signal), ``exited`` (ended
+    without answering, e.g. ``os._exit``), ``flood`` (printed more than the limit)
+    or ``unreadable`` (it answered something that is not an answer).
     """
 
     status: str
@@ -79,123 +108,445 @@ class Outcome:
     output_bytes: int = 0
     detail: str = ""
     seconds: float = 0.0
+    blocked: tuple[str, ...] = ()
+    """``bevialm`` modules the student's code tried to import (and could not)."""
 
 
-def run_in_process(tasks: Sequence[Task], submission: Submission) -> list[Outcome]:
-    """Run every task in this process: no limits, no isolation (only for trusted code)."""
-    outcomes = []
-    for task in tasks:
-        start = time.monotonic()
-        obs = decode(encode(run_task(task, submission)))  # the same round trip as the sandbox's
-        outcomes.append(Outcome("ok", obs, seconds=time.monotonic() - start))
-    return outcomes
-
-
-# --- the child side ---------------------------------------------------------------------------
-
-
-def _address_space() -> int | None:
-    """This process's current virtual memory size in bytes (None where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
-        return None
-
-
-def enter_sandbox(workdir: Path, limits: Limits) -> None:  # pragma: no cover - runs only in the child
-    """Confine the current process (a fresh child): session, limits, output capture.
-
-    Coverage cannot see the children; tests/test_grading_sandbox.py checks every
-    limit here through the outcomes it produces (timeout, MemoryError, flood, ...)."""
-    import resource
-
-    os.setsid()
-    sys.argv = ["bevialm-grading-check"]
-    sys.dont_write_bytecode = True  # leave no __pycache__ in the student's folder
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails instead of killing
-    out = os.open(workdir / OUTPUT_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    null = os.open(os.devnull, os.O_RDONLY)
-    for fd in (1, 2):
-        os.dup2(out, fd)
-    os.dup2(null, 0)
-    os.close(out)
-    os.close(null)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    cpu = math.ceil(limits.time_limit) + 1
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.output_limit + 1, MAX_RESULT_BYTES))
-    base = _address_space()
-    if base is not None:
-        cap = base + limits.memory_limit_mb * 2**20
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-
-def finish(workdir: Path, data: bytes) -> None:  # pragma: no cover - runs only in the child
-    """Write the result (atomically) and leave at once: no atexit handlers, no waiting threads."""
-    import resource
-
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # the result may be larger than the output cap
-    tmp = workdir / (RESULT_FILE + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, workdir / RESULT_FILE)
-    os._exit(0)
-
-
-def child_main(task: Task, submission: Submission, workdir: str, limits: Limits) -> None:  # pragma: no cover
-    """The child's entry point (runs only in the sandbox, so coverage cannot see it;
-    :func:`run_task` and :func:`enter_sandbox` hold its logic)."""
-    try:
-        enter_sandbox(Path(workdir), limits)
-        obs = run_task(task, submission)
-        data = encode(obs)
-    except BaseException as exc:  # e.g. MemoryError while encoding, KeyboardInterrupt
-        obs = Observation()
-        obs.meta["error"] = {"type": type(exc).__name__, "message": str(exc)[:300], "where": ""}
-        data = encode(obs)
-    finish(Path(workdir), data)
-
-
-# --- the grader side --------------------------------------------------------------------------
-
-_CONTEXT: Any = None
-
-
-def context() -> Any:
-    """The forkserver context (started once per grader process, preloading the task code)."""
-    global _CONTEXT
-    if _CONTEXT is None:
-        if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover - Windows
-            raise RuntimeError("the sandbox needs a POSIX system; use --no-sandbox to grade without it")
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["bevialm.grading.tasks"])
-        _CONTEXT = ctx
-    return _CONTEXT
-
-
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+# --- the uid of the checks (root only) -----------------------------------------------------
 
 
 @dataclass
-class _Running:
-    index: int
-    process: Any
+class CheckUser:
+    uid: int
+    gid: int
+    lock: int
+    """The open lock file that reserves this uid for this grader while it runs."""
+
+
+_STATUS = re.compile(rb"State:\s+(\S).*?Uid:\s+(\d+)\s+(\d+)\s+(\d+)", re.S)
+
+
+def _processes_of(uid: int) -> list[int]:
+    """Live processes whose real, effective or saved uid is ``uid`` (zombies are already dead)."""
+    found = []
+    wanted = str(uid).encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fd = os.open(f"/proc/{entry.name}/status", os.O_RDONLY)
+            try:
+                text = os.read(fd, 8192)
+            finally:
+                os.close(fd)
+        except OSError:
+            continue
+        m = _STATUS.search(text)
+        if m and wanted in m.group(2, 3, 4) and m.group(1) not in (b"Z", b"X"):
+            found.append(int(entry.name))
+    return found
+
+
+def _mapped(uid: int, map_file: str) -> bool:
+    try:
+        with open(map_file) as f:
+            ranges = [tuple(int(v) for v in line.split()) for line in f if line.strip()]
+    except OSError:  # pragma: no cover - no user namespaces on this kernel
+        return True
+    return any(inside <= uid < inside + count for inside, _, count in ranges)
+
+
+def _unused(uid: int, gid: int) -> bool:
+    try:
+        pwd.getpwuid(uid)
+        return False
+    except KeyError:
+        pass
+    try:
+        grp.getgrgid(gid)
+        return False
+    except KeyError:
+        pass
+    return True
+
+
+def _reserve(uid: int) -> int | None:
+    LOCKS.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(LOCKS / f"uid-{uid}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def check_users(count: int) -> list[CheckUser]:
+    """``count`` uids for the checks of this grading, each used by nothing else on the machine:
+    the ``bevialm-check`` user when it exists, otherwise numbers in no passwd or group
+    entry; either way no process may be running as it, and a lock keeps other graders off."""
+    candidates: list[tuple[int, int]] = []
+    with contextlib.suppress(KeyError):
+        named = pwd.getpwnam(CHECK_USER)
+        candidates.append((named.pw_uid, named.pw_gid))
+    candidates += [(u, u) for u in SPARE_UIDS if _unused(u, u)]
+    chosen: list[CheckUser] = []
+    for uid, gid in candidates:
+        if len(chosen) == count:
+            break
+        if uid == 0 or not (_mapped(uid, "/proc/self/uid_map") and _mapped(gid, "/proc/self/gid_map")):
+            continue
+        lock = _reserve(uid)
+        if lock is None:
+            continue
+        if _processes_of(uid):  # someone else's: never ours to kill
+            os.close(lock)
+            continue
+        chosen.append(CheckUser(uid, gid, lock))
+    if len(chosen) < count:
+        for spare in chosen:
+            os.close(spare.lock)
+        raise RuntimeError("no unused uid for the checks (create the bevialm-check user, as the autograder's setup.sh does)")
+    return chosen
+
+
+def sweep(user: CheckUser) -> None:
+    """Kill every process of the check's uid, again until none is left.
+
+    A forked helper becomes that uid and calls ``kill(-1, SIGKILL)``, which reaches
+    exactly the processes that uid may signal: its own. /proc then says whether any
+    is left. Nothing is killed by name."""
+    for _ in range(KILL_ROUNDS):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the helper (coverage cannot see it)
+            try:
+                os.setgroups([])
+                os.setgid(user.gid)
+                os.setuid(user.uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        if not _processes_of(user.uid):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"processes of uid {user.uid} survive SIGKILL")  # pragma: no cover
+
+
+def readable_by_others(path: Path) -> bool:
+    """Whether a user that owns nothing and is in no group can read ``path``."""
+    path = path.resolve()
+    for folder in reversed(path.parents):
+        if not os.stat(folder).st_mode & stat.S_IXOTH:
+            return False
+    mode = os.stat(path).st_mode
+    return bool(mode & stat.S_IROTH) and (not stat.S_ISDIR(mode) or bool(mode & stat.S_IXOTH))
+
+
+# --- the child's folders ----------------------------------------------------------------
+
+
+def _source(module: str) -> str:
+    import importlib
+
+    file = importlib.import_module(module).__file__
+    assert file is not None
+    return Path(file).read_text(encoding="utf-8")
+
+
+def _only_plain_files(folder: str, names: list[str]) -> set[str]:
+    """Leave out of the copy what is neither a folder, a regular file nor a link (a FIFO
+    would block the copy), and the folders that are never part of a package."""
+    from bevialm.grading.student import IGNORED_DIRS
+
+    skipped = set()
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name)).st_mode
+        if name in IGNORED_DIRS or not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            skipped.add(name)
+    return skipped
+
+
+def prepare(root: Path, package: str, given: Sequence[str], dest: Path) -> Path:
+    """The child's import path in ``dest``: ``pkg/<package>`` (a copy of the submission, links
+    kept as links, never followed), with the given modules written over it; ``given/bevialm``
+    (the infrastructure); ``lib/numpy`` (a link). Returns the copy's folder."""
+    from bevialm.grading.skeleton import rewrite
+
+    copy = dest / "pkg" / package
+    shutil.copytree(root, copy, symlinks=True, ignore=_only_plain_files)
+    for name in given:
+        text = rewrite(_source(name), name, False, frozenset())
+        target = copy.joinpath(*name.split(".")[1:]).with_suffix(".py")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()  # a link the student left there is replaced, not written through
+        target.write_text(text, encoding="utf-8")
+    infra = dest / "given" / "bevialm"
+    infra.mkdir(parents=True)
+    for name in INFRASTRUCTURE_GIVEN:
+        (infra / (name.rpartition(".")[2] + ".py")).write_text(_source(name), encoding="utf-8")
+    lib = dest / "lib"
+    lib.mkdir()
+    numpy_dir = Path(np.__file__).parent
+    for target in (numpy_dir, numpy_dir.parent / "numpy.libs"):
+        if target.exists():
+            (lib / target.name).symlink_to(target)
+    for folder, _dirs, files in os.walk(dest):
+        os.chmod(folder, 0o755)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o644)
+    return copy
+
+
+def _adopted(since: float, zombies: bool) -> list[int]:
+    """The grader's children that it did not start itself: a check's processes adopted by the
+    grader after their parent died, started after ``since`` (seconds since boot); the live ones,
+    or the dead ones still to be reaped."""
+    me = os.getpid()
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                after = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(after[1]) == me and int(after[19]) / ticks >= since and (after[0] in "ZX") == zombies:
+            found.append(int(entry.name))
+    return found
+
+
+def _reap(since: float) -> None:
+    """Reap the adopted processes a check left dead (each still counts against its uid's process limit)."""
+    for pid in _adopted(since, zombies=True):
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def _uptime() -> float:
+    with open("/proc/uptime") as f:
+        return float(f.read().split()[0])
+
+
+def _subreaper(on: bool) -> bool:
+    """Make this process the parent of every orphan its descendants leave (or stop); whether it was."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        was = ctypes.c_int(0)
+        libc.prctl(37, ctypes.byref(was), 0, 0, 0)  # PR_GET_CHILD_SUBREAPER
+        libc.prctl(36, int(on), 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+        return bool(was.value)
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return False
+
+
+# --- running checks -----------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    process: subprocess.Popen[bytes]
+    session: Session
+    output: Path
     workdir: Path
     started: float
+    since_boot: float
 
 
-def _read_output(workdir: Path) -> tuple[str, int]:
-    path = workdir / OUTPUT_FILE
+class Sandbox:
+    """One grading run's folders and children (see the module docstring)."""
+
+    def __init__(self, root: Path, package: str, given: Sequence[str], limits: Limits, *, as_root: bool | None = None, jobs: int = 1) -> None:
+        self.limits = limits
+        self.package = package
+        self.as_root = os.geteuid() == 0 if as_root is None else as_root
+        self.jobs = max(1, jobs)
+        self.users = check_users(self.jobs) if self.as_root else []
+        self.free_users = list(self.users)
+        self.lock = threading.Lock()
+        self.counter = itertools.count()
+        self.spare: _Child | None = None
+        self.started = _uptime()
+        self.closing = False
+        self.private = Path(tempfile.mkdtemp(prefix="bevialm-grader-"))  # 0700: outputs
+        self.shared = Path(tempfile.mkdtemp(prefix="bevialm-check-"))
+        self.copy = prepare(root, package, given, self.shared)
+        os.chmod(self.shared, 0o755)
+        self.settings: dict[str, Any] = {
+            "package": package,
+            "root": str(self.copy),
+            "path": [str(self.shared / "pkg"), str(self.shared / "lib")],
+            "given_dir": str(self.shared / "given" / "bevialm"),
+            "given": list(INFRASTRUCTURE_GIVEN),
+            "limits": {
+                "time": limits.time_limit,
+                "memory": limits.memory_limit_mb * 2**20,
+                "output": limits.output_limit,
+                "processes": PROCESSES if self.as_root else _user_processes() + PROCESSES,
+            },
+        }
+        self.source = Path(child.__file__).read_text(encoding="utf-8")
+        self.was_subreaper = _subreaper(True)  # orphans of the checks come to the grader, to be killed and reaped
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            spare, self.spare = self.spare, None
+        if spare is not None:
+            self._discard(spare)
+        for user in self.users:
+            sweep(user)
+            os.close(user.lock)
+        _reap(self.started)
+        _subreaper(self.was_subreaper)
+        shutil.rmtree(self.private, ignore_errors=True)
+        shutil.rmtree(self.shared, ignore_errors=True)
+
+    def _spawn(self) -> _Child:
+        """A child that warms up (imports NumPy) and then waits for its check."""
+        with self.lock:
+            index = next(self.counter)
+        workdir = self.shared / f"work-{index}"
+        workdir.mkdir(mode=0o700)
+        output = self.private / f"output-{index}.txt"
+        out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        requests_r, requests_w = os.pipe()
+        answers_r, answers_w = os.pipe()
+        settings = {**self.settings, "request_fd": requests_r, "answer_fd": answers_w, "output_fd": out}
+        since_boot = _uptime()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", self.source, json.dumps(settings)],
+                pass_fds=(requests_r, answers_w, out),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env={"PATH": "/usr/bin:/bin"},
+                cwd=workdir,
+                start_new_session=True,
+            )
+        finally:
+            for fd in (requests_r, answers_w, out):
+                os.close(fd)
+        session = Session(process, requests_w, answers_r, math.inf, self.copy)
+        return _Child(process, session, output, workdir, 0.0, since_boot)
+
+    def _discard(self, spare: _Child) -> None:
+        """Stop a warmed-up child that was never given a check (still root's: it ran no student code)."""
+        spare.session.close()
+        spare.process.kill()
+        spare.process.wait()
+        spare.output.unlink(missing_ok=True)
+        shutil.rmtree(spare.workdir, ignore_errors=True)
+
+    def _start(self, user: CheckUser | None) -> _Child:
+        """The warmed-up child (a new one warms up meanwhile), told to confine itself and begin."""
+        with self.lock:
+            run, self.spare = self.spare, None
+        run = run or self._spawn()
+        fresh = self._spawn()
+        with self.lock:
+            kept = self.spare is None and not self.closing
+            if kept:
+                self.spare = fresh
+        if not kept:
+            self._discard(fresh)
+        if user is not None:
+            os.chown(run.workdir, user.uid, user.gid)
+        run.started = time.monotonic()
+        run.session.deadline = run.started + self.limits.time_limit
+        start = {"workdir": str(run.workdir), "uid": user.uid if user else None, "gid": user.gid if user else None}
+        with contextlib.suppress(OSError):
+            child.send(run.session.requests, start, [])
+        return run
+
+    def _end(self, run: _Child, user: Any, status: str) -> tuple[str, str, str, int]:
+        """Stop everything the check started; (status, detail, output, output size)."""
+        run.session.close()
+        if status == "ended":
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                run.process.wait(1.0)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.process.pid, signal.SIGKILL)
+        run.process.kill()
+        code = run.process.wait()
+        if user is not None:
+            sweep(user)
+        else:
+            for _ in range(KILL_ROUNDS):
+                left = _adopted(run.since_boot, zombies=False)
+                if not left:
+                    break
+                for pid in left:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+        _reap(run.since_boot)
+        output, size = _read_output(run.output)
+        run.output.unlink(missing_ok=True)
+        shutil.rmtree(run.workdir, ignore_errors=True)
+        status, detail = ending(status, code, size, self.limits)
+        return status, detail, output, size
+
+    def run_one(self, task: Task) -> Outcome:
+        with self.lock:
+            user = self.free_users.pop() if self.users else None
+        try:
+            run = self._start(user)
+            status, detail, observation = "ok", "", None
+            try:
+                observation = run_task(task, run.session)
+            except SandboxFailure as failure:
+                status, detail = failure.status, failure.detail
+            status, end_detail, output, size = self._end(run, user, status)
+            detail = detail or end_detail
+            blocked = tuple(run.session.blocked)
+            seconds = time.monotonic() - run.started
+        finally:
+            if user is not None:
+                with self.lock:
+                    self.free_users.append(user)
+        return Outcome(status, observation if status == "ok" else None, output, size, detail, seconds, blocked)
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
+        """Run every task in its own child, at most ``jobs`` at a time; outcomes in task order."""
+        if self.jobs == 1:
+            yield from (self.run_one(t) for t in tasks)
+            return
+        with ThreadPoolExecutor(self.jobs) as pool:
+            yield from pool.map(self.run_one, tasks)
+
+
+def ending(status: str, code: int, output_size: int, limits: Limits) -> tuple[str, str]:
+    """(status, detail) of a check whose child was stopped: ``status`` is how the conversation
+    ended (ok, timeout, ended, unreadable), ``code`` the child's exit code."""
+    if status == "timeout":
+        return status, f"no result within {limits.time_limit:g} s"
+    if output_size > limits.output_limit:
+        return "flood", f"printed more than {limits.output_limit_kb} KiB"
+    if status == "ended" and code < 0:
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+        if name == "SIGXCPU":
+            return "timeout", f"used more than {limits.time_limit:g} s of CPU"
+        return "crashed", f"killed by signal {name}"
+    if status == "ended":
+        return "exited", f"exited with code {code} before finishing"
+    return status, ""
+
+
+def _user_processes() -> int:
+    return len(_processes_of(os.getuid()))
+
+
+def _read_output(path: Path) -> tuple[str, int]:
     try:
         size = path.stat().st_size
         with path.open("rb") as f:
@@ -205,68 +556,26 @@ def _read_output(workdir: Path) -> tuple[str, int]:
     return head.decode("utf-8", errors="replace"), size
 
 
-def _collect(run: _Running, limits: Limits, timed_out: bool) -> Outcome:
-    seconds = time.monotonic() - run.started
-    output, size = _read_output(run.workdir)
-    code = run.process.exitcode
-    result = run.workdir / RESULT_FILE
-    if timed_out:
-        return Outcome("timeout", None, output, size, f"no result within {limits.time_limit:g} s", seconds)
-    if size > limits.output_limit:
-        return Outcome("flood", None, output, size, f"printed more than {limits.output_limit_kb} KiB", seconds)
-    if result.is_file():
-        try:
-            if result.stat().st_size > MAX_RESULT_BYTES:
-                raise ResultError("result too large")
-            return Outcome("ok", decode(result.read_bytes()), output, size, "", seconds)
-        except (ResultError, OSError) as exc:
-            return Outcome("unreadable", None, output, size, str(exc), seconds)
-    if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
-        if name == "SIGXCPU":
-            return Outcome("timeout", None, output, size, f"used more than {limits.time_limit:g} s of CPU", seconds)
-        return Outcome("crashed", None, output, size, f"killed by signal {name}", seconds)
-    return Outcome("exited", None, output, size, f"exited with code {code} before finishing", seconds)
+class InProcess:
+    """Every task in this process, on a copy of the submission imported under ``package``:
+    no limits, no isolation (``--no-sandbox``: for one's own code, and for the tests)."""
 
+    def __init__(self, root: Path, package: str, given: Sequence[str]) -> None:
+        from bevialm.grading.student import import_package
 
-def run_sandboxed(
-    tasks: Sequence[Task], submission: Submission, limits: Limits, jobs: int = 1
-) -> list[Outcome]:
-    """Run every task in its own confined child, at most ``jobs`` at a time."""
-    ctx = context()
-    outcomes: list[Outcome | None] = [None] * len(tasks)
-    pending = list(range(len(tasks)))
-    running: list[_Running] = []
-    try:
-        while pending or running:
-            while pending and len(running) < max(1, jobs):
-                i = pending.pop(0)
-                # A fresh, unpredictable folder per check (not base/check{i}): a child that made
-                # or filled the next check's folder ahead of time would crash or fool the grader.
-                workdir = Path(tempfile.mkdtemp(prefix=f"bevialm-check{i}-"))
-                p = ctx.Process(target=child_main, args=(tasks[i], submission, str(workdir), limits), daemon=True)
-                p.start()
-                running.append(_Running(i, p, workdir, time.monotonic()))
-            now = time.monotonic()
-            wait = min(r.started + limits.time_limit - now for r in running)
-            multiprocessing.connection.wait([r.process.sentinel for r in running], timeout=max(0.0, wait))
-            for run in list(running):
-                over = time.monotonic() > run.started + limits.time_limit
-                if run.process.exitcode is None and not over:
-                    continue
-                if run.process.exitcode is None:
-                    _kill_group(run.process.pid)
-                    run.process.kill()
-                run.process.join(KILL_GRACE)
-                _kill_group(run.process.pid)  # anything it forked
-                outcomes[run.index] = _collect(run, limits, timed_out=over and not (run.workdir / RESULT_FILE).is_file())
-                run.process.close()
-                running.remove(run)
-                shutil.rmtree(run.workdir, ignore_errors=True)
-    finally:
-        for run in running:  # pragma: no cover - only when the grader itself is interrupted
-            _kill_group(run.process.pid)
-            run.process.kill()
-            run.process.join(KILL_GRACE)
-            shutil.rmtree(run.workdir, ignore_errors=True)
-    return [o for o in outcomes if o is not None]
+        self.package = package
+        self.folder = Path(tempfile.mkdtemp(prefix="bevialm-inprocess-"))
+        self.copy = prepare(root, package, given, self.folder)
+        import_package(self.copy, package)
+
+    def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
+        for task in tasks:
+            start = time.monotonic()
+            obs = run_task(task, LocalSession(self.package, self.copy))
+            yield Outcome("ok", obs, seconds=time.monotonic() - start)
+
+    def close(self) -> None:
+        from bevialm.grading.student import forget_package
+
+        forget_package(self.package)
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ast
 import atexit
-import contextlib
 import importlib
 import importlib.machinery
 import importlib.util
@@ -19,12 +18,10 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 from bevialm.grading.skeleton import INFRASTRUCTURE, ROOT, _is_module, plan
-from bevialm.registry import PairSpec
 
 PACKAGE = "bevialm_submission"
 """The name the sandbox imports a submission under."""
@@ -210,43 +207,7 @@ def import_package(root: Path, package: str = PACKAGE) -> ModuleType:
     return module
 
 
-def student_module(reference: ModuleType | str, package: str = PACKAGE) -> ModuleType:
-    """The student's counterpart of a reference module (``bevialm.layers.linear`` ->
-    ``<package>.layers.linear``); the package must have been imported."""
-    name = reference if isinstance(reference, str) else reference.__name__
-    return importlib.import_module(package + name[len(ROOT) :])
-
-
 def forget_package(package: str) -> None:
     """Drop ``package`` and its modules from ``sys.modules`` (in-process grading only)."""
     for name in [n for n in sys.modules if n == package or n.startswith(package + ".")]:
         del sys.modules[name]
-
-
-@contextlib.contextmanager
-def substituted(spec: PairSpec, package: str = PACKAGE) -> Iterator[ModuleType]:
-    """Within the block, the registry's binding of ``spec`` calls the student's functions.
-
-    The registry binds the *reference* module; the functions it looks up on
-    that module at call time (``spec.functions``) are swapped for the
-    student's and restored afterwards. The sandbox's children are thrown away
-    after one check, so nothing leaks; in-process grading restores them.
-    """
-    student = student_module(spec.module, package)
-    saved = {name: getattr(spec.module, name) for name in spec.functions}
-    missing = [name for name in spec.functions if not hasattr(student, name)]
-    if missing:
-        raise AttributeError(f"{student_path(student)} has no function {missing[0]!r}")
-    try:
-        for name in spec.functions:
-            setattr(spec.module, name, getattr(student, name))
-        yield student
-    finally:
-        for name, function in saved.items():
-            setattr(spec.module, name, function)
-
-
-def student_path(module: ModuleType) -> str:
-    """``layers/linear.py``-style name of a student module, for messages."""
-    parts = module.__name__.split(".")[1:]
-    return "/".join(parts) + ".py" if parts else "__init__.py"

@@ -1,20 +1,16 @@
-"""What runs student code: one check's task, executed in a sandboxed child (or in-process).
+"""The checks' work: call the student's functions (through a session) and record what came back.
 
-A task carries trusted inputs from the grader (cases, parameters, inputs,
-cotangents); running it imports the submission and records what the
-student's functions return: an :class:`Observation` of plain arrays and JSON
-metadata. Every comparison with the reference happens afterwards in the
-grader's own process (:mod:`bevialm.grading.grade`), so student code can
-neither see the reference results nor touch the verdict. Observations cross
-the process boundary through :func:`encode` / :func:`decode`: an ``.npz``
-archive read with ``allow_pickle=False``, so a hostile child cannot make the
-grader run code by unpickling.
+Each task runs in the grader's process. The registry's bindings, the gradient
+checker and the purity checks run here unchanged; within a task, the reference
+functions a student writes are routed (:func:`bevialm.grading.session.routed`) to
+the session, which runs the student's function in the check's child and returns
+its plain results. What came back is recorded as an :class:`Observation` of arrays
+and JSON metadata, which :mod:`bevialm.grading.judge` compares with the reference.
+So the student's code never sees a reference result, a checker or a verdict.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,20 +21,23 @@ import numpy as np
 
 from bevialm import model
 from bevialm.gradcheck import purity_problems, structure_problems, vjp_check
-from bevialm.grading.student import PACKAGE, import_package, student_module, substituted
+from bevialm.grading.session import (
+    CURRENT,
+    AnySession,
+    SandboxFailure,
+    StudentError,
+    current,
+    evaluate,
+    student_module,
+)
 from bevialm.registry import BY_NAME, Bound, Case, PairSpec
 from bevialm.types import Array, IntArray
 
 MAX_MESSAGE = 300
 """Longest exception message kept in a report."""
 
-
-@dataclass(frozen=True)
-class Submission:
-    """Where the student's package is and the package name to import it under."""
-
-    root: str
-    package: str = PACKAGE
+MODEL_MODULE = "model"
+"""The student-side module of the model's glue (given code when the model is not graded)."""
 
 
 @dataclass(frozen=True)
@@ -80,13 +79,13 @@ class ModelTask:
 @dataclass(frozen=True)
 class TrainingTask:
     """A check beyond the pairs (:mod:`bevialm.grading.training`): the model's own functions,
-    AdamW, the schedule, clipping. ``cases`` holds the inputs (and the reference's answers,
-    which the student's side never reads)."""
+    AdamW, the schedule, clipping. ``run(call, obs)`` calls the student's functions through
+    ``call`` (the session's) and records what came back in ``obs``."""
 
     check_id: str
     subject: str
     kind: str
-    cases: Any
+    run: Callable[[Callable[..., Any], Observation], None]
 
 
 Task = PairTask | ModelTask | TrainingTask
@@ -103,30 +102,6 @@ class Observation:
 
     arrays: dict[str, Array] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=lambda: {"error": None, "types": {}, "cases": {}})
-
-
-class ResultError(Exception):
-    """A child's result could not be read (it is not what :func:`encode` writes)."""
-
-
-def encode(obs: Observation) -> bytes:
-    buf = io.BytesIO()
-    meta = np.frombuffer(json.dumps(obs.meta).encode("utf-8"), dtype=np.uint8)
-    arrays: dict[str, Any] = {"a:" + k: v for k, v in obs.arrays.items()}
-    np.savez(buf, __meta__=meta, **arrays)
-    return buf.getvalue()
-
-
-def decode(data: bytes) -> Observation:
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
-            arrays = {k[2:]: archive[k] for k in archive.files if k.startswith("a:")}
-            meta = json.loads(archive["__meta__"].tobytes().decode("utf-8"))
-    except Exception as exc:
-        raise ResultError(f"unreadable result ({type(exc).__name__}: {exc})") from None
-    if not isinstance(meta, dict) or not {"error", "types", "cases"} <= set(meta):
-        raise ResultError("unreadable result (metadata of the wrong form)")
-    return Observation(arrays, meta)
 
 
 # --- describing what went wrong -----------------------------------------------------------
@@ -150,6 +125,8 @@ def where(exc: BaseException, root: Path) -> str:
 
 
 def describe(exc: BaseException, root: Path) -> dict[str, Any]:
+    if isinstance(exc, StudentError):
+        return dict(exc.info)
     if isinstance(exc, SystemExit):
         message = f"sys.exit({exc.code!r}) was called"
     else:
@@ -167,14 +144,20 @@ def store(obs: Observation, key: str, value: Any) -> None:
         return
     if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
         obs.arrays[key] = np.asarray(value)
-    obs.meta["types"][key] = type(value).__name__ if not isinstance(value, np.ndarray) else f"{value.dtype} array"
+    obs.meta["types"][key] = _type_name(value)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array"
+    return str(getattr(value, "type_name", type(value).__name__))
 
 
 def _structure(params: Any) -> dict[str, Any]:
     if not isinstance(params, Mapping):
-        return {"type": type(params).__name__}
+        return {"type": _type_name(params)}
     return {
-        str(k): [list(v.shape), str(v.dtype)] if isinstance(v, np.ndarray) else type(v).__name__
+        str(k): [list(v.shape), str(v.dtype)] if isinstance(v, np.ndarray) else _type_name(v)
         for k, v in params.items()
     }
 
@@ -205,6 +188,7 @@ def _backward(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[
 
 
 def _gradcheck(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[int], None]) -> None:
+    session = _session()
     for i, p in enumerate(task.points):
         case(i)
         bound = spec.bind(p.case)
@@ -215,6 +199,7 @@ def _gradcheck(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[
             p.x,
             rng=np.random.default_rng([p.case.seed, 99]),
             max_elements=task.gradcheck_entries or None,
+            evaluate=lambda f, points: evaluate(session, f, points),
         )
         obs.meta["cases"][str(i)] = {
             "problems": list(report.problems),
@@ -251,19 +236,20 @@ def _float32(bound: Bound, p: PointInput) -> list[str]:
 
 
 def _purity(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[int], None]) -> None:
-    student = student_module(spec.module, _package(obs))
+    session = _session()
+    module = student_module(spec.module.__name__)
     for i, p in enumerate(task.points):
         case(i)
         found: dict[str, Any] = {"problems": []}
         if "init" in spec.functions:
             found["init"] = _structure(spec.init(p.case.cfg, np.random.default_rng(0)))
-            found["init_default"] = _structure(student.init(p.case.cfg, np.random.default_rng(0)))
+            found["init_default"] = _structure(session.call(module, "init", p.case.cfg, np.random.default_rng(0)))
         bound = spec.bind(p.case)
         y, cache = bound.forward(p.params, p.x)
         found["y"] = [list(np.shape(y)), str(getattr(y, "dtype", type(y).__name__))]
         dx, grads = bound.backward(p.params, cache, p.dy)
         if not isinstance(grads, Mapping):
-            found["problems"].append(f"backward returned grads as a {type(grads).__name__}, not a dict")
+            found["problems"].append(f"backward returned grads as a {_type_name(grads)}, not a dict")
         else:
             found["problems"] += structure_problems(p.params, grads, dx, p.x)
             found["problems"] += purity_problems(bound.forward, bound.backward, p.params, p.x, p.dy)
@@ -272,21 +258,27 @@ def _purity(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[in
 
 
 PROBED = frozenset({"forward", "backward", "gradcheck"})
-"""Kinds of check whose wrong numbers a faulty helper can explain (see :data:`PairSpec.probes`)."""
+"""Kinds of check whose wrong numbers a faulty helper can explain (see ``PairSpec.probes``)."""
 
 
 def _probe(spec: PairSpec, obs: Observation) -> None:
     """The student's helpers on the registry's probes: what each returned, or what it raised."""
-    student = student_module(spec.module, _package(obs))
+    session = _session()
+    module = student_module(spec.module.__name__)
     for j, p in enumerate(spec.probes):
         try:
-            store(obs, f"probe/{j}", getattr(student, p.function)(*p.args))
+            store(obs, f"probe/{j}", session.call(module, p.function, *p.args))
+        except SandboxFailure:
+            raise
         except Exception as exc:  # evidence about the helper, not a failure of the check
-            obs.meta["types"][f"probe/{j}"] = f"raised {type(exc).__name__}"
+            raised = exc.info["type"] if isinstance(exc, StudentError) else type(exc).__name__
+            obs.meta["types"][f"probe/{j}"] = f"raised {raised}"
 
 
-def _package(obs: Observation) -> str:
-    return str(obs.meta["package"])
+def _session() -> AnySession:
+    session = CURRENT.get()
+    assert session is not None, "tasks run within bevialm.grading.session.current"
+    return session
 
 
 PAIR_RUNNERS: dict[str, Callable[[PairTask, PairSpec, Observation, Callable[[int], None]], None]] = {
@@ -298,12 +290,14 @@ PAIR_RUNNERS: dict[str, Callable[[PairTask, PairSpec, Observation, Callable[[int
 
 
 def _model(task: ModelTask, obs: Observation) -> None:
-    student_model = student_module(model, _package(obs))  # the student's, or the handed-out copy
+    session = _session()
     params = dict(task.params)
     losses = []
     for step in range(task.steps + 1):
         rng = np.random.default_rng([task.seed, step]) if task.cfg.dropout else None
-        loss, grads = student_model.loss_and_grads(params, task.idx, task.targets, task.cfg, rng=rng)
+        loss, grads = session.call(MODEL_MODULE, "loss_and_grads", params, task.idx, task.targets, task.cfg, rng=rng)
+        if not isinstance(grads, Mapping):
+            raise TypeError(f"loss_and_grads returned the gradients as a {_type_name(grads)}, not a dict")
         losses.append(float(loss))
         if task.kind == "loss_and_grads":
             store(obs, "loss", np.asarray(loss, dtype=np.float64))
@@ -314,38 +308,34 @@ def _model(task: ModelTask, obs: Observation) -> None:
             for key, value in params.items():
                 grad = grads.get(key)
                 if not isinstance(grad, np.ndarray) or grad.shape != value.shape:
-                    got = grad.shape if isinstance(grad, np.ndarray) else type(grad).__name__
+                    got = grad.shape if isinstance(grad, np.ndarray) else _type_name(grad)
                     raise ValueError(f"cannot take a gradient step: the gradient of {key!r} is {got}, its parameter {value.shape}")
             params = {k: v - task.lr * grads[k] for k, v in params.items()}
     store(obs, "losses", np.asarray(losses))
 
 
-def run_task(task: Task, submission: Submission) -> Observation:
-    """Import the submission and run one check's student code; exceptions (and ``sys.exit``)
-    are recorded in the observation, never raised."""
+def run_task(task: Task, session: AnySession) -> Observation:
+    """Run one check's student code through ``session``; the student's exceptions (and
+    ``sys.exit``) are recorded in the observation, never raised. A child that stops
+    answering raises :class:`~bevialm.grading.session.SandboxFailure`."""
     obs = Observation()
-    obs.meta["package"] = submission.package
 
     def case(i: int) -> None:
         obs.meta["case"] = i
 
     try:
-        import_package(Path(submission.root), submission.package)
-        if isinstance(task, PairTask):
-            spec = BY_NAME[task.pair]
-            with substituted(spec, submission.package):
+        with current(session):
+            if isinstance(task, PairTask):
+                spec = BY_NAME[task.pair]
                 PAIR_RUNNERS[task.kind](task, spec, obs, case)
                 if task.kind in PROBED:
                     _probe(spec, obs)
-        elif isinstance(task, TrainingTask):
-            from bevialm.grading import training
-
-            def call(module: str, function: str, *args: Any, **kwargs: Any) -> Any:
-                return getattr(student_module(f"bevialm.{module}", submission.package), function)(*args, **kwargs)
-
-            training.run(task.subject, task.kind, task.cases, call, obs)
-        else:
-            _model(task, obs)
+            elif isinstance(task, TrainingTask):
+                task.run(session.call, obs)
+            else:
+                _model(task, obs)
+    except SandboxFailure:
+        raise
     except (Exception, SystemExit) as exc:
-        obs.meta["error"] = describe(exc, Path(submission.root))
+        obs.meta["error"] = describe(exc, session.root)
     return obs

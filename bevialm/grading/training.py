@@ -32,17 +32,15 @@ import numpy as np
 from bevialm import model, optim
 from bevialm.gradcheck import away_from_init
 from bevialm.grading import cases as pair_cases
-from bevialm.grading.grade import Comparison, _summarise, compare, tensor_name
+from bevialm.grading.compare import Comparison, Verdict, array_of, compare, summarise, tensor_name
 from bevialm.grading.rubric import Settings
+from bevialm.grading.session import RemoteObject
 from bevialm.grading.tasks import Observation, store
 from bevialm.types import Array, IntArray
 
 Call = Callable[..., Any]
 """``call(module, function, *args, **kwargs)``: the student's ``function`` of their ``module``
 (``"optim"``, ``"model"``), run in the check's child; returns what it returned."""
-
-Verdict = tuple[bool, float | None, str, str]
-"""``(passed, worst relative error, one-line hint, details)``, as for the pairs' checks."""
 
 TRAINING_KINDS: dict[str, tuple[str, ...]] = {
     "model": ("forward", "backward"),
@@ -260,10 +258,11 @@ def reference_cases(settings: Settings) -> TrainingCases:
 def fields_of(state: Any) -> dict[str, Any] | None:
     """The fields of a dataclass the student returned: the object itself in this process, or
     the arrays a session reports for an object that lives in the child."""
+    if isinstance(state, RemoteObject):
+        return dict(state.fields) if state.fields is not None else None
     if dataclasses.is_dataclass(state) and not isinstance(state, type):
         return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    found = getattr(state, "fields", None)
-    return dict(found) if isinstance(found, Mapping) else None
+    return None
 
 
 def _store_mapping(obs: Observation, key: str, value: Any) -> None:
@@ -353,14 +352,18 @@ RUNNERS: dict[tuple[str, str], Callable[[TrainingCases, Call, Observation, Calla
 }
 
 
-def run(subject: str, kind: str, cases: TrainingCases, call: Call, obs: Observation) -> None:
-    """Run check ``subject.kind``'s student code through ``call``; exceptions propagate (the
-    caller records them, with the case reached in ``obs.meta["case"]``)."""
+def runner(subject: str, kind: str, cases: TrainingCases) -> Callable[[Call, Observation], None]:
+    """``run(call, obs)``: check ``subject.kind``'s student code, called through ``call``, its
+    results recorded in ``obs``; exceptions propagate (the caller records them, with the case
+    reached in ``obs.meta["case"]``)."""
 
-    def case(i: int) -> None:
-        obs.meta["case"] = i
+    def run(call: Call, obs: Observation) -> None:
+        def case(i: int) -> None:
+            obs.meta["case"] = i
 
-    RUNNERS[(subject, kind)](cases, call, obs, case)
+        RUNNERS[(subject, kind)](cases, call, obs, case)
+
+    return run
 
 
 def case_label(subject: str, kind: str, cases: TrainingCases, i: int) -> str:
@@ -382,10 +385,6 @@ def _a(noun: str) -> str:
     return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
-def _array(obs: Observation, key: str) -> tuple[Array | None, str | None]:
-    return obs.arrays.get(key), obs.meta["types"].get(key)
-
-
 def _mapping(obs: Observation, key: str, want: Mapping[str, Array], name: Callable[[str], str]) -> list[Comparison]:
     """Compare the dict stored under ``key`` with ``want``, tensor by tensor."""
     kind = obs.meta["types"].get(key)
@@ -398,7 +397,7 @@ def _mapping(obs: Observation, key: str, want: Mapping[str, Array], name: Callab
         if k not in keys:
             out.append(Comparison(name(k), False, None, f"{name(k)} is missing"))
         else:
-            got, got_kind = _array(obs, f"{key}/{k}")
+            got, got_kind = array_of(obs, f"{key}/{k}")
             out.append(compare(name(k), got, w, got_kind))
     extra = sorted(keys - set(want))
     if extra:
@@ -419,10 +418,10 @@ def _judge_model(kind: str, cases: TrainingCases, obs: Observation) -> Verdict:
     verdicts: list[Verdict] = []
     for i, c in enumerate(cases.model):
         if kind == "forward":
-            got, got_kind = _array(obs, f"{i}/logits")
-            verdicts.append(_summarise([compare("logits", got, c.logits, got_kind)], c.label))
+            got, got_kind = array_of(obs, f"{i}/logits")
+            verdicts.append(summarise([compare("logits", got, c.logits, got_kind)], c.label))
         else:
-            verdicts.append(_summarise(_mapping(obs, f"{i}/grads", c.grads, tensor_name), c.label))
+            verdicts.append(summarise(_mapping(obs, f"{i}/grads", c.grads, tensor_name), c.label))
     return _first_failure(verdicts)
 
 
@@ -442,14 +441,14 @@ def _judge_adamw_step(cases: TrainingCases, obs: Observation) -> Verdict:
         for s, (want_params, want_state) in enumerate(c.after):
             label = f"{c.label}: after step {s + 1}, t = {want_state.t}"
             comparisons = _mapping(obs, f"{i}/{s}/params", want_params, _param_name(c.cfg))
-            got_t, t_kind = _array(obs, f"{i}/{s}/t")
+            got_t, t_kind = array_of(obs, f"{i}/{s}/t")
             comparisons.append(compare("state.t", got_t, np.asarray(float(want_state.t)), t_kind))
             comparisons += _mapping(obs, f"{i}/{s}/m", want_state.m, lambda k: f"state.m[{k!r}]")
             comparisons += _mapping(obs, f"{i}/{s}/v", want_state.v, lambda k: f"state.v[{k!r}]")
             state_kind = obs.meta["types"].get(f"{i}/{s}/state")
             if state_kind is not None:
                 comparisons.insert(0, Comparison("state", False, None, f"step returned its state as {_a(state_kind)}, expected an AdamWState"))
-            passed, worst, hint, details = _summarise(comparisons, label)
+            passed, worst, hint, details = summarise(comparisons, label)
             if not passed:
                 verdicts.append((passed, worst, hint + _decay_pattern(comparisons, c), details))
                 break  # later steps start from a wrong state: the first wrong step says most
@@ -499,18 +498,18 @@ def _judge_decays(cases: TrainingCases, obs: Observation) -> Verdict:
 def _judge_schedule(cases: TrainingCases, obs: Observation) -> Verdict:
     verdicts: list[Verdict] = []
     for i, p in enumerate(cases.schedule):
-        got, kind = _array(obs, f"{i}/lr")
+        got, kind = array_of(obs, f"{i}/lr")
         base = p.args[1]  # compared in units of base_lr: learning rates are far below the tolerances' atol
         scaled = None if got is None else np.asarray(got, dtype=np.float64) / base
-        verdicts.append(_summarise([compare("lr / base_lr", scaled, np.asarray(p.lr / base), kind)], p.label))
+        verdicts.append(summarise([compare("lr / base_lr", scaled, np.asarray(p.lr / base), kind)], p.label))
     return _first_failure(verdicts)
 
 
 def _judge_global_norm(cases: TrainingCases, obs: Observation) -> Verdict:
     verdicts: list[Verdict] = []
     for i, (label, _, norm) in enumerate(cases.norms):
-        got, kind = _array(obs, f"{i}/norm")
-        verdicts.append(_summarise([compare("global_norm", got, np.asarray(norm), kind)], label))
+        got, kind = array_of(obs, f"{i}/norm")
+        verdicts.append(summarise([compare("global_norm", got, np.asarray(norm), kind)], label))
     return _first_failure(verdicts)
 
 
@@ -522,9 +521,9 @@ def _judge_clip(cases: TrainingCases, obs: Observation) -> Verdict:
             verdicts.append((False, None, f"clip_by_global_norm returned {_a(kind)}, expected (clipped, norm) ({c.label})", ""))
             continue
         comparisons = _mapping(obs, f"{i}/clipped", c.clipped, lambda k: f"clipped[{k!r}]")
-        got, got_kind = _array(obs, f"{i}/norm")
+        got, got_kind = array_of(obs, f"{i}/norm")
         comparisons.append(compare("norm", got, np.asarray(c.norm), got_kind))
-        verdicts.append(_summarise(comparisons, c.label))
+        verdicts.append(summarise(comparisons, c.label))
     return _first_failure(verdicts)
 
 

@@ -1,0 +1,166 @@
+"""`make bench-tokenizer`: BeviaLLM's byte-level BPE trained and run on Tiny Shakespeare.
+
+Measures, on ``data/tinyshakespeare.txt`` (1.1 MB):
+
+- training a 512-token and a 4,096-token vocabulary (seconds);
+- encoding the whole text with the 4,096-token tokenizer: cold (a freshly loaded
+  tokenizer, nothing cached) and warm (its chunk cache filled), in MB/s of UTF-8;
+- decoding it back (MB/s), and checking the round trip is exact.
+
+When Hugging Face ``tokenizers`` is installed (the ``bench`` extra), its byte-level BPE
+trainer and encoder run on the same text in the same process, side by side, as a ratio
+(our time / theirs). Each figure is the median of ``--repeats`` runs; results go to the
+terminal and to JSON. Speed targets (4,096 in <= 10 s, encoding >= 2 MB/s) are reported,
+never asserted: the tests only run ``--quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bevialm import tokenizer  # noqa: E402
+
+TEXT = ROOT / "data" / "tinyshakespeare.txt"
+TRAIN_TARGET_S, ENCODE_TARGET_MBS = 10.0, 2.0
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    """The median wall time of ``repeats`` calls of ``fn`` and the last call's result."""
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def ours(text: str, sizes: list[int], repeats: int) -> dict[str, Any]:
+    n_bytes = len(text.encode("utf-8"))
+    out: dict[str, Any] = {"train_s": {}}
+    trained: dict[int, tokenizer.BPETokenizer] = {}
+    for size in sizes:
+        seconds, trained[size] = median_seconds(lambda size=size: tokenizer.train_bpe(text, size), repeats)  # type: ignore[misc]
+        out["train_s"][str(size)] = seconds
+    big = trained[sizes[-1]]
+    fresh = lambda: tokenizer.from_json(big.to_json())  # noqa: E731 - a tokenizer with an empty cache
+    cold, ids = median_seconds(lambda: fresh().encode(text), repeats)
+    warm_tok = fresh()
+    warm_tok.encode(text)
+    warm, _ = median_seconds(lambda: warm_tok.encode(text), repeats)
+    decode_s, back = median_seconds(lambda: big.decode(ids), repeats)
+    if back != text:
+        raise SystemExit("round trip failed: decode(encode(text)) != text")
+    out.update(
+        vocab_size=big.vocab_size,
+        tokens=int(ids.size),
+        chars_per_token=len(text) / ids.size,
+        encode_cold_s=cold,
+        encode_cold_mb_s=n_bytes / cold / 1e6,
+        encode_warm_s=warm,
+        encode_warm_mb_s=n_bytes / warm / 1e6,
+        decode_s=decode_s,
+        decode_mb_s=n_bytes / decode_s / 1e6,
+        round_trip_exact=True,
+    )
+    return out
+
+
+def hugging_face(text: str, sizes: list[int], repeats: int) -> dict[str, Any] | None:
+    try:
+        from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    except ImportError:
+        return None
+    import tokenizers as hf
+
+    def train(size: int) -> Any:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[], show_progress=False
+        )
+        tok.train_from_iterator([text], trainer)
+        return tok
+
+    n_bytes = len(text.encode("utf-8"))
+    out: dict[str, Any] = {"version": hf.__version__, "train_s": {}}
+    trained: dict[int, Any] = {}
+    for size in sizes:
+        out["train_s"][str(size)], trained[size] = median_seconds(lambda size=size: train(size), repeats)  # type: ignore[misc]
+    big = trained[sizes[-1]]
+    encode_s, encoding = median_seconds(lambda: big.encode(text), repeats)
+    out.update(vocab_size=big.get_vocab_size(), tokens=len(encoding.ids), encode_s=encode_s, encode_mb_s=n_bytes / encode_s / 1e6)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--quick", action="store_true", help="a 100 kB slice and vocabularies of 300 and 400: a smoke test")
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is reported (default: 3)")
+    p.add_argument("--no-hf", action="store_true", help="skip Hugging Face tokenizers even if installed")
+    p.add_argument("--json", default="bench-tokenizer.json", help="where to write the results (default: %(default)s)")
+    args = p.parse_args(argv)
+
+    text = TEXT.read_text(encoding="utf-8")
+    sizes = [512, 4096]
+    if args.quick:
+        text, sizes = text[:100_000], [300, 400]
+    repeats = 1 if args.quick else max(1, args.repeats)
+    mb = len(text.encode("utf-8")) / 1e6
+    print(f"byte-level BPE on {TEXT.name}: {mb:.2f} MB, {len(text):,} characters; median of {repeats} run(s)")
+
+    mine = ours(text, sizes, repeats)
+    theirs = None if args.no_hf else hugging_face(text, sizes, repeats)
+    big = str(sizes[-1])
+    print(f"{'':28}{'BeviaLLM':>12}" + (f"{'HF tokenizers ' + theirs['version']:>24}{'ours / HF':>12}" if theirs else ""))
+    for size in sizes:
+        s = str(size)
+        row = f"{'train to ' + f'{size:,}' + ' tokens':28}{mine['train_s'][s]:>10.2f} s"
+        if theirs:
+            row += f"{theirs['train_s'][s]:>22.2f} s{mine['train_s'][s] / theirs['train_s'][s]:>11.1f}x"
+        print(row)
+    row = f"{'encode (cold), MB/s':28}{mine['encode_cold_mb_s']:>12.2f}"
+    if theirs:
+        row += f"{theirs['encode_mb_s']:>24.2f}{mine['encode_cold_s'] / theirs['encode_s']:>11.1f}x"
+    print(row)
+    print(f"{'encode (warm cache), MB/s':28}{mine['encode_warm_mb_s']:>12.2f}")
+    print(f"{'decode, MB/s':28}{mine['decode_mb_s']:>12.2f}")
+    tokens = f"{mine['tokens']:,} tokens ({mine['chars_per_token']:.2f} characters per token)"
+    print(f"{sizes[-1]:,}-token vocabulary: {tokens}; round trip exact")
+    if theirs:
+        print(f"HF's {theirs['vocab_size']:,}-token vocabulary: {theirs['tokens']:,} tokens")
+    else:
+        print("Hugging Face tokenizers is not installed (pip install -e '.[bench]'): BeviaLLM alone")
+    if not args.quick:
+        train_ok = mine["train_s"][big] <= TRAIN_TARGET_S
+        encode_ok = mine["encode_cold_mb_s"] >= ENCODE_TARGET_MBS
+        print(
+            f"targets: train to 4,096 in <= {TRAIN_TARGET_S:g} s: {'met' if train_ok else 'MISSED'}; "
+            f"encode >= {ENCODE_TARGET_MBS:g} MB/s (cold): {'met' if encode_ok else 'MISSED'}"
+        )
+    results = {
+        "text": TEXT.name,
+        "megabytes": mb,
+        "repeats": repeats,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "bevialm": mine,
+        "hugging_face": theirs,
+    }
+    Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
