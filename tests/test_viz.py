@@ -21,7 +21,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bevialm import cli, train, viz
+from bevialm import cli, runtime, train, viz
 from bevialm.types import Array
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +64,19 @@ def test_visible_shows_whitespace_and_control_characters_as_glyphs() -> None:
     assert viz.visible(" the\n") == "␣the↵"
     assert viz.visible("\t\r\x00a") == "⇥␍␀a"
     assert [viz.visible(t) for t in TOKENS] == GLYPHS
+
+
+def test_token_texts_decode_one_token_at_a_time_and_show_part_characters_as_bytes() -> None:
+    from bevialm.data import Vocab
+    from bevialm.tokenizer import train_bpe
+
+    vocab = Vocab.from_text("ab \n")
+    assert viz.token_texts(vocab, vocab.encode("a b\n")) == ["a", " ", "b", "\n"]
+    bytes_only = train_bpe("hé hé", 256)  # no merges: every byte is a token, é is two
+    assert viz.token_texts(bytes_only, bytes_only.encode("hé!")) == ["h", "\\xc3", "\\xa9", "!"]
+    merged = train_bpe("héllo héllo héllo", 300)
+    ids = merged.encode("héllo")
+    assert "".join(viz.token_texts(merged, ids)) == "héllo" and len(ids) < 5  # whole characters: their text
 
 
 def test_prompt_figure_has_a_map_per_layer_and_head_labelled_with_the_prompt_and_blank_future_cells() -> None:
@@ -293,7 +306,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
 
 def test_the_trainer_names_the_command_that_draws_its_curves(run: tuple[Path, str]) -> None:
     out, printed = run
-    assert printed.splitlines()[-1] == f"draw its loss curves: bevialm plot {out}"
+    assert printed.splitlines()[-1] == f"draw its loss curves: {runtime.command()} plot {out}"
 
 
 def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
