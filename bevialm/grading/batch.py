@@ -232,8 +232,8 @@ def flags(data: dict[str, Any]) -> list[str]:
     if "FLAGGED" in str(data.get("output", "")):
         found.append("uses the reference")
     extra = data.get("flags")
-    if isinstance(extra, list):
-        found += [str(f) for f in extra]
+    if isinstance(extra, list):  # the grader's own flags: reference uses, import attempts
+        found += [str(f)[:120] for f in extra[:3]] + ([f"... ({len(extra) - 3} more flags)"] if len(extra) > 3 else [])
     counts: dict[str, int] = {}
     for test in data.get("tests", []):
         hint = str(test.get("output", "")).split("\n", 1)[0]
