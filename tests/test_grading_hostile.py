@@ -418,3 +418,24 @@ def test_garbage_on_the_grader_s_pipes_fails_only_the_check(install: Install, bo
     graded = run_grade(install, submission(tmp_path, box, code), "linear.forward,linear.backward", checks=2)
     assert graded.score == 0
     assert graded.test("linear.backward")["status"] == "failed"
+
+
+@root_only  # the checks' uid cannot read the interpreter's folder here (/root is 0700)
+def test_standard_library_modules_not_preloaded_still_import(install: Install, box: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "stdlib"
+    write_skeleton(folder, with_solutions=True)
+    plant(
+        folder,
+        "layers/linear.py",
+        """
+        _reference_forward = forward
+
+        def forward(params, x, cfg):
+            import csv, hashlib, io, sqlite3, xml.dom.minidom  # none of them preloaded; C extensions too
+            hashlib.sha256(b"x").hexdigest()
+            next(csv.reader(io.StringIO("a,b")))
+            return _reference_forward(params, x, cfg)
+        """,
+    )
+    graded = run_grade(install, folder, "linear.forward")
+    assert graded.score == 2, graded.output("linear.forward")

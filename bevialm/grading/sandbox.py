@@ -72,7 +72,11 @@ LOCKS = Path("/run/bevialm-grading")
 """Root's folder of uid locks (so graders running at once never share a uid)."""
 
 PROCESSES = 64
-"""Processes a check's uid may have at once (RLIMIT_NPROC): a fork bomb stops there."""
+"""Processes and threads a check's uid may have at once (RLIMIT_NPROC): a fork bomb stops there."""
+
+CHILD_ENVIRONMENT = {"PATH": "/usr/bin:/bin", **{f"{lib}_NUM_THREADS": "1" for lib in ("OPENBLAS", "OMP", "MKL")}}
+"""The child's whole environment: nothing of the grader's, and single-threaded BLAS (the checks'
+matrices are tiny, and a BLAS thread per core would use up the process limit on a big machine)."""
 
 KILL_ROUNDS = 50
 
@@ -389,7 +393,7 @@ class Sandbox:
                 "time": limits.time_limit,
                 "memory": limits.memory_limit_mb * 2**20,
                 "output": limits.output_limit,
-                "processes": PROCESSES if self.as_root else _user_processes() + PROCESSES,
+                "processes": PROCESSES if self.as_root else _user_tasks() + PROCESSES,
             },
         }
         self.source = Path(child.__file__).read_text(encoding="utf-8")
@@ -428,7 +432,7 @@ class Sandbox:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                env={"PATH": "/usr/bin:/bin"},
+                env=CHILD_ENVIRONMENT,
                 cwd=workdir,
                 start_new_session=True,
             )
@@ -542,8 +546,13 @@ def ending(status: str, code: int, output_size: int, limits: Limits) -> tuple[st
     return status, ""
 
 
-def _user_processes() -> int:
-    return len(_processes_of(os.getuid()))
+def _user_tasks() -> int:
+    """Processes and threads of this user (RLIMIT_NPROC counts both)."""
+    count = 0
+    for pid in _processes_of(os.getuid()):
+        with contextlib.suppress(OSError):
+            count += len(os.listdir(f"/proc/{pid}/task"))
+    return count
 
 
 def _read_output(path: Path) -> tuple[str, int]:
