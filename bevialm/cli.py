@@ -431,7 +431,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         if args.show_attention and recorder is not None and args.sample_len > 0:
             shown = viz.attention_text(
                 recorder.weights[i],
-                _token_texts(loaded.tokenizer, recorder.tokens[i]),
+                viz.token_texts(loaded.tokenizer, recorder.tokens[i]),
                 recorder.prompt_len,
                 layer=args.layer,
                 head=args.head,
@@ -441,18 +441,13 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.attention is not None and recorder is not None:
         fig = viz.generation_attention_figure(
             recorder.weights[0],
-            _token_texts(loaded.tokenizer, recorder.tokens[0]),
+            viz.token_texts(loaded.tokenizer, recorder.tokens[0]),
             recorder.prompt_len,
             layer=args.layer,
             head=args.head,
         )
         _wrote(args.attention, viz.save_figure(fig, args.attention), "attention while generating sample 1")
     return EXIT_OK
-
-
-def _token_texts(vocab: Any, ids: Any) -> list[str]:
-    """Each token's own text: the tick labels and terminal columns of the attention views."""
-    return [vocab.decode([int(i)]) for i in ids]
 
 
 def _wrote(path: str, size: tuple[int, int], what: str) -> None:
@@ -473,7 +468,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 def _run_attention(args: argparse.Namespace) -> int:
     from bevialm import generate, model, viz
-    from bevialm.data import DataError, load_text
+    from bevialm.data import DataError, Vocab, load_text
 
     viz.require_matplotlib()
     viz.check_output(args.output)
@@ -485,18 +480,20 @@ def _run_attention(args: argparse.Namespace) -> int:
     viz.choose(cfg.n_heads, args.head, "head")
     prompt = args.prompt if args.prompt_file is None else load_text(args.prompt_file, "prompt file")
     ids = loaded.tokenizer.encode(prompt, what="prompt")
+    unit = "character" if isinstance(loaded.tokenizer, Vocab) else "token"
+    count = f"{ids.size} {unit}{'' if ids.size == 1 else 's'}"
     if not 0 < ids.size <= cfg.ctx:
         raise DataError(
-            f"the prompt has {ids.size} characters; the model reads 1 to ctx = {cfg.ctx}: "
+            f"the prompt has {count}; the model reads 1 to ctx = {cfg.ctx}: "
             + ("give a prompt" if ids.size == 0 else "shorten it")
         )
     _, cache = model.forward(loaded.params, ids[None, :], cfg)
     fig = viz.prompt_attention_figure(
         model.attention_maps(cache),
-        _token_texts(loaded.tokenizer, ids),
+        viz.token_texts(loaded.tokenizer, ids),
         layer=args.layer,
         head=args.head,
-        title=f"attention over a prompt of {ids.size} character{'' if ids.size == 1 else 's'}: {path} (step {loaded.step}); "
+        title=f"attention over a prompt of {count}: {path} (step {loaded.step}); "
         "row: query, column: the position it reads",
     )
     _wrote(args.output, viz.save_figure(fig, args.output), "attention")

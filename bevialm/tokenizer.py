@@ -46,7 +46,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -70,6 +70,9 @@ KINDS = ("char", "bpe")
 
 DEFAULT_BPE_VOCAB = 512
 """``--vocab_size`` when ``--tokenizer bpe`` is given without it."""
+
+_UNRANKED = 1 << 62
+"""The rank of a pair that is not a merge: above every real rank."""
 
 _CACHE_LIMIT = 1 << 17
 """Chunks whose tokens :meth:`BPETokenizer.encode` remembers (a text repeats its words)."""
@@ -259,14 +262,17 @@ class BPETokenizer:
         tokens = list(raw)
         ranks = self._ranks
         while len(tokens) > 1:
-            best_rank, best = -1, (0, 0)
-            for pair in zip(tokens, tokens[1:]):  # noqa: B905 - lengths differ by one by design
-                rank = ranks.get(pair)
-                if rank is not None and (best_rank < 0 or rank < best_rank):
-                    best_rank, best = rank, pair
-            if best_rank < 0:
+            # the rank of every adjacent pair (a C-level map); the lowest is merged first
+            pair_ranks = list(map(ranks.get, zip(tokens, tokens[1:]), repeat(_UNRANKED)))  # noqa: B905
+            rank = min(pair_ranks)
+            if rank == _UNRANKED:
                 break
-            tokens = _merge_pair(tokens, best[0], best[1], N_BYTES + best_rank)
+            if pair_ranks.count(rank) == 1:  # the usual case: the pair occurs once
+                i = pair_ranks.index(rank)
+                tokens[i : i + 2] = [N_BYTES + rank]
+            else:
+                a, b = self.merges[rank]
+                tokens = _merge_pair(tokens, a, b, N_BYTES + rank)
         return tokens
 
     def encode(self, text: str, *, what: str = "text") -> IntArray:
@@ -397,7 +403,10 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
                     counts.pop(pair, None)
                     where.pop(pair, None)
         counts.pop((a, b), None)
-    return BPETokenizer(tuple(merges), pre_split_rule)
+    tokenizer = BPETokenizer(tuple(merges), pre_split_rule)
+    if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
+        tokenizer._cache.update(zip(list(chunks)[:_CACHE_LIMIT], words))
+    return tokenizer
 
 
 # --- building, saving and loading ----------------------------------------------------------------

@@ -90,6 +90,22 @@ def visible(token: str) -> str:
     return "".join(_GLYPHS.get(c, chr(0x2400 + ord(c)) if ord(c) < 0x20 else c) for c in token)
 
 
+def token_texts(tokenizer: Any, ids: Sequence[int] | Array) -> list[str]:
+    """Each token's own text, for labels: ``tokenizer.decode([id])`` one token at a time.
+
+    A byte-level token that is only part of a character (a BPE token holding some of
+    the bytes of ``é``) has no text of its own; it is shown as its bytes, ``\\xc3``
+    (when the tokenizer has ``token_bytes``), rather than as nothing or ``�``.
+    """
+    texts = []
+    for i in np.asarray(ids).tolist():
+        text = tokenizer.decode([i])
+        if (not text or "\ufffd" in text) and hasattr(tokenizer, "token_bytes"):
+            text = "".join(f"\\x{b:02x}" for b in tokenizer.token_bytes(i))
+        texts.append(text)
+    return texts
+
+
 # --- output files -------------------------------------------------------------------------------
 
 
@@ -264,7 +280,7 @@ def _label_axis(fig: Figure, ax: Axes, which: Literal["x", "y"], labels: Sequenc
     """Write every ``stride``-th token (made visible) beside its column (x) or row (y).
 
     Plain text artists, not matplotlib ticks: a tick is five artists with copied properties,
-    and a grid of maps has hundreds of labels, so ticks made drawing several times slower.
+    and a grid of maps has hundreds of labels (ticks took 1.2 to 1.6 times the CPU time).
     Each label's artist is named ``"x-token"`` or ``"y-token"`` (its ``get_label()``).
     """
     from matplotlib.transforms import offset_copy

@@ -66,6 +66,19 @@ def test_visible_shows_whitespace_and_control_characters_as_glyphs() -> None:
     assert [viz.visible(t) for t in TOKENS] == GLYPHS
 
 
+def test_token_texts_decode_one_token_at_a_time_and_show_part_characters_as_bytes() -> None:
+    from bevialm.data import Vocab
+    from bevialm.tokenizer import train_bpe
+
+    vocab = Vocab.from_text("ab \n")
+    assert viz.token_texts(vocab, vocab.encode("a b\n")) == ["a", " ", "b", "\n"]
+    bytes_only = train_bpe("hé hé", 256)  # no merges: every byte is a token, é is two
+    assert viz.token_texts(bytes_only, bytes_only.encode("hé!")) == ["h", "\\xc3", "\\xa9", "!"]
+    merged = train_bpe("héllo héllo héllo", 300)
+    ids = merged.encode("héllo")
+    assert "".join(viz.token_texts(merged, ids)) == "héllo" and len(ids) < 5  # whole characters: their text
+
+
 def test_prompt_figure_has_a_map_per_layer_and_head_labelled_with_the_prompt_and_blank_future_cells() -> None:
     maps = causal_maps(2, 3, len(TOKENS))
     fig = viz.prompt_attention_figure([m[None] for m in maps], TOKENS)  # model.attention_maps' (1, H, T, T) per layer
