@@ -4,7 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test typecheck lint train sample plot bench bench-tokenizer clean
+.DEFAULT_GOAL := help
+
+.PHONY: help install test typecheck lint train sample plot bench bench-tokenizer clean
+
+help:  ## list the targets
+	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,20 +25,19 @@ test: $(STAMP)  ## the whole suite, gradient checks included, with line coverage
 typecheck: $(STAMP)  ## mypy --strict over the package and the tests
 	$(BIN)/python -m mypy --strict bevialm tests
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff over the package and the tests
 	$(BIN)/python -m ruff check bevialm tests
 
-TRAIN_OUT ?= runs/quickstart
-PROMPT    ?= MARA:
+PROMPT ?= MARA:
 
-train: $(STAMP)  ## the playbook's quick start on data.txt (a few minutes on 2 cores): progress, samples, checkpoints in $(TRAIN_OUT)
-	$(BIN)/python main.py --data data.txt --ctx 64 --dim 64 --layers 1 --batch 8 --steps 2000 --out $(TRAIN_OUT) --overwrite
+train: $(STAMP)  ## the playbook's quick start on data.txt (about 20 s of training on 2 cores) into a new runs/run-NNN
+	$(BIN)/python main.py --data data.txt --ctx 64 --dim 64 --layers 1 --batch 8 --steps 2000
 
-sample: $(STAMP)  ## two samples from the checkpoint `make train` wrote (PROMPT="..." to change the prompt)
-	$(BIN)/bevialm sample --out $(TRAIN_OUT) --prompt "$(PROMPT)" --num_samples 2
+sample: $(STAMP)  ## two samples from the newest run's best checkpoint (PROMPT="..." to change the prompt)
+	$(BIN)/python -m bevialm sample --prompt "$(PROMPT)" --num_samples 2
 
-plot: $(STAMP)  ## draw the loss curves of the run `make train` wrote (loss.png in it)
-	$(BIN)/bevialm plot $(TRAIN_OUT)
+plot: $(STAMP)  ## draw the loss curves of the newest run (loss.png in it)
+	$(BIN)/python -m bevialm plot
 
 bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional); writes bench-results.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"
@@ -44,5 +48,5 @@ bench-tokenizer: $(STAMP)  ## byte-level BPE on Tiny Shakespeare: training 512 /
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "the bench extra could not be installed: benchmarking BeviaLLM alone"
 	$(BIN)/python benchmarks/tokenizer_bench.py
 
-clean:
+clean:  ## remove .venv, caches and runs/
 	rm -rf $(VENV) .pytest_cache .mypy_cache .coverage htmlcov runs

@@ -16,9 +16,11 @@ loss and an ``extra`` object. Arrays keep their dtype, so a round trip is bit-ex
 :func:`save_checkpoint` writes a temporary file in the target directory,
 flushes and fsyncs it, then renames it over ``path`` (``os.replace`` is atomic):
 ``path`` always holds either the old checkpoint or the complete new one.
-:func:`load_checkpoint` reads with ``allow_pickle=False`` and checks everything
-(zip integrity with its CRCs, header, manifest, moments); any problem is one
-line in a :class:`CheckpointError`.
+:func:`load_checkpoint` never unpickles and checks everything: every member's
+``.npy`` header against the JSON header's manifest *before* any array data is
+decompressed (a small archive declaring a huge array is refused having read
+almost nothing), the total against the memory there is, then the data with
+its CRCs; any problem is one line in a :class:`CheckpointError`.
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import json
 import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
-from bevialm import __version__
+from bevialm import __version__, memory
 from bevialm import tokenizer as tokenizers
 from bevialm.data import DataError, read_bytes
 from bevialm.optim import AdamWState
@@ -58,6 +61,8 @@ WRITER_KEYS = ("format", "version", "bevialm_version", "params", "optimizer")
 """The header fields :func:`save_checkpoint` adds itself."""
 
 _ZIP_MAGIC = b"PK\x03\x04"
+_MAX_HEADER_BYTES = 64 << 20  # the JSON header: a vocabulary and a config, never near this
+_CHUNK = 1 << 24  # arrays are read 16 MiB at a time into their own buffer
 
 
 class CheckpointError(ValueError):
@@ -215,6 +220,16 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _write_archive(f: IO[bytes], arrays: Mapping[str, Array]) -> None:
+    """The ``.npz`` layout ``np.savez`` writes (uncompressed ``<name>.npy`` members), with
+    ``allow_pickle=False`` passed where every NumPy version takes it: ``np.savez`` itself
+    stores a keyword it does not know (NumPy < 2.1) as one more array."""
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, a in arrays.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(a), allow_pickle=False)
+
+
 def save_checkpoint(
     path: str | os.PathLike[str],
     *,
@@ -234,7 +249,7 @@ def save_checkpoint(
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(target) + ".", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, allow_pickle=False, **arrays)
+            _write_archive(f, arrays)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates the file private (0600); give it the permissions a plain open() would.
@@ -249,32 +264,93 @@ def save_checkpoint(
     _fsync_dir(directory)
 
 
-def _read_arrays(name: str) -> dict[str, Array]:
-    """Every array in the file, read eagerly so that zip CRCs are checked now."""
-    magic = read_bytes(name, "checkpoint", CheckpointError, len(_ZIP_MAGIC))
-    if not magic:
-        raise CheckpointError(f"checkpoint '{name}' is empty")
-    if magic != _ZIP_MAGIC:
-        raise CheckpointError(f"checkpoint '{name}' is not a BeviaLLM checkpoint (not an .npz/zip file)")
-    try:
-        # Reading a member to its end makes zipfile check its CRC-32, so flipped bits in
-        # any array fail here; a damaged .npy header that changes an array's shape or
-        # dtype is caught afterwards against the header's manifest.
-        with np.load(name, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except Exception as e:  # zipfile, zlib, npy-format and I/O errors all mean "damaged"
-        detail = " ".join(str(e).split()) or type(e).__name__
-        raise CheckpointError(f"checkpoint '{name}' is corrupt or truncated ({detail})") from None
+def _members(name: str, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """The archive's ``.npy`` members by array name; anything else in it is refused."""
+    members: dict[str, zipfile.ZipInfo] = {}
+    for info in zf.infolist():
+        key = info.filename.removesuffix(".npy")
+        if key == info.filename:
+            raise CheckpointError(f"checkpoint '{name}' holds an unexpected file '{info.filename}'")
+        if key in members:
+            raise CheckpointError(f"checkpoint '{name}' holds the array '{key}' twice")
+        members[key] = info
+    return members
 
 
-def _parse_header(name: str, arrays: Mapping[str, Array]) -> dict[str, Any]:
-    raw = arrays.get(HEADER)
-    if raw is None:
-        raise CheckpointError(f"checkpoint '{name}' has no header (not a BeviaLLM checkpoint)")
-    if raw.dtype != np.uint8 or raw.ndim != 1:
+@dataclass(frozen=True)
+class _Layout:
+    """What a member's ``.npy`` header declares, read before any of its data is decompressed."""
+
+    shape: tuple[int, ...]
+    fortran: bool
+    dtype: np.dtype[Any]
+    offset: int  # where the data starts in the member
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"{self.dtype.str}{self.shape}"
+
+
+def _layout(name: str, zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo) -> _Layout:
+    """Read only the ``.npy`` header of member ``key`` (a few hundred bytes to decompress) and
+    check that the member holds exactly that much data, of a plain numeric dtype."""
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise CheckpointError(f"checkpoint '{name}': array '{key}' has .npy format version {version}")
+        layout = _Layout(tuple(shape), bool(fortran), dtype, f.tell())
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise CheckpointError(f"checkpoint '{name}': array '{key}' has dtype {dtype}, not plain numbers")
+    if info.file_size != layout.offset + layout.nbytes:
         raise CheckpointError(
-            f"checkpoint '{name}': header must be a 1-D uint8 array, got {raw.dtype}{raw.shape}"
+            f"checkpoint '{name}' is corrupt: array '{key}' declares {layout.describe()} "
+            f"({layout.nbytes:,} bytes) but holds {info.file_size - layout.offset:,} bytes"
         )
+    return layout
+
+
+def _read_data(zf: zipfile.ZipFile, info: zipfile.ZipInfo, layout: _Layout) -> Array:
+    """The member's array, read into one buffer of its declared size; zipfile checks the CRC-32
+    once the last byte is read, so flipped bits anywhere fail here."""
+    buffer = bytearray(layout.nbytes)
+    view = memoryview(buffer)
+    with zf.open(info) as f:
+        f.read(layout.offset)
+        done = 0
+        while done < layout.nbytes:
+            chunk = f.read(min(_CHUNK, layout.nbytes - done))
+            if not chunk:
+                raise EOFError("array data ends early")
+            view[done : done + len(chunk)] = chunk
+            done += len(chunk)
+        if f.read(1):
+            raise ValueError("data after the array")
+    flat = np.frombuffer(buffer, dtype=layout.dtype)
+    return flat.reshape(layout.shape[::-1]).T if layout.fortran else flat.reshape(layout.shape)
+
+
+def _check_header_member(name: str, members: Mapping[str, zipfile.ZipInfo], layouts: Mapping[str, _Layout]) -> None:
+    if HEADER not in members:
+        raise CheckpointError(f"checkpoint '{name}' has no header (not a BeviaLLM checkpoint)")
+    layout = layouts[HEADER]
+    if layout.dtype != np.uint8 or len(layout.shape) != 1:
+        raise CheckpointError(
+            f"checkpoint '{name}': header must be a 1-D uint8 array, got {layout.dtype}{layout.shape}"
+        )
+    if layout.nbytes > _MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"checkpoint '{name}': header is {layout.nbytes:,} bytes, more than the {_MAX_HEADER_BYTES:,} allowed"
+        )
+
+
+def _parse_header(name: str, raw: Array) -> dict[str, Any]:
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -298,78 +374,114 @@ def _parse_header(name: str, arrays: Mapping[str, Array]) -> dict[str, Any]:
     return header
 
 
-def _split_arrays(
-    name: str, arrays: Mapping[str, Array], header: Mapping[str, Any]
-) -> tuple[dict[str, Array], AdamWState | None]:
+def _check_against_header(name: str, header: Mapping[str, Any], layouts: Mapping[str, _Layout]) -> None:
+    """Every array is one the header lists, with the shape and dtype it lists; every listed one is there.
+
+    Runs on the ``.npy`` headers alone, before any array's data is decompressed: an archive
+    whose members declare more than its header (a zip bomb) is refused here.
+    """
     manifest = header.get("params")
     if not isinstance(manifest, dict) or not manifest:
         raise CheckpointError(f"checkpoint '{name}': header lists no parameters")
-    groups: dict[str, dict[str, Array]] = {PARAM: {}, ADAM_M: {}, ADAM_V: {}}
-    for key, a in arrays.items():
+    optimizer = header.get("optimizer")
+    if optimizer is not None:
+        t = optimizer.get("t") if isinstance(optimizer, dict) else None
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise CheckpointError(f"checkpoint '{name}': header field 'optimizer' must hold a step count t >= 0")
+    for key, layout in layouts.items():
         if key == HEADER:
             continue
-        prefix = next((p for p in groups if key.startswith(p)), None)
+        prefix = next((p for p in (PARAM, ADAM_M, ADAM_V) if key.startswith(p)), None)
         if prefix is None:
             raise CheckpointError(f"checkpoint '{name}' holds an unexpected array '{key}'")
-        groups[prefix][key[len(prefix) :]] = a
-    params = groups[PARAM]
-    for k, spec in manifest.items():
-        if k not in params:
-            raise CheckpointError(f"checkpoint '{name}' is missing parameter '{k}' listed in its header")
-        p = params[k]
-        if (
-            not isinstance(spec, dict)
-            or spec.get("shape") != list(p.shape)
-            or spec.get("dtype") != p.dtype.str
-        ):
-            raise CheckpointError(
-                f"checkpoint '{name}': parameter '{k}' is {p.dtype.str}{p.shape}, its header says {spec}"
-            )
-    for k in params:
-        if k not in manifest:
+        k, label = key[len(prefix) :], prefix.rstrip("/")
+        if prefix == PARAM and k not in manifest:
             raise CheckpointError(f"checkpoint '{name}' holds parameter '{k}' not listed in its header")
+        if prefix != PARAM and optimizer is None:
+            raise CheckpointError(f"checkpoint '{name}' holds {label} arrays but its header has no optimizer")
+        if prefix != PARAM and k not in manifest:
+            raise CheckpointError(f"checkpoint '{name}' has an {label} moment for unknown parameter '{k}'")
+        spec = manifest[k]
+        if isinstance(spec, dict) and spec.get("shape") == list(layout.shape) and spec.get("dtype") == layout.dtype.str:
+            continue
+        if prefix == PARAM or not isinstance(spec, dict):
+            raise CheckpointError(f"checkpoint '{name}': parameter '{k}' is {layout.describe()}, its header says {spec}")
+        want = f"{np.dtype(spec.get('dtype'))}{tuple(spec.get('shape') or ())}" if _is_dtype(spec.get("dtype")) else str(spec)
+        raise CheckpointError(
+            f"checkpoint '{name}': {label} moment of '{k}' is {layout.dtype}{layout.shape}, the parameter is {want}"
+        )
+    for k in manifest:
+        if PARAM + k not in layouts:
+            raise CheckpointError(f"checkpoint '{name}' is missing parameter '{k}' listed in its header")
+        for prefix in (ADAM_M, ADAM_V) if optimizer is not None else ():
+            if prefix + k not in layouts:
+                raise CheckpointError(f"checkpoint '{name}' has no {prefix.rstrip('/')} moment for parameter '{k}'")
 
+
+def _is_dtype(text: Any) -> bool:
+    try:
+        np.dtype(text)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(text, str)
+
+
+def _read_checkpoint(name: str) -> tuple[dict[str, Any], dict[str, Array]]:
+    """The header and every array: declared sizes checked against the header first, then
+    checked against the memory there is, then read (eagerly, so that every CRC is checked now)."""
+    magic = read_bytes(name, "checkpoint", CheckpointError, len(_ZIP_MAGIC))
+    if not magic:
+        raise CheckpointError(f"checkpoint '{name}' is empty")
+    if magic != _ZIP_MAGIC:
+        raise CheckpointError(f"checkpoint '{name}' is not a BeviaLLM checkpoint (not an .npz/zip file)")
+    try:
+        with zipfile.ZipFile(name) as zf:
+            members = _members(name, zf)
+            layouts = {key: _layout(name, zf, key, info) for key, info in members.items()}
+            _check_header_member(name, members, layouts)
+            header = _parse_header(name, _read_data(zf, members[HEADER], layouts[HEADER]))
+            _check_against_header(name, header, layouts)
+            total = sum(layout.nbytes for layout in layouts.values())
+            memory.require(
+                total,
+                f"loading checkpoint '{name}'",
+                f"{len(layouts)} arrays",
+                "free some memory or use a machine with more",
+            )
+            return header, {key: _read_data(zf, info, layouts[key]) for key, info in members.items() if key != HEADER}
+    except (CheckpointError, memory.MemoryLimitError):
+        raise
+    except Exception as e:  # zipfile, zlib, npy-format and I/O errors all mean "damaged"
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise CheckpointError(f"checkpoint '{name}' is corrupt or truncated ({detail})") from None
+
+
+def _split_arrays(header: Mapping[str, Any], arrays: Mapping[str, Array]) -> tuple[dict[str, Array], AdamWState | None]:
+    """Parameters and the optimizer state (both already checked against the header)."""
+    groups: dict[str, dict[str, Array]] = {PARAM: {}, ADAM_M: {}, ADAM_V: {}}
+    for key, a in arrays.items():
+        prefix = next(p for p in groups if key.startswith(p))
+        groups[prefix][key[len(prefix) :]] = a
+    params = {k: groups[PARAM][k] for k in header["params"]}
     optimizer = header.get("optimizer")
-    moments = {"adam_m": groups[ADAM_M], "adam_v": groups[ADAM_V]}
     if optimizer is None:
-        for label, group in moments.items():
-            if group:
-                raise CheckpointError(
-                    f"checkpoint '{name}' holds {label} arrays but its header has no optimizer"
-                )
         return params, None
-    t = optimizer.get("t") if isinstance(optimizer, dict) else None
-    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-        raise CheckpointError(f"checkpoint '{name}': header field 'optimizer' must hold a step count t >= 0")
-    for label, group in moments.items():
-        for k, p in params.items():
-            if k not in group:
-                raise CheckpointError(f"checkpoint '{name}' has no {label} moment for parameter '{k}'")
-            if group[k].shape != p.shape or group[k].dtype != p.dtype:
-                raise CheckpointError(
-                    f"checkpoint '{name}': {label} moment of '{k}' is {group[k].dtype}{group[k].shape}, "
-                    f"the parameter is {p.dtype}{p.shape}"
-                )
-        for k in group:
-            if k not in params:
-                raise CheckpointError(
-                    f"checkpoint '{name}' has an {label} moment for unknown parameter '{k}'"
-                )
-    return params, AdamWState(t=t, m=groups[ADAM_M], v=groups[ADAM_V])
+    return params, AdamWState(t=optimizer["t"], m=groups[ADAM_M], v=groups[ADAM_V])
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read and validate the checkpoint at ``path`` (never unpickling anything).
 
-    Raises :class:`CheckpointError` with one line for a missing file, a file that
-    is not a zip, a corrupt or truncated one, a missing or invalid header, an
-    unknown format or version, and parameters or moments that do not match the
-    header's manifest.
+    Raises :class:`CheckpointError` with one line for a missing file, one that is
+    not a regular file, not a zip, corrupt or truncated, a missing or invalid
+    header, an unknown format or version, and arrays that do not match the
+    header's manifest (checked on their ``.npy`` headers, before their data is
+    decompressed); :class:`bevialm.memory.MemoryLimitError` when the arrays it
+    declares would not fit in memory.
     """
     name = os.fspath(path)
-    arrays = _read_arrays(name)
-    header = _parse_header(name, arrays)
-    params, opt_state = _split_arrays(name, arrays, header)
+    header, arrays = _read_checkpoint(name)
+    params, opt_state = _split_arrays(header, arrays)
     return Checkpoint(params=params, header=header, opt_state=opt_state)
 
 
@@ -385,6 +497,17 @@ def restore_rng(state: Mapping[str, Any]) -> np.random.Generator:
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"RNG state is invalid ({e})") from None
     return np.random.Generator(bits)
+
+
+def require_finite(ckpt: Checkpoint, name: str) -> None:
+    """Raise a one-line :class:`CheckpointError` when a parameter holds NaN or infinity
+    (a run that diverged): such a model samples blank text and cannot train on."""
+    for k, p in ckpt.params.items():
+        if p.dtype.kind == "f" and not np.isfinite(p).all():
+            raise CheckpointError(
+                f"checkpoint '{name}': parameter '{k}' holds NaN or infinite values (the run diverged); "
+                "use an earlier checkpoint"
+            )
 
 
 def validate_against(ckpt: Checkpoint, expected: Mapping[str, tuple[int, ...]]) -> None:

@@ -7,11 +7,14 @@ group function that both subcommands call where the flag applies (``--seed``,
 ``--out``, ``--sample_len``, ``--temperature``, ``--top_k``, ``--top_p`` serve
 training's periodic samples as well as ``sample``).
 
+``bevialm`` is also ``python -m bevialm`` (:mod:`bevialm.__main__`), and
+``bevialm --version`` prints the version.
+
 Exit codes: 0 done; 1 an error the user can fix (one ``error: ...`` line on
 stderr, no traceback); 2 a usage error (argparse's message); 3 training
-diverged (NaN or infinite loss); 130 interrupted by Ctrl-C (training saves its
-checkpoint first). ``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:``
-line.
+diverged (NaN or infinite loss); 130 interrupted by Ctrl-C and 143 by SIGTERM
+(training saves its checkpoint first and says so in one line on stderr).
+``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:`` line.
 
 The picture commands ``plot`` and ``attention`` (and ``sample --attention``) compose
 :mod:`bevialm.viz`; they need the optional matplotlib (``pip install 'bevialm[plot]'``)
@@ -32,11 +35,12 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bevialm.runtime import tune_malloc
+from bevialm import __version__
+from bevialm.runtime import Stopped, Terminated, stop_signals_raise, tune_malloc
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
 
-DEFAULT_OUT = "runs/bevialm"
+DEFAULT_OUT = None  # training: a new numbered folder in runs/; --resume and sample: the newest one there
 
 
 # --- argument types: each rejects a bad value with argparse's one-line usage error -------------
@@ -83,7 +87,8 @@ def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
         "--out",
         default=DEFAULT_OUT,
         metavar="DIR",
-        help="run folder: checkpoints best.npz and last.npz and metrics.jsonl (default: %(default)s)",
+        help="run folder, where training writes best.npz, last.npz and metrics.jsonl and sample reads "
+        "(default: training makes a new runs/run-NNN; --resume and sample use the newest one there)",
     )
 
 
@@ -170,13 +175,14 @@ def _add_loop_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out from its last.npz until --steps (pass the same model flags; "
-        "not together with --overwrite)",
+        help="continue the run in --out (default: the newest in runs/) from its last.npz until --steps "
+        "(pass the same model flags; not together with --overwrite)",
     )
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="start afresh in an --out that already holds a run, deleting its checkpoints and metrics",
+        help="start afresh in an --out that already holds a run; its files are replaced once the new run "
+        "has started (its first checkpoint written)",
     )
 
 
@@ -229,7 +235,7 @@ def _add_sample_only_flags(p: argparse.ArgumentParser) -> None:
         "--checkpoint",
         default=None,
         metavar="PATH",
-        help="checkpoint to sample from (default: best.npz in --out, else last.npz)",
+        help="checkpoint to sample from (default: best.npz, else last.npz, of --out or of the newest run)",
     )
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument(
@@ -297,7 +303,10 @@ def _configure_sample(p: argparse.ArgumentParser) -> None:
 
 def _configure_plot(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run folder(s) holding metrics.jsonl (a run still training is fine)"
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="run folder(s) holding metrics.jsonl (a run still training is fine; default: the newest run in runs/)",
     )
     p.add_argument(
         "-o",
@@ -316,7 +325,9 @@ def _configure_attention(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="checkpoint to read the model from (default: best.npz in --out, else last.npz)",
     )
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help="run folder used without --checkpoint (default: %(default)s)")
+    p.add_argument(
+        "--out", default=DEFAULT_OUT, metavar="DIR", help="run folder used without --checkpoint (default: the newest run in runs/)"
+    )
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", default=None, help="the text whose attention is drawn (at most ctx characters)")
     prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
@@ -331,7 +342,8 @@ TRAIN_DESCRIPTION = (
     "Train a transformer on a text file, on characters or byte-level BPE tokens (--tokenizer). "
     "Prints progress every --log_every steps, "
     "train/val loss (and val bits per character) every --eval_every steps and samples every --sample_every steps; writes "
-    "best.npz, last.npz and metrics.jsonl to --out. Ctrl-C saves last.npz; --resume continues exactly."
+    "best.npz, last.npz and metrics.jsonl to --out (by default a new runs/run-NNN). Ctrl-C or SIGTERM saves "
+    "last.npz; --resume continues exactly."
 )
 SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
 PLOT_DESCRIPTION = (
@@ -351,14 +363,13 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     """``bevialm`` with all its subcommands."""
     # Imported here, not at the top: ``python main.py`` (training only) need not load the grader.
     from bevialm.grading.cli import add_grading_subcommands
 
-    parser = argparse.ArgumentParser(
-        prog="bevialm", description="BeviaLLM: a gradient-verified NumPy transformer language model."
-    )
+    parser = argparse.ArgumentParser(prog=prog, description="BeviaLLM: a gradient-verified NumPy transformer language model.")
+    parser.add_argument("--version", action="version", version=f"bevialm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _configure_train(sub.add_parser("train", help="train a model on a text file", description=TRAIN_DESCRIPTION))
     _configure_sample(sub.add_parser("sample", help="generate text from a checkpoint", description=SAMPLE_DESCRIPTION))
@@ -384,11 +395,54 @@ def _run_train(args: argparse.Namespace) -> int:
     tune_malloc()
     fields = {k: v for k, v in vars(args).items() if k in train.TrainConfig.field_names()}
     try:
-        train.train(train.TrainConfig(**fields))
+        with stop_signals_raise():
+            train.train(train.TrainConfig(**fields))
     except train.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED
     return EXIT_OK
+
+
+def _checkpoint_to_sample(args: argparse.Namespace) -> str:
+    """``--checkpoint``, else the best (or last) checkpoint of ``--out``, else of the newest run."""
+    from bevialm import generate, runs
+    from bevialm.checkpoint import CheckpointError
+
+    if args.checkpoint is not None:
+        return str(args.checkpoint)
+    if args.out is not None:
+        return generate.default_checkpoint(args.out)
+    newest = runs.newest_with(("best.npz", "last.npz"))
+    if newest is None:
+        raise CheckpointError(
+            f"no checkpoint to sample from: '{runs.RUNS}' holds no run with best.npz or last.npz; "
+            "train one first (make train) or pass --checkpoint"
+        )
+    return newest
+
+
+def _check_sampling_memory(args: argparse.Namespace, loaded: Any, prompt: str | None) -> None:
+    """Refuse, in one line, samples that would not fit in memory (``--num_samples 1000000000``)."""
+    from bevialm import memory
+
+    m = loaded.cfg
+    need = memory.sampling_bytes(
+        args.num_samples,
+        len(prompt or "\n") + args.sample_len,  # characters: at least as many as tokens
+        m.ctx,
+        m.dim,
+        m.n_layers,
+        m.n_heads,
+        m.mlp_hidden,
+        m.vocab_size,
+        next(iter(loaded.params.values())).dtype.itemsize,
+    )
+    memory.require(
+        need,
+        f"sampling {args.num_samples} x {args.sample_len} tokens",
+        "token ids and text, key/value cache, one window's forward pass",
+        "use a smaller --num_samples or --sample_len",
+    )
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -401,28 +455,32 @@ def _run_sample(args: argparse.Namespace) -> int:
         viz.check_output(args.attention)
         if args.sample_len == 0:
             raise ValueError("--attention draws the generated characters: --sample_len must be at least 1")
-    path = args.checkpoint or generate.default_checkpoint(args.out)
-    loaded = generate.load_model(path)
-    prompt = args.prompt
-    if args.prompt_file is not None:
-        prompt = load_text(args.prompt_file, "prompt file")
-    sampling = generate.SamplingConfig.from_flags(args.temperature, args.top_k, args.top_p)
-    recorder = None
-    if args.attention is not None or args.show_attention:
-        recorder = generate.AttentionRecorder()
-        viz.choose(loaded.cfg.n_layers, args.layer, "layer")  # checked now, not after sampling
-        viz.choose(loaded.cfg.n_heads, args.head, "head")
-    texts = generate.sample_text(
-        loaded.params,
-        loaded.cfg,
-        loaded.tokenizer,
-        prompt or "",
-        args.sample_len,
-        num_samples=args.num_samples,
-        rng=generate.sampling_rng(args.seed),
-        sampling=sampling,
-        recorder=recorder,
-    )
+    with stop_signals_raise():
+        path = _checkpoint_to_sample(args)
+        loaded = generate.load_model(path)
+        prompt = args.prompt
+        if args.prompt_file is not None:
+            prompt = load_text(args.prompt_file, "prompt file")
+        _check_sampling_memory(args, loaded, prompt)
+        if args.checkpoint is None and args.out is None:  # say which run was chosen (stderr: stdout is the text)
+            print(f"sampling from {path} (step {loaded.step})", file=sys.stderr, flush=True)
+        sampling = generate.SamplingConfig.from_flags(args.temperature, args.top_k, args.top_p)
+        recorder = None
+        if args.attention is not None or args.show_attention:
+            recorder = generate.AttentionRecorder()
+            viz.choose(loaded.cfg.n_layers, args.layer, "layer")  # checked now, not after sampling
+            viz.choose(loaded.cfg.n_heads, args.head, "head")
+        texts = generate.sample_text(
+            loaded.params,
+            loaded.cfg,
+            loaded.tokenizer,
+            prompt or "",
+            args.sample_len,
+            num_samples=args.num_samples,
+            rng=generate.sampling_rng(args.seed),
+            sampling=sampling,
+            recorder=recorder,
+        )
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     for i, text in enumerate(texts):
         if len(texts) > 1:
@@ -459,6 +517,13 @@ def _run_plot(args: argparse.Namespace) -> int:
     from bevialm import viz
 
     viz.require_matplotlib()
+    if not args.runs:
+        from bevialm import runs as run_folders
+
+        newest = run_folders.newest_with(("metrics.jsonl",))
+        if newest is None:
+            raise ValueError(f"no run to plot: '{run_folders.RUNS}' holds no run with metrics.jsonl; name a RUN folder")
+        args.runs = [os.path.dirname(newest)]
     output = args.output or os.path.join(args.runs[0], "loss.png")
     runs = [viz.read_metrics(run) for run in args.runs]
     viz.check_output(output)
@@ -473,7 +538,7 @@ def _run_attention(args: argparse.Namespace) -> int:
     viz.require_matplotlib()
     viz.check_output(args.output)
     tune_malloc()
-    path = args.checkpoint or generate.default_checkpoint(args.out)
+    path = _checkpoint_to_sample(args)
     loaded = generate.load_model(path)
     cfg = loaded.cfg
     viz.choose(cfg.n_layers, args.layer, "layer")
@@ -509,19 +574,25 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    except (ValueError, OSError) as e:
+    except KeyboardInterrupt as e:  # one line, whatever was saved (Stopped says what)
+        terminated = isinstance(e, Terminated) or (isinstance(e, Stopped) and e.terminated)
+        line = str(e) if isinstance(e, Stopped) else "terminated (SIGTERM)" if terminated else "interrupted"
+        print(line, file=sys.stderr, flush=True)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except (ValueError, OSError, MemoryError) as e:
         if os.environ.get("BEVIALM_DEBUG"):
             raise
-        print(f"error: {_one_line(e)}", file=sys.stderr, flush=True)
+        message = _one_line(e)
+        if isinstance(e, MemoryError):  # the estimate (bevialm.memory) let through what did not fit
+            message = "out of memory" + (f" ({e})" if str(e) else "") + "; try smaller sizes"
+            message = " ".join(message.split())
+        print(f"error: {message}", file=sys.stderr, flush=True)
         return EXIT_ERROR
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``bevialm COMMAND [flags]``; returns the exit code."""
-    return _dispatch(build_parser(), argv)
+def main(argv: list[str] | None = None, prog: str = "bevialm") -> int:
+    """``bevialm COMMAND [flags]`` (or ``python -m bevialm``, with that ``prog``); returns the exit code."""
+    return _dispatch(build_parser(prog), argv)
 
 
 def train_main(argv: list[str] | None = None, prog: str | None = None) -> int:

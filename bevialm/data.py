@@ -15,6 +15,7 @@ unknown characters, a text shorter than one context window) raises
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -134,25 +135,62 @@ class Vocab:
         return raw.decode(_CODEC, "surrogatepass")
 
 
+MAX_FILE_BYTES = 256 << 20
+"""The largest file :func:`read_bytes` reads (256 MiB): a character-level run holds about
+17 bytes per character while it encodes its text, so a larger file is better cut first."""
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def read_bytes(
-    path: str | os.PathLike[str], what: str, error: type[ValueError] = DataError, size: int = -1
+    path: str | os.PathLike[str],
+    what: str,
+    error: type[ValueError] = DataError,
+    size: int = -1,
+    limit: int = MAX_FILE_BYTES,
 ) -> bytes:
     """The bytes of ``path`` (its first ``size``; all of it when -1).
 
-    A missing path, a directory or an unreadable file raises ``error`` with one
-    line naming ``what`` (``"data file"``, ``"checkpoint"``, ...), the path and
-    the problem. Shared by every reader of user-named files.
+    Only a regular file of at most ``limit`` bytes is read: a device (``/dev/zero``)
+    would never end, a named pipe without a writer would block forever. A missing
+    path, a directory, anything else or an unreadable file raises ``error`` with one
+    line naming ``what`` (``"data file"``, ``"checkpoint"``, ...), the path and the
+    problem. Shared by every reader of user-named files.
     """
     name = os.fspath(path)
     try:
-        with open(name, "rb") as f:
-            return f.read(size)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise error(f"{what} '{name}' does not exist") from None
     except IsADirectoryError:
         raise error(f"{what} '{name}' is a directory, not a file") from None
     except OSError as e:
         raise error(f"{what} '{name}' cannot be read: {e.strerror or e}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise error(f"{what} '{name}' is a directory, not a file")
+        raise error(f"{what} '{name}' is {_kind(info.st_mode)}; give a regular file")
+    with os.fdopen(fd, "rb") as f:
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        if size < 0 and info.st_size > limit:
+            raise error(f"{what} '{name}' is {info.st_size / (1 << 20):,.0f} MiB, more than the {limit >> 20} MiB limit")
+        try:
+            data = f.read(size if size >= 0 else limit + 1)
+        except OSError as e:
+            raise error(f"{what} '{name}' cannot be read: {e.strerror or e}") from None
+    if size < 0 and len(data) > limit:  # a file that grew, or one that reports no size
+        raise error(f"{what} '{name}' is more than the {limit >> 20} MiB limit")
+    return data
 
 
 def load_text(path: str | os.PathLike[str], what: str = "data file") -> str:

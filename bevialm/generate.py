@@ -221,12 +221,16 @@ def pick_tokens(logits: Array, sampling: SamplingConfig, rng: np.random.Generato
         return greedy
     if rng is None:
         raise ValueError(f"{LAYER}: sampling with temperature > 0 needs an rng")
-    z = logits.astype(np.float64) / sampling.temperature
+    z = logits.astype(np.float64)
     vocab = z.shape[1]
     if sampling.top_k is not None and sampling.top_k < vocab:
         kth = np.partition(z, vocab - sampling.top_k, axis=1)[:, vocab - sampling.top_k, None]
         z[z < kth] = -np.inf
+    # Shift, then divide: the likeliest logit becomes exactly 0 and the rest <= 0, so even a
+    # temperature near 0 gives -inf (probability 0) rather than inf - inf = NaN.
     z -= z.max(axis=1, keepdims=True)
+    with np.errstate(over="ignore", invalid="ignore"):
+        z /= sampling.temperature
     probs = np.exp(z)
     probs /= probs.sum(axis=1, keepdims=True)
     if sampling.top_p is not None and sampling.top_p < 1:
@@ -395,7 +399,8 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     """The model in a checkpoint, checked to be one this code can run.
 
     Raises :class:`bevialm.checkpoint.CheckpointError` with one line when the
-    file is not a usable checkpoint or does not describe a model.
+    file is not a usable checkpoint, does not describe a model, or holds NaN or
+    infinite parameters.
     """
     name = os.fspath(path)
     ckpt = checkpoint.load_checkpoint(name)
@@ -416,6 +421,7 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if len(dtypes) != 1 or not np.issubdtype(next(iter(dtypes)), np.floating):
         names = ", ".join(sorted(str(d) for d in dtypes))
         raise checkpoint.CheckpointError(f"checkpoint '{name}' parameters must share one float dtype, got {names}")
+    checkpoint.require_finite(ckpt, name)
     return LoadedModel(ckpt.params, cfg, tokenizer, ckpt.step)
 
 

@@ -36,11 +36,19 @@ text; ``--tokenizer bpe --vocab_size N`` trains a byte-level BPE on the text fir
 report the validation loss per token and in bits per character, which compares
 runs with different tokenizers.
 
-**Files** in the run folder ``out``: ``last.npz`` (with the optimizer state,
-for ``--resume``) and ``best.npz`` (lowest validation loss, parameters only),
-both written at every evaluation, and ``metrics.jsonl``, one JSON object per
+**Files** in the run folder ``out`` (a new ``runs/run-NNN`` when it is None,
+:mod:`bevialm.runs`): ``last.npz`` (with the optimizer state, for ``--resume``),
+written when the run starts and at every evaluation, ``best.npz`` (lowest
+validation loss, parameters only), and ``metrics.jsonl``, one JSON object per
 log line (``"kind": "train"``) and per evaluation (``"kind": "eval"``).
 ``docs/training.md`` describes them.
+
+**Starting and stopping.** Everything that can refuse a run (data, sizes, memory,
+the run folder, a checkpoint to resume) is checked before anything is written; a
+run has started once its step-0 ``last.npz`` is on disk, and only then does
+``--overwrite`` remove the old run's other files. Ctrl-C (and SIGTERM, which the
+command line turns into the same) saves ``last.npz`` and raises
+:class:`bevialm.runtime.Stopped`, whose message is the one line to print.
 """
 
 from __future__ import annotations
@@ -59,7 +67,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bevialm import checkpoint, generate, losses, model, optim
+from bevialm import checkpoint, generate, losses, memory, model, optim, runs, runtime
 from bevialm import tokenizer as tokenizers
 from bevialm.data import DataError, get_batch, load_text, split
 from bevialm.layers.mlp import ACTIVATIONS
@@ -77,7 +85,8 @@ _MODEL_FLAGS = {"n_layers": "layers", "n_heads": "heads", "vocab_size": "vocabul
 
 class TrainError(ValueError):
     """A run that cannot start (bad data, run folder or checkpoint) or cannot write its
-    checkpoints or metrics (a full disk): one line."""
+    checkpoints or metrics (a full disk): one line. (Too little memory is a
+    :class:`bevialm.memory.MemoryLimitError`.)"""
 
 
 class TrainingDiverged(RuntimeError):
@@ -88,7 +97,8 @@ class TrainingDiverged(RuntimeError):
 class TrainConfig:
     """Everything a run is given; the fields are the command line's flags (``docs/training.md``).
 
-    ``min_lr`` None means ``lr / 10``. The interval fields (``log_every``,
+    ``out`` None means a new numbered folder in ``runs/`` (:mod:`bevialm.runs`), or with
+    ``resume`` the newest run there. ``min_lr`` None means ``lr / 10``. The interval fields (``log_every``,
     ``eval_every``, ``sample_every``) accept 0: never (evaluation and a sample
     still happen at the end). ``top_k`` 0 and ``top_p`` 1 switch those filters off.
     """
@@ -119,7 +129,7 @@ class TrainConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    out: str = "runs/bevialm"
+    out: str | None = None
     resume: bool = False
     overwrite: bool = False
     val_fraction: float = 0.1
@@ -164,6 +174,8 @@ class TrainConfig:
             raise ValueError(f"{LAYER}: top_p must lie in (0, 1], got {self.top_p!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"{LAYER}: seed must be an integer >= 0, got {self.seed!r}")
+        if self.out is not None and (not isinstance(self.out, str) or not self.out):
+            raise ValueError(f"{LAYER}: out must be a folder name or None (a new folder in runs/), got {self.out!r}")
         if self.tokenizer not in tokenizers.KINDS:
             raise ValueError(f"{LAYER}: tokenizer must be one of {tokenizers.KINDS}, got {self.tokenizer!r}")
         if self.vocab_size is not None:
@@ -264,6 +276,36 @@ def _finite(params: Mapping[str, Array]) -> bool:
     return all(bool(np.isfinite(p).all()) for p in params.values())
 
 
+def _first_missing(path: str) -> str | None:
+    """The topmost folder of ``path`` that does not exist yet (what ``os.makedirs`` would create), or None."""
+    missing = None
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _remove_created(out: str, top: str) -> None:
+    """Undo a failed start: the run's own files in ``out``, then the folders up to ``top`` that it created."""
+    for name in (LAST, BEST, METRICS):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out, name))
+    runs.remove_stale_temp_files(out)
+    path, top = os.path.abspath(out), os.path.abspath(top)
+    while True:
+        try:
+            os.rmdir(path)  # only ever an empty folder
+        except OSError:
+            return
+        if path == top:
+            return
+        path = os.path.dirname(path)
+
+
 def _clock(seconds: float) -> str:
     s = max(0, int(round(seconds)))
     h, rest = divmod(s, 3600)
@@ -271,11 +313,14 @@ def _clock(seconds: float) -> str:
 
 
 class _Run:
-    """One training run: set up by :meth:`prepare`, driven by :meth:`run`."""
+    """One training run, in three parts: :meth:`prepare` (everything that can refuse the run,
+    then its start), :meth:`run` (the loop) and the saving (:meth:`_save`, :meth:`_stop`)."""
 
     def __init__(self, cfg: TrainConfig, stdout: IO[str]) -> None:
         self.cfg = cfg
         self.stdout = stdout
+        self.given_out = cfg.out  # None: a new numbered folder (or, with --resume, the newest run)
+        self.out = cfg.out or ""  # the run folder, once prepare() has chosen it
         self.tokenizer: tokenizers.Tokenizer
         self.tokenizer_seconds = 0.0
         self.text_chars = 0
@@ -291,26 +336,43 @@ class _Run:
         self.saved_step: int | None = None  # step of the last.npz on disk (the last good one)
         self.elapsed_before = 0.0
         self.resumed_from: int | None = None
+        self.stale_removed = 0
         self.adamw = optim.AdamWConfig(lr=cfg.lr, beta2=cfg.beta2, weight_decay=cfg.wd)
         self.metrics: IO[str] | None = None
         self.start_time = time.perf_counter()
 
     def path(self, name: str) -> str:
-        return os.path.join(self.cfg.out, name)
+        return os.path.join(self.out, name)
 
     def say(self, line: str) -> None:
         print(line, file=self.stdout, flush=True)
 
-    # --- setup --------------------------------------------------------------------------------
+    # --- prepare: refuse what cannot run, before anything is allocated or written ---------------
+    #
+    # Data, model size and memory are checked first; then the run folder is chosen (and, for a
+    # new one, created); then the state is built or restored; the run has *started* once its
+    # first checkpoint is on disk. Only then does --overwrite drop the old run's files, and a
+    # start that fails before that point removes the folder it created: a failed start never
+    # costs an old run, and never leaves anything that refuses the same command next time.
 
     def prepare(self) -> None:
         self._load_data()
         self.mcfg = self.cfg.model_config(self.tokenizer.vocab_size)
-        self._prepare_folder()
-        if self.cfg.resume:
-            self._restore()
-        else:
-            self._fresh()
+        self._check_memory()
+        created = self._claim_folder()
+        try:
+            self.stale_removed = runs.remove_stale_temp_files(self.out)
+            if self.cfg.resume:
+                self._restore()
+            else:
+                self._fresh()
+            self._start()
+        except BaseException:
+            if self.metrics is not None:
+                self.metrics.close()
+            if created is not None:
+                _remove_created(self.out, created)
+            raise
 
     def _load_data(self) -> None:
         cfg = self.cfg
@@ -332,35 +394,76 @@ class _Run:
                     f"(the last {cfg.val_fraction:.0%} is validation); use a longer text or a smaller --ctx"
                 )
 
-    def _prepare_folder(self) -> None:
-        out = self.cfg.out
+    def _check_memory(self) -> None:
+        cfg, m = self.cfg, self.mcfg
+        need, breakdown = memory.training_bytes(
+            vocab=m.vocab_size,
+            ctx=m.ctx,
+            dim=m.dim,
+            layers=m.n_layers,
+            heads=m.n_heads,
+            hidden=m.mlp_hidden,
+            batch=cfg.batch,
+            itemsize=np.dtype(cfg.dtype).itemsize,
+            data_tokens=len(self.train_data) + len(self.val_data),
+            sample_len=cfg.sample_len,
+        )
+        memory.require(
+            need,
+            "this run",
+            breakdown,
+            "use a smaller --batch, --ctx, --dim, --layers, --mlp_hidden or --sample_len",
+        )
+
+    def _claim_folder(self) -> str | None:
+        """Choose the run folder (``self.out``) and check it can hold this run; return the
+        topmost folder this created (removed again if the start fails), or None."""
+        cfg = self.cfg
+        if cfg.out is None and cfg.resume:
+            last = runs.newest_with((LAST,))
+            if last is None:
+                raise TrainError(f"--resume: no run in '{runs.RUNS}' has a {LAST} to resume from; pass its --out")
+            self.out = os.path.dirname(last)
+        elif cfg.out is None:
+            try:
+                self.out = runs.new_run_folder()
+            except OSError as e:
+                raise TrainError(f"cannot create a run folder in '{runs.RUNS}': {e.strerror or e}") from None
+            self.cfg = dataclasses.replace(cfg, out=self.out)
+            return self.out
+        out = self.out
         if os.path.exists(out) and not os.path.isdir(out):
             raise TrainError(f"run folder '{out}' exists and is not a folder")
+        created = _first_missing(out)
         try:
             os.makedirs(out, exist_ok=True)
             with tempfile.TemporaryFile(dir=out):
                 pass
         except OSError as e:
+            if created is not None:
+                _remove_created(out, created)
             raise TrainError(f"run folder '{out}' cannot be written: {e.strerror or e}") from None
+        self.cfg = dataclasses.replace(cfg, out=out)
         existing = [n for n in (LAST, BEST, METRICS) if os.path.exists(self.path(n))]
-        if self.cfg.resume:
-            if LAST not in existing:
-                raise TrainError(f"--resume: there is no checkpoint '{self.path(LAST)}' to resume from")
-        elif existing and not self.cfg.overwrite:
-            raise TrainError(
+        problem = None
+        if cfg.resume and LAST not in existing:
+            problem = f"--resume: there is no checkpoint '{self.path(LAST)}' to resume from"
+        elif existing and not (cfg.resume or cfg.overwrite):
+            problem = (
                 f"run folder '{out}' already holds a run ({', '.join(existing)}): pass --resume to continue it, "
-                "--overwrite to start afresh, or another --out"
+                "--overwrite to start afresh, or another --out (or none: a new folder in runs/)"
             )
-        elif existing:
-            for name in existing:
-                os.remove(self.path(name))
+        if problem:
+            if created is not None:
+                _remove_created(out, created)
+            raise TrainError(problem)
+        return created
 
     def _fresh(self) -> None:
         cfg = self.cfg
         params = model.init_params(self.mcfg, np.random.default_rng([cfg.seed, INIT_STREAM]), np.dtype(cfg.dtype))
         self.rng = np.random.default_rng([cfg.seed, TRAIN_STREAM])
         self.snap = self.committed = _Snapshot(0, params, optim.init_state(params), self.rng.bit_generator.state)
-        self.metrics = open(self.path(METRICS), "w", encoding="utf-8")  # noqa: SIM115 - closed in run()
 
     def _restore(self) -> None:
         cfg, path = self.cfg, self.path(LAST)
@@ -381,6 +484,7 @@ class _Run:
                 "--tokenizer/--vocab_size changed"
             )
         checkpoint.validate_against(ckpt, model.param_shapes(self.mcfg))
+        checkpoint.require_finite(ckpt, path)
         dtypes = {str(p.dtype) for p in ckpt.params.values()}
         if dtypes != {cfg.dtype}:
             raise TrainError(
@@ -408,7 +512,24 @@ class _Run:
         self.changed_flags = [f"{k} {before[k]} -> {now[k]}" for k in _TRAJECTORY_FLAGS if k in before and before[k] != now[k]]
         self.elapsed_before = float(extra.get("elapsed", 0.0))
         self.saved_step = self.resumed_from = ckpt.step
-        self.metrics = self._reopen_metrics(ckpt.step)
+
+    def _start(self) -> None:
+        """The run starts: a new run writes its step-0 ``last.npz`` (proving the folder takes a
+        checkpoint), and only then replaces an old run's other files; a resumed run keeps the
+        metrics of the steps up to its checkpoint."""
+        if self.cfg.resume:
+            self.metrics = self._reopen_metrics(self.snap.step)
+            return
+        self._save(LAST, self.snap, with_optimizer=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path(BEST))  # --overwrite: the old run's best is not this run's
+        self.metrics = self._open_metrics("w")
+
+    def _open_metrics(self, mode: str) -> IO[str]:
+        try:
+            return open(self.path(METRICS), mode, encoding="utf-8")
+        except OSError as e:
+            raise TrainError(f"cannot write '{self.path(METRICS)}': {e.strerror or e}") from None
 
     def _reopen_metrics(self, step: int) -> IO[str]:
         """Keep the metrics of steps up to the checkpoint's (later ones were lost with the run)."""
@@ -421,10 +542,10 @@ class _Run:
                     continue  # a line cut short by a crash
                 if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
-        f = open(self.path(METRICS), "w", encoding="utf-8")  # noqa: SIM115 - closed in run()
-        f.writelines(kept)
-        f.flush()
-        return f
+        metrics = self._open_metrics("w")
+        metrics.writelines(kept)
+        metrics.flush()
+        return metrics
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -464,8 +585,10 @@ class _Run:
             f"optimiser: AdamW lr {cfg.lr:g}, warmup {cfg.warmup}, cosine to {cfg.floor_lr:g} at step {cfg.steps}, "
             f"beta2 {cfg.beta2:g}, wd {cfg.wd:g}, clip {cfg.grad_clip:g}; batch {cfg.batch} x {cfg.ctx} tokens"
         )
-        where = f" (resuming from step {self.resumed_from} of {LAST})" if self.resumed_from is not None else ""
-        self.say(f"run folder: {cfg.out}{where}")
+        notes = [f"resuming from step {self.resumed_from} of {LAST}"] if self.resumed_from is not None else []
+        if self.stale_removed:
+            notes.append(f"removed {self.stale_removed} temporary file(s) left by an interrupted checkpoint write")
+        self.say(f"run folder: {self.out}" + (f" ({'; '.join(notes)})" if notes else ""))
         if self.changed_flags:
             self.say(
                 f"note: --resume with flags that differ from the checkpoint's run ({', '.join(self.changed_flags)}): "
@@ -479,10 +602,12 @@ class _Run:
                 self.say(f"nothing to do: the run is at step {self.snap.step}, --steps is {self.cfg.steps}")
             else:
                 try:
-                    self._loop()
-                except KeyboardInterrupt:
-                    self._save_on_interrupt()
-                    raise
+                    # A diverging run overflows before its loss is seen to be NaN; the check below
+                    # says so in one line, so NumPy's floating-point warnings would only be noise.
+                    with np.errstate(all="ignore"):
+                        self._loop()
+                except KeyboardInterrupt as e:
+                    raise self._stop(e) from None
                 self._summary()
         finally:
             if self.metrics is not None:
@@ -495,7 +620,7 @@ class _Run:
             best,
             self.snap.best_step,
             self.elapsed(),
-            self.cfg.out,
+            self.out,
             None if last is None else self.bits_per_char(last[1]),
             None if best is None else self.bits_per_char(best),
         )
@@ -599,6 +724,36 @@ class _Run:
             f"({val_bpc:.4f} bits/char) | {note}"
         )
 
+    def _print_sample(self, step: int) -> None:
+        prompt = generate.default_prompt(self.tokenizer)
+        text = generate.sample_text(
+            self.snap.params,
+            self.mcfg,
+            self.tokenizer,
+            prompt,
+            self.cfg.sample_len,
+            rng=generate.sampling_rng(self.cfg.seed, step),
+            sampling=self.cfg.sampling,
+        )[0]
+        self.say(f"----- sample at step {step} -----\n{text[len(prompt):]}\n-----")
+
+    def _summary(self) -> None:
+        snap = self.snap
+        best = (
+            "none"
+            if snap.best_val is None
+            else f"{snap.best_val:.4f} ({self.bits_per_char(snap.best_val):.4f} bits/char) at step {snap.best_step}"
+        )
+        self.say(
+            f"done: step {self.snap.step}/{self.cfg.steps} in {_clock(self.elapsed())}; best val loss {best}; "
+            f"checkpoints in {self.out}"
+        )
+        command = runtime.command()
+        self.say(f"sample from it: {command} sample --checkpoint {self.path(BEST)} --prompt \"...\"")
+        self.say(f"draw its loss curves: {command} plot {self.out}")
+
+    # --- save ---------------------------------------------------------------------------------
+
     def _save(self, name: str, snap: _Snapshot, *, with_optimizer: bool) -> str:
         header = checkpoint.make_header(
             model_config=asdict(self.mcfg),
@@ -624,14 +779,19 @@ class _Run:
             self.saved_step = snap.step
         return path
 
-    def _save_on_interrupt(self) -> None:
+    def _stop(self, signal: KeyboardInterrupt) -> runtime.Stopped:
+        """Save the last committed step on Ctrl-C or SIGTERM; the exception carries the one line to print."""
+        terminated = isinstance(signal, runtime.Terminated)
+        what = f"{'terminated (SIGTERM)' if terminated else 'interrupted'} at step {self.committed.step}/{self.cfg.steps}"
         snap = self.committed
         if not _finite(snap.params):  # pragma: no cover - an update overflowed just before Ctrl-C
-            self.say(f"\ninterrupted at step {snap.step}: parameters are not finite, nothing saved")
-            return
+            return runtime.Stopped(f"{what}: parameters are not finite, nothing saved; {self._kept()}", terminated=terminated)
         path = self._save(LAST, snap, with_optimizer=True)
-        how = "--resume in place of --overwrite" if self.cfg.overwrite else "--resume"
-        self.say(f"\ninterrupted at step {snap.step}/{self.cfg.steps}: saved {path}; continue with the same command and {how}")
+        flags = ([] if self.cfg.resume else ["--resume"]) + ([] if self.given_out else [f"--out {self.out}"])
+        how = f" and {' '.join(flags)}" if flags else ""
+        if self.cfg.overwrite:
+            how += " in place of --overwrite"
+        return runtime.Stopped(f"{what}: saved {path}; continue with the same command{how}", terminated=terminated)
 
     def _kept(self) -> str:
         if self.saved_step is None:
@@ -644,41 +804,15 @@ class _Run:
             "try a lower --lr or a --grad_clip"
         )
 
-    def _print_sample(self, step: int) -> None:
-        prompt = generate.default_prompt(self.tokenizer)
-        text = generate.sample_text(
-            self.snap.params,
-            self.mcfg,
-            self.tokenizer,
-            prompt,
-            self.cfg.sample_len,
-            rng=generate.sampling_rng(self.cfg.seed, step),
-            sampling=self.cfg.sampling,
-        )[0]
-        self.say(f"----- sample at step {step} -----\n{text[len(prompt):]}\n-----")
-
-    def _summary(self) -> None:
-        snap = self.snap
-        best = (
-            "none"
-            if snap.best_val is None
-            else f"{snap.best_val:.4f} ({self.bits_per_char(snap.best_val):.4f} bits/char) at step {snap.best_step}"
-        )
-        self.say(
-            f"done: step {self.snap.step}/{self.cfg.steps} in {_clock(self.elapsed())}; best val loss {best}; "
-            f"checkpoints in {self.cfg.out}"
-        )
-        self.say(f"sample from it: bevialm sample --checkpoint {self.path(BEST)} --prompt \"...\"")
-        self.say(f"draw its loss curves: bevialm plot {self.cfg.out}")
-
-
 def train(cfg: TrainConfig, *, stdout: IO[str] | None = None) -> TrainResult:
     """Run (or, with ``cfg.resume``, continue) training as ``cfg`` says, printing to ``stdout``.
 
     Raises :class:`TrainError` (or :class:`bevialm.data.DataError`,
     :class:`bevialm.checkpoint.CheckpointError`) when the run cannot start or write its files,
-    :class:`TrainingDiverged` on a NaN or infinite loss (``last.npz`` keeps the
-    last good state), and re-raises ``KeyboardInterrupt`` after saving ``last.npz``.
+    :class:`bevialm.memory.MemoryLimitError` when it would not fit in memory,
+    :class:`TrainingDiverged` on a NaN or infinite loss (``last.npz`` keeps the last good
+    state), and :class:`bevialm.runtime.Stopped` (a ``KeyboardInterrupt``) after saving
+    ``last.npz`` on Ctrl-C (or SIGTERM, under :func:`bevialm.runtime.stop_signals_raise`).
     """
     run = _Run(cfg, sys.stdout if stdout is None else stdout)
     run.prepare()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import bevialm.data
 from bevialm.data import DataError, Vocab, get_batch, load_text, split
 
 # ---------------------------------------------------------------- vocabulary
@@ -145,11 +145,11 @@ def test_load_text_not_utf8(tmp_path: Path) -> None:
 
 
 def test_load_text_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Permission bits do not stop root, so simulate the OSError open() raises.
+    # Permission bits do not stop root, so simulate the OSError os.open() raises.
     def deny(*args: Any, **kwargs: Any) -> Any:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(bevialm.data, "open", deny, raising=False)
+    monkeypatch.setattr(os, "open", deny)
     assert "cannot be read: Permission denied" in _one_line_error(tmp_path / "x.txt")
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bevialm import checkpoint, model, train
+from bevialm import checkpoint, model, runtime, train
 from bevialm.checkpoint import CheckpointError, load_checkpoint
 from bevialm.data import DataError
 from bevialm.train import TrainConfig, TrainError, TrainingDiverged
@@ -111,7 +111,7 @@ def test_a_run_logs_evaluates_samples_and_writes_its_folder(reference: tuple[Pat
     assert result.best_val_loss == min(r["val_loss"] for r in records if r["kind"] == "eval")
     for line in ("step  5/30 | loss ", "ms/step | ", " tok/s | ETA ", "step 10/30 | eval: train ", "new best",
                  "----- sample at step 15 -----", "----- sample at step 30 -----", "done: step 30/30",
-                 "sample from it: bevialm sample --checkpoint"):  # fmt: skip
+                 "sample from it: ", " sample --checkpoint "):  # fmt: skip
         assert line in stdout, line
     last_ckpt, best_ckpt = load_checkpoint(out / "last.npz"), load_checkpoint(out / "best.npz")
     assert last_ckpt.step == 30 and last_ckpt.opt_state is not None and last_ckpt.opt_state.t == 30
@@ -128,9 +128,12 @@ def test_ctrl_c_saves_and_resume_is_bit_identical(
     with monkeypatch.context() as patch:
         patch.setattr(model, "loss_and_grads", failing_at(18, KeyboardInterrupt()))
         stdout = io.StringIO()
-        with pytest.raises(KeyboardInterrupt):
+        with pytest.raises(runtime.Stopped) as caught:
             train.train(cfg, stdout=stdout)
-    assert f"interrupted at step 17/30: saved {tmp_path / 'last.npz'}" in stdout.getvalue()
+    assert str(caught.value) == (
+        f"interrupted at step 17/30: saved {tmp_path / 'last.npz'}; continue with the same command and --resume"
+    )
+    assert not caught.value.terminated and "interrupted" not in stdout.getvalue()  # one message, the caller prints it
     assert load_checkpoint(tmp_path / "last.npz").step == 17
 
     result, stdout2 = run(replace(cfg, resume=True))
@@ -182,11 +185,9 @@ def test_ctrl_c_during_an_evaluation_saves_the_step_before_and_resume_redoes_it(
 
     with monkeypatch.context() as patch:
         patch.setattr(train, "evaluate", interrupted_at_third_call)
-        stdout = io.StringIO()
-        with pytest.raises(KeyboardInterrupt):
-            train.train(cfg, stdout=stdout)
+        with pytest.raises(runtime.Stopped, match="interrupted at step 19/30"):
+            run(cfg)
     # step 20 ran, but its evaluation did not: saving step 20 would skip that evaluation for good
-    assert "interrupted at step 19/30" in stdout.getvalue()
     assert load_checkpoint(tmp_path / "last.npz").step == 19
     run(replace(cfg, resume=True))
     assert metrics(tmp_path) == metrics(ref_out)
@@ -205,7 +206,7 @@ def test_ctrl_c_while_writing_best_keeps_best_and_its_loss_together(
 
     def interrupted_writing_best(path: Any, **kwargs: Any) -> None:
         saves.append(str(path))
-        if len(saves) == 3:  # best.npz at step 20 (after best and last at step 10)
+        if len(saves) == 4:  # best.npz at step 20 (after last at step 0, best and last at step 10)
             raise KeyboardInterrupt
         real(path, **kwargs)
 
@@ -213,7 +214,7 @@ def test_ctrl_c_while_writing_best_keeps_best_and_its_loss_together(
         patch.setattr(checkpoint, "save_checkpoint", interrupted_writing_best)
         with pytest.raises(KeyboardInterrupt):
             run(cfg)
-    assert saves[2].endswith("best.npz")
+    assert saves[3].endswith("best.npz")
     last = load_checkpoint(tmp_path / "last.npz")
     assert last.step == 19 and last.best_val_loss == load_checkpoint(tmp_path / "best.npz").best_val_loss
     run(replace(cfg, resume=True))
@@ -235,17 +236,17 @@ def test_ctrl_c_before_the_first_step_can_be_resumed(tmp_path: Path, monkeypatch
 def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = np.savez
+    real = checkpoint._write_archive
     calls = [0]
 
-    def full_disk(file: Any, *args: Any, **kwargs: Any) -> None:
+    def full_disk(file: Any, arrays: Any) -> None:
         calls[0] += 1
-        if calls[0] > 2:  # best and last at step 10 fit, then the disk is full
+        if calls[0] > 3:  # last at step 0, best and last at step 10 fit, then the disk is full
             file.write(b"PK\x03\x04 partial")
             raise OSError(28, "No space left on device")
-        real(file, *args, **kwargs)
+        real(file, arrays)
 
-    monkeypatch.setattr(np, "savez", full_disk)
+    monkeypatch.setattr(checkpoint, "_write_archive", full_disk)
     with pytest.raises(TrainError) as caught:
         run(tiny(tmp_path))
     message = str(caught.value)
@@ -268,10 +269,8 @@ def test_interrupt_message_says_how_to_resume_an_overwriting_command(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(model, "loss_and_grads", failing_at(2, KeyboardInterrupt()))
-    stdout = io.StringIO()
-    with pytest.raises(KeyboardInterrupt):
-        train.train(tiny(tmp_path, overwrite=True), stdout=stdout)
-    assert "continue with the same command and --resume in place of --overwrite" in stdout.getvalue()
+    with pytest.raises(runtime.Stopped, match="continue with the same command and --resume in place of --overwrite$"):
+        run(tiny(tmp_path, overwrite=True))
 
 
 def test_evaluation_and_sampling_never_change_the_training_trajectory(
@@ -295,18 +294,18 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: P
     assert ckpt.step == 20 and all(np.isfinite(p).all() for p in ckpt.params.values())
 
 
-def test_a_nan_before_any_checkpoint_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_nan_before_the_first_evaluation_keeps_the_starting_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model, "loss_and_grads", failing_at(3))
-    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+    with pytest.raises(TrainingDiverged, match=r"the last good checkpoint is '.*last.npz' \(step 0\)"):
         run(tiny(tmp_path))
-    assert not (tmp_path / "last.npz").exists()
+    assert load_checkpoint(tmp_path / "last.npz").step == 0
 
 
 def test_a_non_finite_evaluation_stops_without_saving(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(train, "evaluate", lambda *args: float("inf"))
     with pytest.raises(TrainingDiverged, match=r"evaluation loss train inf, val inf"):
         run(tiny(tmp_path))
-    assert not (tmp_path / "last.npz").exists()
+    assert load_checkpoint(tmp_path / "last.npz").step == 0  # the start's, not the diverged step's
 
 
 def test_float64_runs_and_the_folder_rules(tmp_path: Path) -> None:

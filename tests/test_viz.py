@@ -21,7 +21,7 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from bevialm import cli, train, viz
+from bevialm import cli, runtime, train, viz
 from bevialm.types import Array
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,7 +306,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
 
 def test_the_trainer_names_the_command_that_draws_its_curves(run: tuple[Path, str]) -> None:
     out, printed = run
-    assert printed.splitlines()[-1] == f"draw its loss curves: bevialm plot {out}"
+    assert printed.splitlines()[-1] == f"draw its loss curves: {runtime.command()} plot {out}"
 
 
 def start(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
