@@ -235,7 +235,8 @@ def sweep(user: CheckUser) -> None:
                 os.kill(-1, signal.SIGKILL)
             finally:
                 os._exit(0)
-        os.waitpid(pid, 0)
+        with contextlib.suppress(ChildProcessError):  # another check's thread may have reaped it
+            os.waitpid(pid, 0)
         if not _processes_of(user.uid):
             return
         time.sleep(0.01)
@@ -508,7 +509,7 @@ class Sandbox:
             sweep(user)
         else:
             for _ in range(KILL_ROUNDS):
-                left = _adopted(run.since_boot, zombies=False)
+                left = [pid for pid in _adopted(run.since_boot, zombies=False) if pid != self.zygote.process.pid]
                 if not left:
                     break
                 for pid in left:
