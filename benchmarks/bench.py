@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matmul_floor import floor_seconds
+
+from bevialm.parallel import DEFAULT_SHARDS, shard_count
+from bevialm.runtime import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,25 +83,25 @@ def time_steps(step: Any, cfg: dict[str, Any], steps: int, warmup: int) -> list[
     return times
 
 
-def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
-    from bevialm import optim
-    from bevialm.model import ModelConfig, init_params, loss_and_grads
+def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int, shards: int) -> list[float]:
+    from bevialm import optim, parallel
+    from bevialm.model import ModelConfig, init_params
 
     mcfg = ModelConfig(VOCAB, cfg["ctx"], cfg["dim"], cfg["layers"], cfg["heads"], cfg["mlp"], cfg.get("activation", "relu"))
     params = init_params(mcfg, np.random.default_rng(0))
     state = optim.init_state(params)
     ocfg = optim.AdamWConfig(lr=LR, beta2=BETA2, weight_decay=WD)
 
-    def step(x: Any, y: Any) -> None:  # the trainer's step: loss and grads, clip, AdamW
+    def step(x: Any, y: Any) -> None:  # the trainer's step: loss and grads (in shards), clip, AdamW
         nonlocal params, state
-        _, grads = loss_and_grads(params, x, y, mcfg)
+        _, grads = parallel.loss_and_grads(params, x, y, mcfg, shards=shards)
         grads, _ = optim.clip_by_global_norm(grads, CLIP)
         params, state = optim.step(params, grads, state, ocfg)
 
     return time_steps(step, cfg, steps, warmup)
 
 
-def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
+def torch_worker(cfg: dict[str, Any], steps: int, warmup: int, shards: int) -> list[float]:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -109,10 +113,10 @@ def torch_worker(cfg: dict[str, Any], steps: int, warmup: int) -> list[float]:
     return time_steps(step, cfg, steps, warmup)
 
 
-def run_worker(impl: str, config: str, steps: int, warmup: int) -> float:
+def run_worker(impl: str, config: str, steps: int, warmup: int, shards: int) -> float:
     """Median ms/step of one fresh worker process."""
     out = subprocess.run(
-        [sys.executable, __file__, "--worker", impl, "--config", config, "--steps", str(steps), "--warmup", str(warmup)],
+        [sys.executable, __file__, "--worker", impl, "--config", config, "--steps", str(steps), "--warmup", str(warmup), "--shards", str(shards)],
         check=True, capture_output=True, text=True, cwd=ROOT,
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["median_ms"])
@@ -127,8 +131,9 @@ def torch_available() -> bool:
 
 
 def sampling_speed(quick: bool) -> dict[str, float]:
-    """Tokens/s of greedy sampling from one token up to a full context of 256, with the
-    key/value cache (bevialm.generate) and by recomputing the whole context every token."""
+    """Tokens/s of greedy sampling of one sequence (batch 1) from one token up to a full context
+    of 256, with the key/value cache (bevialm.generate) and by recomputing the whole context every
+    token; the two alternate over 3 repeats and the fastest of each counts (the machine is shared)."""
     from bevialm import generate
     from bevialm.model import ModelConfig, forward, init_params
 
@@ -141,16 +146,18 @@ def sampling_speed(quick: bool) -> dict[str, float]:
     def greedy(logits: Any) -> Any:
         return np.argmax(logits, axis=1)
 
-    t0 = time.perf_counter()
-    generate.generate(params, cfg, prompt, n_new, greedy)
-    cached = n_new / (time.perf_counter() - t0)
-    tokens = np.zeros((1, ctx), dtype=np.int64)
-    t0 = time.perf_counter()
-    for i in range(1, ctx):
-        logits, _ = forward(params, tokens[:, :i], cfg)
-        tokens[0, i] = int(np.argmax(logits[0, -1]))
-    recompute = n_new / (time.perf_counter() - t0)
-    return {"ctx": ctx, "kv_cache_tokens_per_s": cached, "recompute_tokens_per_s": recompute, "speedup": cached / recompute}
+    def recompute() -> None:
+        tokens = np.zeros((1, ctx), dtype=np.int64)
+        for i in range(1, ctx):
+            logits, _ = forward(params, tokens[:, :i], cfg)
+            tokens[0, i] = int(np.argmax(logits[0, -1]))
+
+    cached, full = [], []
+    for _ in range(1 if quick else 3):
+        cached.append(_timed(lambda: generate.generate(params, cfg, prompt, n_new, greedy)))
+        full.append(_timed(recompute))
+    with_cache, without = n_new / min(cached), n_new / min(full)
+    return {"ctx": ctx, "kv_cache_tokens_per_s": with_cache, "recompute_tokens_per_s": without, "speedup": with_cache / without}
 
 
 def suite_time() -> float:
@@ -170,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=30, help="timed steps per worker (default 30)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed warm-up steps per worker (default 5)")
     ap.add_argument("--rounds", type=int, default=5, help="fresh-process rounds per config and implementation (default 5)")
+    ap.add_argument("--shards", type=int, default=DEFAULT_SHARDS, help=f"most shards per step, as the trainer's --shards (default {DEFAULT_SHARDS})")
     ap.add_argument("--configs", default="abc", help="which configs to run, e.g. 'ac' (default abc)")
     ap.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     ap.add_argument("--no-suite", action="store_true", help="skip timing the gradient-check suite")
@@ -177,12 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="bench-results.json", help="where to write the results (default bench-results.json)")
     args = ap.parse_args(argv)
 
+    tune_malloc()  # as `bevialm train` and `bevialm sample` do
     if args.worker:
-        from bevialm.runtime import tune_malloc
-
-        tune_malloc()  # as the trainer does
         fn = numpy_worker if args.worker == "numpy" else torch_worker
-        times = fn(CONFIGS[args.config], args.steps, args.warmup)
+        times = fn(CONFIGS[args.config], args.steps, args.warmup, args.shards)
         print(json.dumps({"median_ms": 1000 * statistics.median(times)}))
         return 0
 
@@ -191,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     use_torch = torch_available() and not args.no_torch
     peak = matmul_gflops()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
-    print(f"large float32 matmul: {peak:.1f} GFLOP/s")
+    print(f"large float32 matmul: {peak:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f} at the start")
     if not use_torch:
-        print("PyTorch not installed (pip install -e '.[bench]'): NumPy figures only")
-    results: dict[str, Any] = {"matmul_gflops": peak, "numpy": np.__version__, "configs": {}}
-    header = f"{'config':<24}{'ms/step':>10}{'spread':>16}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>8}"
+        print("--no-torch: NumPy figures only" if args.no_torch else "PyTorch not installed (pip install -e '.[bench]'): NumPy figures only")
+    results: dict[str, Any] = {"matmul_gflops": peak, "numpy": np.__version__, "load_average": os.getloadavg(), "configs": {}}
+    header = f"{'config':<24}{'shards':>7}{'ms/step':>10}{'spread':>16}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>8}"
+    header += f"{'products':>10}"
     header += f"{'torch ms':>10}{'ratio':>7}" if use_torch else ""
     print(header)
     for name in args.configs:
@@ -206,14 +213,17 @@ def main(argv: list[str] | None = None) -> int:
             order = ["numpy", "torch"] if r % 2 == 0 else ["torch", "numpy"]
             for impl in order:
                 if impl == "numpy":
-                    ours.append(run_worker("numpy", name, args.steps, args.warmup))
+                    ours.append(run_worker("numpy", name, args.steps, args.warmup, args.shards))
                 elif use_torch:
-                    theirs.append(run_worker("torch", name, args.steps, args.warmup))
+                    theirs.append(run_worker("torch", name, args.steps, args.warmup, args.shards))
         med = statistics.median(ours)
         gflops = flops_per_step(cfg) / (med / 1000) / 1e9
         tokens = cfg["batch"] * cfg["ctx"] / (med / 1000)
-        row: dict[str, Any] = {**cfg, "ms_per_step": med, "runs_ms": ours, "tokens_per_s": tokens, "gflops": gflops, "share_of_peak": gflops / peak}
-        line = f"({name}) {cfg['label']:<20}{med:>10.2f}{f'{min(ours):.1f}-{max(ours):.1f}':>16}{tokens:>11.0f}{gflops:>9.1f}{gflops / peak:>8.0%}"
+        shards = shard_count(cfg["batch"], cfg["ctx"], args.shards)
+        row: dict[str, Any] = {**cfg, "shards": shards, "ms_per_step": med, "runs_ms": ours, "tokens_per_s": tokens, "gflops": gflops, "share_of_peak": gflops / peak}
+        floor = 1000 * floor_seconds(cfg, VOCAB, shards, 3 if args.quick else 20)
+        row["products_ms"] = floor
+        line = f"({name}) {cfg['label']:<20}{shards:>7}{med:>10.2f}{f'{min(ours):.1f}-{max(ours):.1f}':>16}{tokens:>11.0f}{gflops:>9.1f}{gflops / peak:>8.0%}{floor:>10.2f}"
         if theirs:
             tmed = statistics.median(theirs)
             row.update(torch_ms_per_step=tmed, torch_runs_ms=theirs, ratio=med / tmed)

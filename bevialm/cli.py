@@ -119,6 +119,13 @@ def _add_model_flags(p: argparse._ActionsContainer) -> None:
 
 def _add_optimizer_flags(p: argparse._ActionsContainer) -> None:
     p.add_argument("--batch", type=positive_int, default=16, help="batch size (default: %(default)s)")
+    p.add_argument(
+        "--shards",
+        type=positive_int,
+        default=2,  # bevialm.parallel.DEFAULT_SHARDS (not imported here: --help stays fast)
+        help="compute each batch in up to N shards on N threads, one BLAS thread each; the sum is the "
+        "whole batch's gradient, and small batches stay whole (default: %(default)s)",
+    )
     p.add_argument("--steps", type=positive_int, default=5000, help="total training steps (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate (default: %(default)s)")
     p.add_argument(

@@ -7,11 +7,16 @@ runs only the new positions through the model: their queries attend to the
 cached keys and values plus their own. The logits are those of a full forward
 pass over the same tokens (the tests check it to ~1e-5 in float32 and 1e-10
 in float64), because :func:`decode` composes the very functions the model
-uses: the embedding, layer-norm, linear (``attention.project``), MLP and
-attention-core (``attention.attend`` with ``causal_mask``'s offset) pairs.
+uses: the embedding, layer-norm, linear, MLP and attention-core
+(``attention.attend`` with ``causal_mask``'s offset) pairs.
 Only the block's wiring (pre-norm, two residual additions) is repeated here,
 since ``block.forward`` runs attention on its whole input and has no place
 for cached keys. Dropout is off: sampling is evaluation.
+
+**Per-token cost.** A new token is a handful of tiny products and ~150 small NumPy
+calls, so the decoder saves calls: the parameters are checked and split per pair once
+per generation (not per token), and the query, key and value projections run as one
+linear pair over the side-by-side weights ``[Wq | Wk | Wv]`` (one product, not three).
 
 **Sliding window.** Positions are learned absolute embeddings, so once ``ctx``
 positions are cached the next token cannot simply be appended: every kept
@@ -119,10 +124,12 @@ def empty_cache(cfg: ModelConfig, batch: int, dtype: Any = np.float32) -> KVCach
 
 @dataclass(frozen=True)
 class _BlockParams:
+    """One block's parameters per pair. ``qkv`` is the query, key and value projections side
+    by side, ``W = [Wq | Wk | Wv]`` ``(C, 3C)``: ``x W + b`` is ``[q | k | v]`` in one product,
+    the same three linear maps (one matrix product per token instead of three)."""
+
     ln1: Params
-    q: Params
-    k: Params
-    v: Params
+    qkv: Params
     proj: Params
     ln2: Params
     mlp: Params
@@ -138,6 +145,7 @@ class _Scoped:
     ln_f: Params
     lm_head: Params
     dtype: np.dtype[Any]
+    qkv: linear.LinearConfig
 
 
 def _scoped(params: Params, cfg: ModelConfig) -> _Scoped:
@@ -148,7 +156,8 @@ def _scoped(params: Params, cfg: ModelConfig) -> _Scoped:
     for i in range(cfg.n_layers):
         b = scope(params, block_prefix(i))
         q, k, v, proj = (scope(b, f"attn.{name}.") for name in attention.PROJECTIONS)
-        blocks.append(_BlockParams(scope(b, "ln1."), q, k, v, proj, scope(b, "ln2."), scope(b, "mlp.")))
+        qkv = {w: np.concatenate([q[w], k[w], v[w]], axis=-1) for w in ("W", "b")}
+        blocks.append(_BlockParams(scope(b, "ln1."), qkv, proj, scope(b, "ln2."), scope(b, "mlp.")))
     return _Scoped(
         scope(params, "tok_emb."),
         scope(params, "pos_emb."),
@@ -156,6 +165,7 @@ def _scoped(params: Params, cfg: ModelConfig) -> _Scoped:
         scope(params, "ln_f."),
         scope(params, "lm_head."),
         params["lm_head.W"].dtype,
+        linear.LinearConfig(cfg.dim, 3 * cfg.dim),
     )
 
 
@@ -171,14 +181,13 @@ def _decode(
     x, _ = embedding.forward(sp.tok_emb, idx, cfg.tok_emb)
     pos, _ = embedding.forward(sp.pos_emb, np.arange(start, start + t), cfg.pos_emb)
     x += pos  # x is a fresh gather
-    bc, h = cfg.block, cfg.n_heads
+    bc, h, c = cfg.block, cfg.n_heads, cfg.dim
     keys, values = [], []
     for bp, k_old, v_old in zip(sp.blocks, cache.keys, cache.values, strict=True):
         a, _ = layernorm.forward(bp.ln1, x, bc.ln1)
-        # the attention's own projections (attention.project), with the params scoped once
-        q, _ = linear.forward(bp.q, a, bc.attn.linear)
-        k, _ = linear.forward(bp.k, a, bc.attn.linear)
-        v, _ = linear.forward(bp.v, a, bc.attn.linear)
+        # the attention's own q, k and v projections, as one linear pair over [Wq | Wk | Wv]
+        qkv, _ = linear.forward(bp.qkv, a, sp.qkv)
+        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
         k_all = np.concatenate((k_old, attention.split_heads(k, h)), axis=2)
         v_all = np.concatenate((v_old, attention.split_heads(v, h)), axis=2)
         out, core = attention.attend(attention.split_heads(q, h), k_all, v_all)

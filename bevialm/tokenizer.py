@@ -46,7 +46,7 @@ import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, islice, repeat
 from typing import Any, Protocol
 
 import numpy as np
@@ -405,7 +405,7 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
         counts.pop((a, b), None)
     tokenizer = BPETokenizer(tuple(merges), pre_split_rule)
     if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
-        tokenizer._cache.update(zip(list(chunks)[:_CACHE_LIMIT], words))
+        tokenizer._cache.update(islice(zip(chunks, words, strict=True), _CACHE_LIMIT))
     return tokenizer
 
 

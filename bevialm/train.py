@@ -4,7 +4,7 @@ evaluates, samples, checkpoints, survives Ctrl-C and resumes exactly.
 One step::
 
     x, y  = get_batch(train split, batch, ctx, train_rng)
-    loss, grads = loss_and_grads(params, x, y, rng=train_rng if dropout else None)
+    loss, grads = loss_and_grads(params, x, y, rng=train_rng if dropout else None)  # in shards
     grads, norm = clip_by_global_norm(grads, grad_clip)      # stop here on a NaN/inf loss or norm
     params, opt = adamw step(params, grads, opt, lr_at(step))
 
@@ -67,7 +67,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bevialm import checkpoint, generate, losses, memory, model, optim, runs, runtime
+from bevialm import checkpoint, generate, losses, memory, model, optim, parallel, runs, runtime
 from bevialm import tokenizer as tokenizers
 from bevialm.data import DataError, get_batch, load_text, split
 from bevialm.layers.mlp import ACTIVATIONS
@@ -114,6 +114,7 @@ class TrainConfig:
     dropout: float = 0.0
     dtype: str = "float32"
     batch: int = 16
+    shards: int = parallel.DEFAULT_SHARDS
     steps: int = 5000
     lr: float = 3e-4
     warmup: int = 100
@@ -145,6 +146,7 @@ class TrainConfig:
             heads=self.heads,
             mlp_hidden=self.mlp_hidden,
             batch=self.batch,
+            shards=self.shards,
             steps=self.steps,
             eval_iters=self.eval_iters,
         )
@@ -256,7 +258,7 @@ class _Snapshot:
 
 # The flags whose change makes a resumed run differ from one that never stopped (the model's
 # own flags are checked against the checkpoint and refused when they differ).
-_TRAJECTORY_FLAGS = ("seed", "batch", "steps", "lr", "warmup", "min_lr", "wd", "beta2", "grad_clip", "val_fraction")
+_TRAJECTORY_FLAGS = ("seed", "batch", "shards", "steps", "lr", "warmup", "min_lr", "wd", "beta2", "grad_clip", "val_fraction")
 
 
 def evaluate(
@@ -636,7 +638,7 @@ class _Run:
             t0 = time.perf_counter()
             snap = self.snap
             x, y = get_batch(train_data, cfg.batch, cfg.ctx, rng)
-            loss, grads = model.loss_and_grads(snap.params, x, y, mcfg, rng=dropout_rng)
+            loss, grads = parallel.loss_and_grads(snap.params, x, y, mcfg, shards=cfg.shards, rng=dropout_rng)
             grads, norm = optim.clip_by_global_norm(grads, clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise TrainingDiverged(self._diverged(s + 1, f"loss {loss}, gradient norm {norm}"))

@@ -20,5 +20,16 @@ def test_bench_quick_run_writes_results(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     row = results["configs"]["a"]
     assert row["ms_per_step"] > 0 and row["tokens_per_s"] > 0 and 0 < row["share_of_peak"] < 1.5
+    assert row["shards"] == 1 and 0 < row["products_ms"]  # the quick start's 512 tokens stay one shard
     assert results["sampling"]["kv_cache_tokens_per_s"] > 0
     assert "GFLOP/s" in run.stdout and "sampling at ctx" in run.stdout
+
+
+def test_matmul_floor_runs_whole_and_in_shards() -> None:
+    for shards in ("1", "2"):
+        run = subprocess.run(
+            [sys.executable, "benchmarks/matmul_floor.py", "--configs", "a", "--repeats", "1", "--shards", shards],
+            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        assert f"matrix products of one step, {shards} shard(s):" in run.stdout

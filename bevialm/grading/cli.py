@@ -11,6 +11,7 @@ error when it could not be (a missing folder, a bad rubric), as for every
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -63,7 +64,21 @@ def _progress(total: int) -> Any:
     return show if sys.stderr.isatty() else None
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM (a batch's time limit, say) ends grading cleanly: every check's processes are
+    killed on the way out, and no results file is written."""
+    raise SystemExit(128 + signum)
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _grade(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _grade(args: argparse.Namespace) -> int:
     try:
         rubric = load(args.rubric)
         only = tuple(p.strip() for item in args.only for p in item.split(",") if p.strip())
