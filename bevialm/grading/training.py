@@ -5,7 +5,7 @@ Three parts, as for the pairs:
 
 - **the reference's cases** (:func:`reference_cases`): fixed, seeded inputs and the
   reference's answers, made in the grader's process before any student code runs;
-- **the student's side** (:func:`run`): calls the student's functions on those inputs through
+- **the student's side** (:func:`runner`): calls the student's functions on those inputs through
   ``call(module, function, *args, **kwargs)`` (the grader's session with the check's child)
   and records what came back in an :class:`~bevialm.grading.tasks.Observation`;
 - **judging** (:func:`judge`): compares the observation with the reference's answers in
