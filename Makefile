@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test typecheck lint train sample plot bench bench-tokenizer clean
+.PHONY: help install test test-lowest typecheck lint train sample plot bench bench-tokenizer clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -21,6 +21,20 @@ install: $(STAMP)  ## create .venv and install bevialm with its dev tools
 
 test: $(STAMP)  ## the whole suite, gradient checks included, with line coverage
 	$(BIN)/python -m pytest --cov=bevialm --cov-report=term --cov-fail-under=95
+
+# The lowest NumPy pyproject.toml allows ("numpy>=1.24" -> 1.24, that is 1.24.0), in its own venv.
+LOWEST_NUMPY := $(shell sed -n 's/.*"numpy>=\([0-9.]*\).*/\1/p' pyproject.toml)
+LOWEST       := .venv-lowest
+
+$(LOWEST)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LOWEST)
+	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST)/bin/python -m pip install --quiet -e '.[dev]' 'numpy==$(LOWEST_NUMPY)'
+	touch $@
+
+test-lowest: $(LOWEST)/.installed  ## the whole suite again on the lowest NumPy pyproject.toml allows (CI's second leg)
+	$(LOWEST)/bin/python -c 'import numpy; print("NumPy", numpy.__version__)'
+	$(LOWEST)/bin/python -m pytest -q
 
 typecheck: $(STAMP)  ## mypy --strict over the package and the tests
 	$(BIN)/python -m mypy --strict bevialm tests
@@ -48,5 +62,5 @@ bench-tokenizer: $(STAMP)  ## byte-level BPE on Tiny Shakespeare: training 512 /
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "the bench extra could not be installed: benchmarking BeviaLLM alone"
 	$(BIN)/python benchmarks/tokenizer_bench.py
 
-clean:  ## remove .venv, caches and runs/
-	rm -rf $(VENV) .pytest_cache .mypy_cache .coverage htmlcov runs
+clean:  ## remove .venv, .venv-lowest, caches and runs/
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .coverage htmlcov runs

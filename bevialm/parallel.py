@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +78,15 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bevialm-shard")
 
 
+def _shard_loss_and_grads(
+    errors: Any, params: Params, idx: IntArray, targets: IntArray, cfg: model.ModelConfig
+) -> tuple[float, Grads]:
+    """One shard on a worker thread, under the caller's floating-point error settings: NumPy
+    keeps them per thread, so a caller's ``np.errstate`` would not otherwise reach the shards."""
+    with np.errstate(**errors):
+        return model.loss_and_grads(params, idx, targets, cfg)
+
+
 def loss_and_grads(
     params: Params,
     idx: IntArray,
@@ -99,8 +109,9 @@ def loss_and_grads(
         return model.loss_and_grads(params, idx, targets, cfg, rng=rng)
     rows = shard_rows(batch, n)
     with blas_threads(1):
+        errors = np.geterr()
         futures: list[Future[tuple[float, Grads]]] = [
-            _pool(n - 1).submit(model.loss_and_grads, params, idx[r], targets[r], cfg) for r in rows[1:]
+            _pool(n - 1).submit(_shard_loss_and_grads, errors, params, idx[r], targets[r], cfg) for r in rows[1:]
         ]
         results = [model.loss_and_grads(params, idx[rows[0]], targets[rows[0]], cfg)]  # this thread: shard 0
         results += [f.result() for f in futures]

@@ -80,6 +80,19 @@ class Bound:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """One call of a helper that a pair's graded functions use (``causal_mask(3, 3)``): the grader
+    makes it on the student's module too, so a wrong number can be traced to the helper."""
+
+    function: str
+    args: tuple[Any, ...]
+
+    def describe(self) -> str:
+        shown = ", ".join(f"x of shape {a.shape}" if isinstance(a, np.ndarray) else repr(a) for a in self.args)
+        return f"{self.function}({shown})"
+
+
+@dataclass(frozen=True)
 class PairSpec:
     """Everything the tests, the grader and the skeleton generator need to know about one pair."""
 
@@ -102,6 +115,8 @@ class PairSpec:
     """Fixed cases at the edges where a plausible implementation breaks (logits of 1e3, a
     tiny layer-norm input, T = 1, batch 1, odd head counts); the grader always runs them,
     the test suite checks them like the examples."""
+    probes: tuple[Probe, ...] = ()
+    """Calls of the module's helpers (not graded themselves) that name a helper as the fault."""
 
 
 def layer_bind(module: ModuleType, *, seeded: bool = False) -> Callable[[Case], Bound]:
@@ -377,6 +392,12 @@ PAIRS: tuple[PairSpec, ...] = (
             Case(attention.AttentionConfig(4, 2, 4), (2, 3, 4), 1),  # shorter than ctx
             Case(attention.AttentionConfig(3, 1, 3), (1, 3, 3), 2),  # one head, full ctx
             Case(attention.AttentionConfig(4, 4, 3), (2, 2, 4), 3),  # head_dim 1
+        ),
+        probes=(
+            Probe("causal_mask", (1, 1)),
+            Probe("causal_mask", (4, 4)),
+            Probe("split_heads", (np.arange(2 * 3 * 6, dtype=np.float64).reshape(2, 3, 6), 3)),
+            Probe("merge_heads", (np.arange(2 * 3 * 3 * 2, dtype=np.float64).reshape(2, 3, 3, 2),)),
         ),
         stress=(
             # one key: the weights are 1, so only the v path and dx are checked (dq = dk = 0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import importlib.metadata
 import os
 import shlex
 import shutil
@@ -106,8 +105,8 @@ def stop_signals_raise() -> Iterator[None]:
 def command() -> str:
     """How to run ``bevialm`` again from here, for hints: ``bevialm`` when this process is the
     console script, else this interpreter with ``-m bevialm`` (``python -m bevialm`` in an
-    activated venv), with ``PYTHONPATH`` when the package is neither installed nor in the
-    working directory."""
+    activated venv), with ``PYTHONPATH`` when that interpreter would not find the package from
+    the working directory (``python /elsewhere/main.py`` in a venv with only NumPy)."""
     if os.path.basename(sys.argv[0]) == "bevialm":
         return "bevialm"
     name = os.path.basename(sys.executable)
@@ -116,19 +115,21 @@ def command() -> str:
     if found and os.path.abspath(found) == os.path.abspath(python):
         python = name  # the one `python` finds first on PATH, as in an activated venv
     elif not os.path.relpath(python).startswith(".."):
-        python = os.path.relpath(python)  # .venv/bin/python
+        python = os.path.join(".", os.path.relpath(python))  # ./.venv/bin/python
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.abspath(os.getcwd()) == root or _installed():
+    if os.path.abspath(os.getcwd()) == root or _importable_without_script_dir(root):
         return f"{python} -m bevialm"
     return f"PYTHONPATH={shlex.quote(root)} {python} -m bevialm"
 
 
-def _installed() -> bool:
-    try:
-        importlib.metadata.distribution("bevialm")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
+def _importable_without_script_dir(root: str) -> bool:
+    """Whether ``-m bevialm`` finds this package from any working directory: an install (or the
+    editable install's path entry) puts its folder on ``sys.path`` beyond ``sys.path[0]``, the
+    folder of the script being run, which ``python -m`` replaces with the working directory."""
+    for entry in sys.path[1:]:
+        if entry and os.path.isfile(os.path.join(entry, "bevialm", "__init__.py")):
+            return True
+    return False
 
 
 # --- BLAS threads --------------------------------------------------------------------------------

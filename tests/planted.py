@@ -144,3 +144,153 @@ INIT_WITHOUT_BETA_IN_FLOAT64 = """
 def init(cfg, rng, dtype=np.float32):
     return {"gamma": np.ones(cfg.dim)}  # no beta, and float64 whatever the dtype
 """
+
+
+# --- beyond the pairs: the model and the optimizer ------------------------------------------
+
+POS_EMB_GRADIENT_AVERAGED = """
+_reference_backward = backward
+
+def backward(params, cache, dlogits):
+    grads = _reference_backward(params, cache, dlogits)
+    batch = dlogits.shape[0]
+    return {**grads, "pos_emb.W": grads["pos_emb.W"] / batch}  # the mean over the batch, not the sum
+"""
+
+POSITIONS_FOR_THE_WHOLE_CONTEXT = """
+_reference_forward = forward
+
+def forward(params, idx, cfg, *, rng=None, layers=REFERENCE_LAYERS):
+    if idx.shape[1] != cfg.ctx:
+        raise ValueError("positions = np.arange(cfg.ctx) only fits sequences of length ctx")
+    return _reference_forward(params, idx, cfg, rng=rng, layers=layers)
+"""
+
+ADAMW_WITHOUT_BIAS_CORRECTION = """
+def step(params, grads, state, cfg, lr=None):
+    lr = cfg.lr if lr is None else lr
+    new_params, m, v = {}, {}, {}
+    for k, theta in params.items():
+        g = grads[k]
+        m[k] = cfg.beta1 * state.m[k] + (1 - cfg.beta1) * g
+        v[k] = cfg.beta2 * state.v[k] + (1 - cfg.beta2) * g * g
+        wd = cfg.weight_decay if cfg.decays(k) else 0.0
+        new_params[k] = theta - lr * m[k] / (np.sqrt(v[k]) + cfg.eps) - lr * wd * theta  # m, v not corrected
+    return new_params, AdamWState(state.t + 1, m, v)
+"""
+
+ADAMW_WITH_L2_INSTEAD_OF_DECOUPLED_DECAY = """
+from dataclasses import replace as _replace
+
+_reference_step = step
+
+def step(params, grads, state, cfg, lr=None):
+    coupled = {k: g + cfg.weight_decay * params[k] if cfg.decays(k) else g for k, g in grads.items()}
+    return _reference_step(params, coupled, state, _replace(cfg, weight_decay=0.0), lr)  # L2 in the gradient
+"""
+
+ADAMW_DECAYING_EVERY_PARAMETER = """
+from dataclasses import replace as _replace
+
+_reference_step = step
+
+def step(params, grads, state, cfg, lr=None):
+    return _reference_step(params, grads, state, _replace(cfg, decay_all=True), lr)  # biases, gains, embeddings too
+"""
+
+DECAY_RULE_WITHOUT_THE_EMBEDDING_EXEMPTION = """
+def decays(name):
+    return name.split(".")[-1] == "W"  # tok_emb.W and pos_emb.W decay too
+"""
+
+SCHEDULE_WARMUP_OFF_BY_ONE = """
+_reference_lr_at = lr_at
+
+def lr_at(step, base_lr, warmup, total, min_lr):
+    if step < warmup:
+        return base_lr * step / warmup  # the first update gets lr 0, the last warmup step less than base_lr
+    return _reference_lr_at(step, base_lr, warmup, total, min_lr)
+"""
+
+SCHEDULE_COSINE_OFF_BY_ONE = """
+_reference_lr_at = lr_at
+
+def lr_at(step, base_lr, warmup, total, min_lr):
+    if warmup <= step < total:
+        progress = (step - warmup + 1) / (total - warmup)  # one step ahead: base_lr is never used
+        return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+    return _reference_lr_at(step, base_lr, warmup, total, min_lr)
+"""
+
+PER_TENSOR_CLIPPING = """
+def clip_by_global_norm(grads, max_norm):
+    norm = global_norm(grads)
+    if max_norm is None or max_norm <= 0:
+        return dict(grads), norm
+    clipped = {}
+    for k, g in grads.items():
+        own = float(np.sqrt(np.vdot(g, g)))
+        clipped[k] = g * (max_norm / own) if own > max_norm else g  # each tensor clipped on its own norm
+    return clipped, norm
+"""
+
+GLOBAL_NORM_AS_A_SUM_OF_NORMS = """
+def global_norm(grads):
+    return float(sum(np.sqrt(np.vdot(g, g)) for g in grads.values()))  # not the root of the summed squares
+"""
+
+SPLIT_HEADS_IN_THE_WRONG_ORDER = """
+def split_heads(x, n_heads):
+    b, t, c = x.shape
+    return x.reshape(b, t, c // n_heads, n_heads).transpose(0, 3, 1, 2)  # head_dim before heads
+"""
+
+MERGE_HEADS_WITHOUT_THE_TRANSPOSE = """
+def merge_heads(x):
+    b, h, t, hd = x.shape
+    return x.reshape(b, t, h * hd)  # heads and time mixed up
+"""
+
+VALUE_PROJECTION_GRADIENT_DOUBLED = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    return dx, {**grads, "v.W": 2 * grads["v.W"], "v.b": 2 * grads["v.b"]}
+"""
+
+GARBAGE_FROM_THE_OPTIMIZER = """
+def step(params, grads, state, cfg, lr=None):
+    return [params], state.t  # neither the params dict nor a state
+
+def decays(name):
+    return "yes"
+
+def lr_at(step, base_lr, warmup, total, min_lr):
+    return "fast"
+
+def global_norm(grads):
+    return None
+
+def clip_by_global_norm(grads, max_norm):
+    return 1.0
+"""
+
+GARBAGE_FROM_THE_MODEL = """
+_reference_forward = forward
+
+def forward(params, idx, cfg, *, rng=None, layers=REFERENCE_LAYERS):
+    logits, cache = _reference_forward(params, idx, cfg, rng=rng, layers=layers)
+    return logits.tolist(), cache
+
+def backward(params, cache, dlogits):
+    return [1, 2, 3]
+"""
+
+TWO_GRADIENTS_WRONG_BY_DIFFERENT_AMOUNTS = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    return dx * 1.001, {**grads, "W": grads["W"] * 3.0}  # dx barely wrong, dW badly
+"""

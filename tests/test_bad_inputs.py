@@ -356,8 +356,10 @@ def test_resuming_a_nan_checkpoint_is_refused(good_run: Path, tmp_path: Path) ->
     assert folder_hash(out) == before
 
 
-def test_a_diverging_run_prints_one_line_and_no_numpy_warnings(tmp_path: Path) -> None:
-    done = run(main_py("--data", DATA, *TINY, *QUIET, "--steps", "50", "--lr", "1e30", "--grad_clip", "0", "--wd", "0"), tmp_path)
+@pytest.mark.parametrize("batch", ["4", "64"], ids=["one-shard", "sharded"])  # 64 x 32 tokens: shards on threads
+def test_a_diverging_run_prints_one_line_and_no_numpy_warnings(tmp_path: Path, batch: str) -> None:
+    flags = [*TINY, *QUIET, "--ctx", "32", "--batch", batch, "--shards", "2", "--dropout", "0"]
+    done = run(main_py("--data", DATA, *flags, "--steps", "50", "--lr", "1e30", "--grad_clip", "0", "--wd", "0"), tmp_path)
     line = one_line(done, 3)
     assert line.startswith("error: training diverged at step ") and "try a lower --lr" in line
 
@@ -421,10 +423,27 @@ def test_the_hint_names_a_command_that_exists_here(tmp_path: Path, monkeypatch: 
     monkeypatch.chdir(ROOT)
     assert runtime.command().endswith(" -m bevialm") and "PYTHONPATH" not in runtime.command()
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(runtime, "_installed", lambda: False)  # the playbook's venv: numpy only
-    assert runtime.command() == f"PYTHONPATH={ROOT} {sys.executable} -m bevialm" or runtime.command().startswith(
-        f"PYTHONPATH={ROOT} "
-    )
+    monkeypatch.setattr(sys, "path", [str(ROOT)])  # the playbook's venv: NumPy only, the package in main.py's folder
+    assert runtime.command().startswith(f"PYTHONPATH={ROOT} ") and runtime.command().endswith(" -m bevialm")
+
+
+def test_the_playbooks_numpy_only_route_prints_a_hint_that_works(tmp_path: Path) -> None:
+    """``python main.py`` in a venv with NumPy alone (no bevialm installed), run from another
+    folder: the printed sample command must work exactly as printed, from that folder."""
+    import numpy
+
+    numpy_only = f"import sys; sys.path[1:] = [{str(Path(numpy.__file__).parent.parent)!r}] + [p for p in sys.path if 'site-packages' not in p][1:]"
+    boot = tmp_path / "boot.py"  # site off (-S: no .pth, so no editable install), then main.py as __main__
+    boot.write_text(f"{numpy_only}\nimport runpy\nsys.argv = sys.argv[1:]\nsys.path.insert(0, {str(ROOT)!r})\n"
+                    f"runpy.run_path({MAIN!r}, run_name='__main__')\n")  # fmt: skip
+    done = run([sys.executable, "-S", str(boot), MAIN, "--data", DATA, *TINY, *QUIET, "--steps", "2"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    hint = next(line for line in done.stdout.splitlines() if line.startswith("sample from it: "))
+    command = hint.removeprefix("sample from it: ").replace('"..."', "MARA")
+    assert command.startswith(f"PYTHONPATH={ROOT} ")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    sampled = run(["sh", "-c", f"{command} --sample_len 3"], tmp_path, env=env)
+    assert sampled.returncode == 0 and sampled.stdout.startswith("MARA"), sampled.stderr
 
 
 def test_memory_error_that_slips_through_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,7 +27,7 @@ from bevialm.grading.grade import (
     plan_checks,
     tensor_name,
 )
-from bevialm.grading.rubric import DEFAULT_RUBRIC, RubricError, default_rubric, load, parse
+from bevialm.grading.rubric import DEFAULT_RUBRIC, TASK_KINDS, RubricError, default_rubric, load, parse
 from bevialm.grading.skeleton import SkeletonError, plan, rewrite, write_skeleton
 from bevialm.grading.student import (
     SubmissionError,
@@ -38,14 +38,15 @@ from bevialm.grading.student import (
     scan_source,
 )
 from bevialm.grading.tasks import Observation, describe, store
-from bevialm.registry import PAIRS
+from bevialm.registry import PAIRS, TASKS
 
 from . import planted
 
 _counter = itertools.count()
 
 PAIR_CHECKS = ("forward", "backward", "gradcheck", "purity")
-MODEL_CHECKS = {"model.loss_and_grads", "model.training"}
+MODEL_CHECKS = {"model.backward", "model.loss_and_grads", "model.training"}
+"""The model checks a wrong pair backward fails: the model composes the pairs."""
 
 
 def solution_copy(dest: Path) -> Path:
@@ -102,7 +103,7 @@ def test_reference_in_skeleton_shape_gets_full_marks(solution_report: GradeRepor
     assert failing(report) == set(), format_report(report)
     assert report.score == report.max_score > 0
     ids = {r.check.id for r in report.results}
-    assert ids == {f"{s.name}.{k}" for s in PAIRS for k in PAIR_CHECKS} | MODEL_CHECKS
+    assert ids == {f"{task}.{k}" for task, kinds in TASK_KINDS.items() for k in kinds}
     assert report.reference_uses == [] and report.missing == []
     assert all(r.hint == "ok" for r in report.results)
 
@@ -345,7 +346,9 @@ def test_package_root_and_import(tmp_path: Path, solution: Path) -> None:
 def test_skeleton_blanks_exactly_the_registry_functions(skeleton: Path) -> None:
     import ast
 
-    listed = {spec.module.__name__: set(spec.functions) for spec in PAIRS}
+    listed: dict[str, set[str]] = {}
+    for task in TASKS:
+        listed.setdefault(task.module.__name__, set()).update(task.functions)
     for m in plan():
         tree = ast.parse((skeleton / m.path).read_text())
         for node in tree.body:
@@ -416,7 +419,7 @@ def test_default_rubric_and_overrides(tmp_path: Path) -> None:
     checks = plan_checks(loaded, visible_only=True)
     ids = {c.id for c in checks}
     assert "attention.backward" not in ids and "dropout.gradcheck" not in ids and "model.training" not in ids
-    assert {c.id for c in plan_checks(loaded, only=("*.backward",))} == {f"{s.name}.backward" for s in PAIRS}
+    assert {c.id for c in plan_checks(loaded, only=("*.backward",))} == {f"{s.name}.backward" for s in PAIRS} | {"model.backward"}
     with pytest.raises(GradeError, match="matches no check"):
         plan_checks(loaded, only=("lineaer",))
     assert load(None) == rubric

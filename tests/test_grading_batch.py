@@ -17,6 +17,8 @@ from bevialm.grading.batch import BatchError, find_students, safe_extract
 from .test_grading import solution_copy
 
 RUBRIC = """
+[assignment]
+preset = "layers"
 [settings]
 time_limit = 3.0
 [kinds.backward]
@@ -145,7 +147,7 @@ def test_flags_name_what_the_instructor_should_look_at() -> None:
 
     data = {
         "output": "score 3/10\nFLAGGED: this package uses the reference implementation instead of its own:",
-        "flags": ["imported bevialm.layers"],
+        "flags": ["imported bevialm.layers", "b", "c", "d"],
         "tests": [
             {"status": "failed", "output": "timed out: no result within 2 s"},
             {"status": "failed", "output": "timed out: no result within 2 s"},
@@ -153,4 +155,4 @@ def test_flags_name_what_the_instructor_should_look_at() -> None:
             {"status": "passed", "output": "ok"},
         ],
     }
-    assert flags(data) == ["uses the reference", "imported bevialm.layers", "2 checks timed out", "1 check crashed"]
+    assert flags(data) == ["uses the reference", "imported bevialm.layers", "b", "c", "... (1 more flags)", "2 checks timed out", "1 check crashed"]

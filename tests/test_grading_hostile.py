@@ -91,7 +91,7 @@ def submission(tmp_path: Path, box: Path, forward: str, *, solution: bool = Fals
     """A skeleton (bare: it deserves 0) whose ``linear.forward`` is ``forward``'s body."""
     folder = tmp_path / "submission"
     write_skeleton(folder, with_solutions=solution)
-    code = f"BOX = {str(box)!r}\n{NOTE}\n{extra}\n\ndef forward(params, x, cfg):\n{textwrap.indent(textwrap.dedent(forward), '    ')}"
+    code = f"BOX = {str(box)!r}\n{NOTE}\n{GRADER_ARGUMENT}\n{extra}\n\ndef forward(params, x, cfg):\n{textwrap.indent(textwrap.dedent(forward), '    ')}"
     plant(folder, "layers/linear.py", code)
     return folder
 
@@ -246,10 +246,23 @@ def test_patching_the_checks_changes_nothing(install: Install, box: Path, tmp_pa
 
 # --- the results, the rubric and the install ---------------------------------------------------
 
+GRADER_ARGUMENT = """
+def _grader_argument(flag):
+    \"\"\"What follows ``flag`` on the grader's command line, found in /proc (readable by all).\"\"\"
+    import os
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\\0")
+        except OSError:
+            continue
+        if flag in argv and "grade" in argv:
+            return argv[argv.index(flag) + 1]
+    raise LookupError(flag)
+"""
+
 FORGER = """
 import json, os, time
-argv = open(f"/proc/{os.getppid()}/cmdline", "rb").read().decode().split("\\0")
-results = argv[argv.index("--results") + 1]
+results = _grader_argument("--results")
 forged = json.dumps({"score": 1000, "tests": [], "output": "forged"})
 try:
     with open(results, "w") as f:
@@ -288,7 +301,7 @@ def test_forged_results_and_survivors_change_nothing(install: Install, box: Path
 
 def test_survivors_are_killed_without_root_too(box: Path, tmp_path: Path) -> None:
     """Not root (forced here): orphans are adopted by the grader and killed after the check."""
-    folder = submission(tmp_path, box, FORGER.replace('results = argv[argv.index("--results") + 1]', 'results = "/nonexistent/results.json"'))
+    folder = submission(tmp_path, box, FORGER.replace('results = _grader_argument("--results")', 'results = "/nonexistent/results.json"'))
     report = grade(folder, Options(rubric=load(None), only=("linear.forward",), time_limit=10.0, as_root=False))
     assert report.score == 0 and any("not running as root" in n for n in report.notes)
     time.sleep(2.5)
@@ -300,8 +313,7 @@ def test_survivors_are_killed_without_root_too(box: Path, tmp_path: Path) -> Non
 def test_the_rubric_and_the_reference_stay_hidden(install: Install, box: Path, tmp_path: Path) -> None:
     code = f"""
     import os
-    argv = open(f"/proc/{{os.getppid()}}/cmdline", "rb").read().decode().split("\\0")
-    for path in (argv[argv.index("--rubric") + 1], {str(install.reference_linear)!r}):
+    for path in (_grader_argument("--rubric"), {str(install.reference_linear)!r}):
         try:
             print(open(path).read())
         except OSError as exc:
@@ -418,3 +430,69 @@ def test_garbage_on_the_grader_s_pipes_fails_only_the_check(install: Install, bo
     graded = run_grade(install, submission(tmp_path, box, code), "linear.forward,linear.backward", checks=2)
     assert graded.score == 0
     assert graded.test("linear.backward")["status"] == "failed"
+
+
+@root_only  # the checks' uid cannot read the interpreter's folder here (/root is 0700)
+def test_standard_library_modules_not_preloaded_still_import(install: Install, box: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "stdlib"
+    write_skeleton(folder, with_solutions=True)
+    plant(
+        folder,
+        "layers/linear.py",
+        """
+        _reference_forward = forward
+
+        def forward(params, x, cfg):
+            import csv, hashlib, io, sqlite3, xml.dom.minidom  # none of them preloaded; C extensions too
+            hashlib.sha256(b"x").hexdigest()
+            next(csv.reader(io.StringIO("a,b")))
+            return _reference_forward(params, x, cfg)
+        """,
+    )
+    graded = run_grade(install, folder, "linear.forward")
+    assert graded.score == 2, graded.output("linear.forward")
+
+
+@root_only
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_grader_killed_mid_check_takes_its_checks_along(how: str, install: Install, box: Path, tmp_path: Path) -> None:
+    """As grade-all's time limit does: the grader's process group is killed while a check runs;
+    nothing of the check (a double-forked, setsid survivor included) may live on."""
+    import signal
+
+    code = """
+    import os, time
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            _note("pids", os.getpid())
+            time.sleep(60)
+        os._exit(0)
+    _note("pids", os.getpid())
+    while True:
+        time.sleep(0.01)
+    """
+    folder = submission(tmp_path, box, code)
+    site = str(Path(np.__file__).parent.parent)
+    boot = f"import sys; sys.path[:0] = [{str(install.folder)!r}, {site!r}]; from bevialm.cli import main; sys.exit(main())"
+    grader = subprocess.Popen(
+        [sys.executable, "-I", "-S", "-c", boot, "grade", str(folder), "--rubric", str(install.rubric), "--only", "linear.forward"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            if len(pids(box)) == 2:
+                break
+            time.sleep(0.05)
+        assert len(pids(box)) == 2, "the check never started"
+        os.killpg(grader.pid, getattr(signal, how))
+        grader.wait(30)
+    finally:
+        if grader.poll() is None:
+            grader.kill()
+            grader.wait()
+    for _ in range(100):
+        if not any(alive(p) for p in pids(box)):
+            break
+        time.sleep(0.05)
+    assert_all_dead(box)

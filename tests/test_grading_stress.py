@@ -63,3 +63,32 @@ def test_squeezing_axes_of_length_one_fails(solution: Path, tmp_path: Path) -> N
     report = graded_with(solution, tmp_path, "layers/linear.py", planted.SQUEEZED_BATCH, ("linear.forward",))
     assert failing(report) == {"linear.forward"}
     assert "has shape" in hint(report, "linear.forward")
+
+
+HELPER_MISTAKES = {
+    "causal_mask": planted.MASK_HIDES_THE_DIAGONAL,
+    "split_heads": planted.SPLIT_HEADS_IN_THE_WRONG_ORDER,
+    "merge_heads": planted.MERGE_HEADS_WITHOUT_THE_TRANSPOSE,
+}
+
+
+@pytest.mark.parametrize("helper", list(HELPER_MISTAKES))
+def test_a_fault_in_an_attention_helper_is_named(helper: str, solution: Path, tmp_path: Path) -> None:
+    report = graded_with(solution, tmp_path, "layers/attention.py", HELPER_MISTAKES[helper], ("attention",))
+    assert "attention.forward" in failing(report), format_report(report)
+    for check in failing(report) - {"attention.purity"}:
+        assert f"[your {helper}(" in hint(report, check) and "fix it first" in hint(report, check)
+
+
+def test_attention_hint_names_the_wrong_projection(solution: Path, tmp_path: Path) -> None:
+    report = graded_with(solution, tmp_path, "layers/attention.py", planted.VALUE_PROJECTION_GRADIENT_DOUBLED, ("attention",))
+    assert failing(report) == {"attention.backward", "attention.gradcheck"}
+    text = hint(report, "attention.backward")
+    assert text.startswith("d(v.") and "[wrong: v; right: q, k, proj]" in text
+    assert "your helper" not in text and "fix it first" not in text
+
+
+def test_backward_hint_leads_with_the_worst_tensor(solution: Path, tmp_path: Path) -> None:
+    report = graded_with(solution, tmp_path, "layers/linear.py", planted.TWO_GRADIENTS_WRONG_BY_DIFFERENT_AMOUNTS, ("linear.backward",))
+    text = hint(report, "linear.backward")
+    assert text.startswith("dW differs") and "also wrong: dx" in text, text

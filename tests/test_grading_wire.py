@@ -182,13 +182,9 @@ def test_the_blocker_refuses_and_remembers() -> None:
     assert blocker.attempts[0] == "bevialm.layers.linear" and len(blocker.attempts) == 20
 
 
-class _Fake:
-    """What a Session needs of its process for decoding."""
-
-
 def _session(pipe: tuple[int, int]) -> Session:
     r, w = pipe
-    return Session(_Fake(), w, r, time.monotonic() + 5, Path("/nowhere"))  # type: ignore[arg-type]
+    return Session(w, r, time.monotonic() + 5, Path("/nowhere"))
 
 
 @pytest.mark.parametrize("value", [{"__a": 5}, {"__what": 1}, {"__t": 3}, {"__o": "x", "f": {"a": {"__a": 9}}}, object()])

@@ -417,6 +417,7 @@ BAD: list[tuple[str, list[str], str]] = [
     ("attention-missing-checkpoint", ["attention", "--out", "{tmp}/nothing", "--prompt", "MA"], "error: checkpoint '{tmp}/nothing/last.npz' does not exist"),
     ("sample-layer-range", ["sample", "--checkpoint", "{run}/best.npz", "--show-attention", "--layer", "5"], "error: layer 5 is out of range: the model has 2 layers (1 to 2)"),
     ("sample-attention-folder-missing", ["sample", "--checkpoint", "{run}/best.npz", "--attention", "{tmp}/no/g.png"], "error: output folder '{tmp}/no' does not exist"),
+    ("sample-attention-too-big", ["sample", "--checkpoint", "{run}/best.npz", "--show-attention", "--sample_len", "200000"], "error: sampling 1 x 200000 tokens needs about"),
     ("sample-attention-nothing-generated", ["sample", "--checkpoint", "{run}/best.npz", "--attention", "g.png", "--sample_len", "0"], "error: --attention draws the generated characters: --sample_len must be at least 1"),
 ]
 
@@ -442,6 +443,8 @@ def test_bad_input_is_one_line_through_the_real_command_line(
     assert code == 1 and printed == "" and "Traceback" not in err
     assert len(err.splitlines()) == 1
     assert err.startswith(expected.replace("{tmp}", tmp).replace("{run}", str(run[0])))
+    if case_id == "sample-attention-too-big":  # the record's memory is counted: it names it
+        assert "the recorded attention" in err
     assert not list(Path(tmp).glob("*.png"))
 
 

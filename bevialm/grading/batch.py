@@ -160,11 +160,27 @@ def fingerprint(entry: Path, rubric_text: str) -> str:
 # --- grading one student ---------------------------------------------------------------------
 
 
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
+STOP_GRACE = 10.0
+"""Seconds a stopped ``bevialm grade`` gets to end its checks (and their processes) itself."""
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     try:
-        os.killpg(process.pid, signal.SIGKILL)
+        os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM first, so the grader can end its checks' processes (as root they run under a
+    uid of their own, outside this process group), then SIGKILL whatever is left of the group."""
+    _signal_group(process, signal.SIGTERM)
+    try:
+        process.communicate(timeout=STOP_GRACE)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(process, signal.SIGKILL)
+    process.communicate()
 
 
 def _cannot_grade(message: str) -> dict[str, Any]:
@@ -195,11 +211,10 @@ def grade_one(
         try:
             _, err = process.communicate(timeout=time_limit)
         except subprocess.TimeoutExpired:
-            _kill_group(process)
-            process.communicate()
+            _stop(process)
             return _cannot_grade(f"grading took longer than {time_limit:g} s and was stopped")
         finally:
-            _kill_group(process)  # nothing of this student's outlives its grading
+            _signal_group(process, signal.SIGKILL)  # nothing of this student's outlives its grading
         message = err.decode("utf-8", errors="replace").strip().splitlines()
         if process.returncode != 0 or not results.is_file():
             return _cannot_grade(message[-1][:500] if message else f"bevialm grade exited with code {process.returncode}")
@@ -217,8 +232,8 @@ def flags(data: dict[str, Any]) -> list[str]:
     if "FLAGGED" in str(data.get("output", "")):
         found.append("uses the reference")
     extra = data.get("flags")
-    if isinstance(extra, list):
-        found += [str(f) for f in extra]
+    if isinstance(extra, list):  # the grader's own flags: reference uses, import attempts
+        found += [str(f)[:120] for f in extra[:3]] + ([f"... ({len(extra) - 3} more flags)"] if len(extra) > 3 else [])
     counts: dict[str, int] = {}
     for test in data.get("tests", []):
         hint = str(test.get("output", "")).split("\n", 1)[0]

@@ -7,8 +7,9 @@ rubric or grader state is in it. Its import path is set explicitly: the private
 copy of the submission, the given code (shared infrastructure such as
 ``bevialm.types``, copied from the reference's source at grade time) and NumPy.
 
-It confines itself (limits, output capture, and as root a dedicated uid) before
-any student code runs, then serves calls over two pipes the grader owns, in the
+It runs as a *zygote*: it warms up once, then forks one child per check. Each
+child confines itself (limits, output capture, and as root a dedicated uid)
+before any student code runs, then serves calls over two pipes the grader owns, in the
 format of :func:`send` / :func:`receive`: "call ``function`` of the student's
 module ``module`` with these arguments". It answers with what the function
 returned (arrays as raw bytes, never pickled), the arguments it changed, or the
@@ -353,16 +354,9 @@ def _libc() -> Any:  # pragma: no cover - runs in the child
     return ctypes.CDLL(None, use_errno=True)
 
 
-def warm_up(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the child
-    """Output capture, the import path, NumPy and the usual standard library: the slow part of
-    a start, done before the check is due (the grader keeps one child warmed up ahead)."""
-    out = settings["output_fd"]
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    for fd in (1, 2):
-        os.dup2(out, fd)
-    os.close(null)
-    os.close(out)
+def warm_up(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the zygote
+    """The import path, NumPy and the usual standard library: the slow part of a start, done
+    once in the zygote that every check's child is forked from."""
     stdlib = [p for p in sys.path if p and p not in settings["path"]]
     sys.path[:] = settings["path"] + stdlib
     for name in PRELOAD:
@@ -370,6 +364,16 @@ def warm_up(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the
             _import(name)
         except ImportError:
             pass
+
+
+def _capture(out: int) -> None:  # pragma: no cover - runs in the child
+    """Standard output and error to the grader's file (``out``), standard input empty."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd in (1, 2):
+        os.dup2(out, fd)
+    os.close(null)
+    os.close(out)
 
 
 def confine(settings: dict[str, Any], start: dict[str, Any]) -> Blocker:  # pragma: no cover - runs in the child
@@ -423,10 +427,11 @@ def confine(settings: dict[str, Any], start: dict[str, Any]) -> Blocker:  # prag
 
 
 def serve(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the child
+    """One check: wait for the start, confine, then answer calls until the grader says stop."""
     import signal
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails instead of killing
-    warm_up(settings)
+    _capture(settings["output_fd"])
     rfd, wfd = settings["request_fd"], settings["answer_fd"]
     start, _ = receive(rfd)
     blocker = confine(settings, start)
@@ -450,5 +455,79 @@ def serve(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the c
             send(wfd, {"results": [{"error": describe(exc, settings["root"])} for _ in results], "blocked": blocker.attempts}, [])
 
 
+def _stop_all(started: dict[int, Any]) -> None:  # pragma: no cover - runs in the zygote
+    """Kill every check still running, and as root every process of its uid (as the grader
+    would have, had it not died first)."""
+    import signal
+
+    for pid, user in started.items():
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if user is None:
+            continue
+        for _ in range(20):
+            helper = os.fork()
+            if helper == 0:
+                try:
+                    os.setgroups([])
+                    os.setgid(user[1])
+                    os.setuid(user[0])
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(helper, 0)
+            time.sleep(0.005)
+
+
+def zygote(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the zygote
+    """Warm up once, then fork the child of each check when the grader asks (a fork takes
+    milliseconds; a fresh interpreter with NumPy a few tenths of a second). The zygote runs no
+    student code and knows only the settings: where the copy is, and the limits."""
+    import socket
+
+    warm_up(settings)
+    control = socket.socket(fileno=settings["control_fd"])
+    started: dict[int, Any] = {}  # pid -> [uid, gid] of each check's child (None when not root)
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 4096, 3)
+            request = json.loads(message)
+        except (OSError, ValueError):  # the grader is gone (killed, say): its checks go with it
+            _stop_all(started)
+            os._exit(0)
+        if request["op"] == "fork":
+            pid = os.fork()
+            if pid == 0:
+                control.close()
+                os.setsid()
+                try:
+                    serve({**settings, "request_fd": fds[0], "answer_fd": fds[1], "output_fd": fds[2]})
+                except BaseException:
+                    os._exit(1)
+                os._exit(0)
+            for fd in fds:
+                os.close(fd)
+            started[pid] = request.get("user")
+            answer: dict[str, Any] = {"pid": pid}
+        else:  # "wait": the exit code of a child, if it ends within the time given
+            answer = {"code": None}
+            deadline = time.monotonic() + float(request["timeout"])
+            while True:
+                try:
+                    done, status = os.waitpid(int(request["pid"]), os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if done:
+                    answer["code"] = os.waitstatus_to_exitcode(status)
+                    started.pop(int(request["pid"]), None)
+                    break
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.002)
+        control.sendall(json.dumps(answer).encode())
+
+
 if __name__ == "__main__":  # pragma: no cover - the grader runs this file's source with python -I -S -c
-    serve(json.loads(sys.argv[1]))
+    zygote(json.loads(sys.argv[1]))

@@ -11,15 +11,17 @@ error when it could not be (a missing folder, a bad rubric), as for every
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from bevialm.grading.batch import DEFAULT_STUDENT_TIME, BatchError, BatchOptions, Row, default_jobs, grade_all
 from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
 from bevialm.grading.gradescope import write_bundle, write_results
-from bevialm.grading.rubric import DEFAULT_RUBRIC, RubricError, load
+from bevialm.grading.rubric import DEFAULT_RUBRIC, PRESETS, Rubric, RubricError, load, preset, with_preset
 from bevialm.grading.skeleton import DOCSTRINGS, SkeletonError, plan, write_skeleton
 from bevialm.grading.student import SubmissionError
 
@@ -35,19 +37,32 @@ def _fail(command: str, exc: BaseException) -> int:
     return EXIT_CANNOT_RUN
 
 
+def _rubric(args: argparse.Namespace) -> Rubric:
+    """The rubric of ``--rubric`` (the built-in one without it), with ``--preset``'s tasks."""
+    rubric = load(args.rubric)
+    return rubric if args.preset is None else replace(rubric, tasks=preset(args.preset, "--preset"))
+
+
+def _preset_flag(args: argparse.Namespace) -> str:
+    return f" --preset {args.preset}" if args.preset else ""
+
+
 def cmd_skeleton(args: argparse.Namespace) -> int:
     out: Path = args.out_dir
     try:
+        tasks = _rubric(args).tasks
         clashes = [m.path.as_posix() for m in plan() if (out / m.path).exists()]
         if clashes and not args.force:
             raise SkeletonError(f"{out} already has {clashes[0]} (and maybe more): pass --force to overwrite")
-        written = write_skeleton(out, with_solutions=args.with_solutions, docstrings=args.docstrings)
+        written = write_skeleton(
+            out, with_solutions=args.with_solutions, written=tasks, docstrings=args.docstrings, preset_hint=_preset_flag(args)
+        )
     except ERRORS as exc:
         return _fail("skeleton", exc)
     what = "a filled-in reference copy (for instructors: never hand it out)" if args.with_solutions else "the student skeleton"
-    print(f"wrote {what}: {len(written)} files in {out}")
+    print(f"wrote {what}: {len(written)} files in {out}; students write: {', '.join(tasks)}")
     if not args.with_solutions:
-        print(f"students check their work with: bevialm grade {out} --visible-only")
+        print(f"students check their work with: bevialm grade {out}{_preset_flag(args)} --visible-only")
     return 0
 
 
@@ -63,9 +78,23 @@ def _progress(total: int) -> Any:
     return show if sys.stderr.isatty() else None
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM (a batch's time limit, say) ends grading cleanly: every check's processes are
+    killed on the way out, and no results file is written."""
+    raise SystemExit(128 + signum)
+
+
 def cmd_grade(args: argparse.Namespace) -> int:
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
-        rubric = load(args.rubric)
+        return _grade(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _grade(args: argparse.Namespace) -> int:
+    try:
+        rubric = _rubric(args)
         only = tuple(p.strip() for item in args.only for p in item.split(",") if p.strip())
         checks = plan_checks(rubric, visible_only=args.visible_only, only=only)
         if args.list_checks:
@@ -97,7 +126,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
 def cmd_grade_all(args: argparse.Namespace) -> int:
     try:
-        rubric = load(args.rubric)
+        rubric = _rubric(args)
         checks = plan_checks(rubric)
         if (args.jobs is not None and args.jobs < 1) or args.student_time_limit <= 0:
             raise BatchError("--jobs and --student-time-limit must be positive")
@@ -106,7 +135,8 @@ def cmd_grade_all(args: argparse.Namespace) -> int:
             csv=args.csv,
             results_dir=args.results_dir or args.csv.with_name(args.csv.stem + "-results"),
             rubric=args.rubric,
-            rubric_text=args.rubric.read_text(encoding="utf-8") if args.rubric else "",
+            rubric_text=(args.rubric.read_text(encoding="utf-8") if args.rubric else "") + _preset_flag(args),
+            extra_args=("--preset", args.preset) if args.preset else (),
             tasks=tuple(tasks),
             max_score=sum(c.rule.points for c in checks),
             jobs=args.jobs or default_jobs(),
@@ -131,6 +161,8 @@ def cmd_autograder(args: argparse.Namespace) -> int:
     try:
         load(args.rubric)  # refuse to bundle a rubric that would fail on Gradescope
         text = DEFAULT_RUBRIC if args.rubric is None else args.rubric.read_text(encoding="utf-8")
+        if args.preset is not None:
+            text = with_preset(text, args.preset, str(args.rubric or "the built-in rubric"))
         names = write_bundle(args.out, text)
     except ERRORS as exc:
         return _fail("autograder", exc)
@@ -151,6 +183,8 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("out_dir", type=Path, metavar="OUT_DIR")
     p.add_argument("--with-solutions", action="store_true", help="keep the reference bodies (instructors only: a copy to test the grader with)")
     p.add_argument("--force", action="store_true", help="overwrite files already in OUT_DIR")
+    p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric whose [assignment] says which tasks students write (default: all)")
+    p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.add_argument(
         "--docstrings",
         choices=DOCSTRINGS,
@@ -169,6 +203,7 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("submission", type=Path, nargs="?", metavar="SUBMISSION", help="the package folder (or a folder holding it)")
     p.add_argument("--results", type=Path, metavar="FILE", help="also write Gradescope's results.json here")
     p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric (default: the built-in one)")
+    p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.add_argument("--seed", type=int, metavar="N", help="seed of the drawn cases (default: the rubric's)")
     p.add_argument("--visible-only", action="store_true", help="run only the checks the rubric makes visible")
     p.add_argument("--only", action="append", default=[], metavar="CHECKS", help="only these checks: ids, pair names, kinds or globs, comma-separated (e.g. linear,*.backward)")
@@ -191,6 +226,7 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--csv", type=Path, required=True, metavar="FILE", help="the gradebook to write")
     p.add_argument("--results-dir", type=Path, metavar="DIR", help="one results JSON per student (default: next to the CSV, CSVNAME-results/)")
     p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric (default: the built-in one)")
+    p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.add_argument("--jobs", type=int, metavar="N", help="students graded at once (default: one per core)")
     p.add_argument("--regrade", action="store_true", help="grade every student again, even when nothing changed")
     p.add_argument(
@@ -207,6 +243,7 @@ def add_grading_subcommands(subparsers: Any) -> None:
     )
     p.add_argument("out", type=Path, metavar="OUT.zip")
     p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric to bundle (default: the built-in one)")
+    p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.set_defaults(handler=cmd_autograder)
 
 

@@ -15,9 +15,12 @@ For every pair of the registry (see :mod:`bevialm.grading.cases` for the cases):
 - ``purity``: inputs, params, cotangent and cache unchanged, repeated calls agree, grads
   with the keys, shapes and dtypes of the params, float32 stays float32, ``init`` right.
 
-Then the whole model: the student's pairs composed into the reference model
-(:class:`bevialm.model.LayerSet`) give the reference's loss and gradients, and a few
-gradient steps lower the loss exactly as the reference's do.
+Then the whole model: the student's pairs composed into the student's model (or the
+handed-out one, when the assignment leaves the model out) give the reference's loss and
+gradients, and a few gradient steps lower the loss exactly as the reference's do. Beyond
+the pairs (:mod:`bevialm.grading.training`): the model's own forward and backward, AdamW,
+the learning-rate schedule and clipping. The rubric's assignment says which tasks are
+graded; the others reach the child as given code.
 
 Every comparison uses the tolerances of :class:`bevialm.gradcheck.Tolerances`
 (``|yours - reference| <= atol + rtol |reference|``); the student's and the
@@ -30,27 +33,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import bevialm
 from bevialm.grading import cases as reference
-from bevialm.grading.judge import (
-    CheckResult,
-    Comparison,
-    _cross_reference,
-    _judge,
-    compare,
-    pair_dependencies,
-    tensor_name,
-)
-from bevialm.grading.plan import GIVEN_MODULES, MODEL, Check, GradeError, plan_checks
+from bevialm.grading import training as training_checks
+from bevialm.grading.compare import Comparison, compare, tensor_name
+from bevialm.grading.judge import CheckResult, _cross_reference, _judge, pair_dependencies
+from bevialm.grading.plan import MODEL, Check, GradeError, given_modules, plan_checks
 from bevialm.grading.report import GradeReport, format_rel, format_report
-from bevialm.grading.rubric import Rubric, default_rubric
+from bevialm.grading.rubric import COMPOSED_KINDS, Rubric, default_rubric
 from bevialm.grading.sandbox import InProcess, Limits, Sandbox, readable_by_others
 from bevialm.grading.session import routed
 from bevialm.grading.student import PACKAGE, find_package_root, missing_files, reference_imports
-from bevialm.grading.tasks import ModelTask, PairTask, Task
-from bevialm.registry import PAIRS
+from bevialm.grading.tasks import ModelTask, PairTask, Task, TrainingTask
+from bevialm.registry import BY_NAME, PAIRS
+
+COMPOSED = frozenset(f"{MODEL}.{kind}" for kind in COMPOSED_KINDS)
+"""The model checks that need the reference model's point (``loss_and_grads``, ``training``)."""
 
 __all__ = [
     "Check",
@@ -99,8 +98,9 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     )
 
     # The reference runs first, before any student code, so nothing the student does can change it.
-    points = {c.subject: reference.pair_points(_spec(c.subject), settings) for c in checks if c.subject != MODEL}
-    model_point = reference.model_point(settings) if any(c.subject == MODEL for c in checks) else None
+    points = {c.subject: reference.pair_points(BY_NAME[c.subject], settings) for c in checks if c.subject in BY_NAME}
+    model_point = reference.model_point(settings) if any(c.id in COMPOSED for c in checks) else None
+    others = training_checks.reference_cases(settings) if any((c.subject, c.kind) in training_checks.RUNNERS for c in checks) else None
     training = (
         reference.reference_training(model_point, settings.training_steps)
         if model_point is not None and any(c.id == f"{MODEL}.training" for c in checks)
@@ -108,7 +108,10 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     )
     tasks: list[Task] = []
     for c in checks:
-        if c.subject == MODEL:
+        if (c.subject, c.kind) in training_checks.RUNNERS:
+            assert others is not None
+            tasks.append(TrainingTask(c.id, c.subject, c.kind, training_checks.runner(c.subject, c.kind, others)))
+        elif c.subject == MODEL:
             assert model_point is not None
             mp = model_point
             tasks.append(ModelTask(c.id, c.kind, mp.cfg, mp.params, mp.idx, mp.targets, mp.seed, settings.training_steps if c.kind == "training" else 0, reference.LEARNING_RATE))
@@ -118,14 +121,15 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     # Read the submission's source before any of it runs: a check could rewrite its own files
     # (to hide an import of the reference) before a later scan.
     reference_uses, missing = reference_imports(root), missing_files(root)
-    runner = Sandbox(root, options.package, GIVEN_MODULES, limits, as_root=options.as_root, jobs=options.jobs) if options.sandbox else InProcess(root, options.package, GIVEN_MODULES)
+    given = given_modules(rubric.tasks)
+    runner = Sandbox(root, options.package, given, limits, as_root=options.as_root, jobs=options.jobs) if options.sandbox else InProcess(root, options.package, given)
     results = []
     attempts: list[str] = []
     try:
         # Within this block the reference functions a student writes call the check's child.
         with routed({spec.module: spec.functions for spec in PAIRS}):
             for c, outcome in zip(checks, runner.run(tasks), strict=True):
-                result = _judge(c, outcome, limits, points.get(c.subject, []), model_point, training)
+                result = _judge(c, outcome, limits, points.get(c.subject, []), model_point, training, others)
                 results.append(result)
                 attempts += [f"{c.id}: tried to import {name}" for name in outcome.blocked]
                 if progress is not None:
@@ -163,8 +167,3 @@ def _protections(runner: Sandbox | InProcess, rubric: Rubric) -> list[str]:
         for path in exposed
         if readable_by_others(path)
     ]
-
-
-
-def _spec(name: str) -> Any:
-    return next(s for s in PAIRS if s.name == name)

@@ -32,12 +32,24 @@ from typing import Any
 
 import numpy as np
 
-from bevialm.gradcheck import DEFAULT, Tolerances, relative_error
+from bevialm.gradcheck import DEFAULT
 from bevialm.grading import cases as reference
+from bevialm.grading import training as beyond_pairs
+from bevialm.grading.compare import (
+    Comparison,
+    array_of,
+    at_index,
+    compare,
+    listed,
+    summarise,
+    tensor_name,
+    worst_case,
+    worst_of,
+)
 from bevialm.grading.plan import MODEL, Check
 from bevialm.grading.sandbox import Limits, Outcome
 from bevialm.grading.tasks import Observation
-from bevialm.registry import PAIRS
+from bevialm.registry import BY_NAME, PAIRS, PairSpec
 from bevialm.types import Array
 
 
@@ -61,56 +73,6 @@ class CheckResult:
         return self.check.rule.points if self.passed else 0.0
 
 
-def tensor_name(key: str) -> str:
-    """``dW`` for parameter ``W``; ``d(q.W)`` for a dotted name."""
-    return f"d({key})" if "." in key else f"d{key}"
-
-
-@dataclass(frozen=True)
-class Comparison:
-    name: str
-    passed: bool
-    worst_rel: float | None
-    problem: str = ""
-
-
-def _where(index: tuple[int, ...]) -> str:
-    return f" at {list(index)}" if index else ""
-
-
-def compare(name: str, got: Array | None, want: Array, got_type: str | None, tol: Tolerances = DEFAULT) -> Comparison:
-    """Judge one tensor of the student's against the reference's."""
-    if got is None:
-        kind = f"a {got_type}" if got_type else "missing"
-        return Comparison(name, False, None, f"{name} is {kind}, expected an array of shape {np.shape(want)}")
-    if got.shape != np.shape(want):
-        return Comparison(name, False, None, f"{name} has shape {got.shape}, the reference's has {np.shape(want)}")
-    a = np.asarray(got, dtype=np.float64)
-    n = np.asarray(want, dtype=np.float64)
-    if a.size == 0:
-        return Comparison(name, True, 0.0)
-    bad_values = ~np.isfinite(a)
-    if bad_values.any():
-        what = "NaN" if np.isnan(a).any() else "inf"
-        return Comparison(name, False, math.nan, f"{name} contains {what} ({int(bad_values.sum())} of {a.size} entries)")
-    err = np.abs(a - n)
-    allowed = tol.atol + tol.rtol * np.abs(n)
-    meaningful = np.abs(a) + np.abs(n) > tol.atol
-    rel = np.where(meaningful, relative_error(a, n, tol.tiny), 0.0)
-    worst_rel = float(rel.max())
-    if (err <= allowed).all():
-        return Comparison(name, True, worst_rel)
-    flat = int(np.argmax(err / allowed))
-    index = tuple(int(i) for i in np.unravel_index(flat, a.shape))
-    return Comparison(
-        name,
-        False,
-        worst_rel,
-        f"{name} differs from the reference (rel err {rel.flat[flat]:.1e}{_where(index)}: "
-        f"yours {a.flat[flat]:.6g}, reference {n.flat[flat]:.6g})",
-    )
-
-
 _SHAPE_DTYPE = re.compile(r"\((\((?:\d+(?:, )?)*,?\)), '(\w+)'\)")
 
 
@@ -121,64 +83,16 @@ def _name_grads(problem: str) -> str:
     return _SHAPE_DTYPE.sub(lambda m: f"{m.group(1)} {m.group(2)}", named)
 
 
-def _badness(c: Comparison) -> float:
-    """How wrong a failed comparison is, for naming the worst first: a missing, misshapen or
-    non-finite tensor ranks above any finite relative error."""
-    return math.inf if c.worst_rel is None or math.isnan(c.worst_rel) else c.worst_rel
-
-
-def _summarise(comparisons: list[Comparison], label: str) -> tuple[bool, float | None, str, str]:
-    """(passed, worst_rel, hint, details) over the tensors of one check."""
-    rels = [c.worst_rel for c in comparisons if c.worst_rel is not None]
-    worst = max(rels, key=lambda v: (not math.isnan(v), v)) if rels else None
-    if any(math.isnan(v) for v in rels):
-        worst = math.nan
-    failed = sorted((c for c in comparisons if not c.passed), key=_badness, reverse=True)
-    if not failed:
-        return True, worst, "ok", ""
-    names: list[str] = []
-    for c in failed:
-        if c.name not in names:
-            names.append(c.name)
-    fine = sorted({c.name for c in comparisons} - set(names))
-    also = f"; also wrong: {_names(names[1:])}" if len(names) > 1 else ""
-    suffix = f"; {', '.join(fine)} {'match' if len(fine) > 1 else 'matches'}" if fine and len(fine) <= 4 else ""
-    hint = f"{failed[0].problem} ({label}){also}{suffix}"
-    return False, worst, hint, "\n".join(f"{c.problem}" for c in failed[:20])
-
-
 # --- judging each kind ------------------------------------------------------------------------
-
-
-def _array(obs: Observation, key: str) -> tuple[Array | None, str | None]:
-    return obs.arrays.get(key), obs.meta["types"].get(key)
-
-
-def _worst_case(verdicts: list[tuple[bool, float | None, str, str]]) -> tuple[bool, float | None, str, str]:
-    """Over a check's cases: passed when all did, else the hint of the case with the largest
-    relative error (a stress case that fails by far is named before a case that fails barely)."""
-    worst = _max([v[1] for v in verdicts if v[1] is not None])
-    failed = [v for v in verdicts if not v[0]]
-    if not failed:
-        return True, worst, "ok", ""
-    rank = [math.inf if v[1] is None or math.isnan(v[1]) else v[1] for v in failed]
-    _, _, hint, details = failed[rank.index(max(rank))]
-    return False, worst, hint, details
 
 
 def _judge_forward(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
     verdicts = []
     for i, p in enumerate(points):
-        got, kind = _array(obs, f"{i}/y")
-        passed, rel, hint, details = _summarise([compare("y", got, p.y, kind)], p.label)
+        got, kind = array_of(obs, f"{i}/y")
+        passed, rel, hint, details = summarise([compare("y", got, p.y, kind)], p.label)
         verdicts.append((passed, rel, f"forward output {hint}", details))
-    return _worst_case(verdicts)
-
-
-def _max(values: list[float]) -> float | None:
-    if not values:
-        return None
-    return math.nan if any(math.isnan(v) for v in values) else max(values)
+    return worst_case(verdicts)
 
 
 def _judge_backward(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
@@ -186,14 +100,14 @@ def _judge_backward(points: list[reference.PairPoint], obs: Observation) -> tupl
     for i, p in enumerate(points):
         comparisons = []
         if p.dx is not None:
-            got, kind = _array(obs, f"{i}/dx")
+            got, kind = array_of(obs, f"{i}/dx")
             comparisons.append(compare("dx", got, p.dx, kind))
         grads_type = obs.meta["types"].get(f"{i}/grads")
         keys = set(obs.meta["cases"].get(str(i), {}).get("grad_keys", []))
         if grads_type:
             comparisons.append(Comparison("grads", False, None, f"grads is a {grads_type}, expected a dict"))
         for key, want in p.grads.items():
-            got, kind = _array(obs, f"{i}/grad/{key}")
+            got, kind = array_of(obs, f"{i}/grad/{key}")
             if key not in keys and not grads_type:
                 comparisons.append(Comparison(tensor_name(key), False, None, f"{tensor_name(key)} is missing: grads has no {key!r}"))
             else:
@@ -201,8 +115,8 @@ def _judge_backward(points: list[reference.PairPoint], obs: Observation) -> tupl
         extra = sorted(keys - set(p.grads))
         if extra:
             comparisons.append(Comparison("grads", False, None, f"grads has unexpected keys {extra}"))
-        verdicts.append(_summarise(comparisons, p.label))
-    return _worst_case(verdicts)
+        verdicts.append(summarise(comparisons, p.label))
+    return worst_case(verdicts)
 
 
 def _judge_gradcheck(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
@@ -220,20 +134,20 @@ def _judge_gradcheck(points: list[reference.PairPoint], obs: Observation) -> tup
             if not r["passed"]:
                 name = "dx" if r["name"] == "dx" else tensor_name(r["name"])
                 failing.append(
-                    (name, f"rel err {rel:.1e}{_where(tuple(r['index']))}: your backward {a:.6g}, "
+                    (name, f"rel err {rel:.1e}{at_index(tuple(r['index']))}: your backward {a:.6g}, "
                     f"finite differences of your forward {n:.6g}")
                 )
         problems = [_name_grads(p) for p in found.get("problems", [])]
         if failing or problems:
             if failing:
                 name, detail = failing[0]
-                also = f"; also {_names([f[0] for f in failing[1:]])}" if len(failing) > 1 else ""
+                also = f"; also {listed([f[0] for f in failing[1:]])}" if len(failing) > 1 else ""
                 hint = f"your {name} disagrees with finite differences of your own forward ({detail}) ({p.label}){also}"
             else:
                 hint = f"{problems[0]} ({p.label})"
             lines = [f"{name}: {detail}" for name, detail in failing]
-            return False, _max(worst), hint, "\n".join(lines + problems)
-    return True, _max(worst), "ok", ""
+            return False, worst_of(worst), hint, "\n".join(lines + problems)
+    return True, worst_of(worst), "ok", ""
 
 
 def _judge_purity(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
@@ -265,17 +179,17 @@ def _describe_params(structure: Any) -> str:
 
 
 def _judge_model(point: reference.ModelPoint, obs: Observation) -> tuple[bool, float | None, str, str]:
-    got, kind = _array(obs, "loss")
+    got, kind = array_of(obs, "loss")
     comparisons = [compare("loss", got, np.asarray(point.loss), kind)]
     for key, want in point.grads.items():
-        got, kind = _array(obs, f"grad/{key}")
+        got, kind = array_of(obs, f"grad/{key}")
         comparisons.append(compare(tensor_name(key), got, want, kind) if got is not None or kind else Comparison(tensor_name(key), False, None, f"no gradient for {key!r}"))
-    return _summarise(comparisons, "the reference model with your pairs")
+    return summarise(comparisons, "the model on one batch")
 
 
 def _judge_training(expected: Array, obs: Observation) -> tuple[bool, float | None, str, str]:
-    got, kind = _array(obs, "losses")
-    passed, rel, hint, details = _summarise([compare("losses", got, expected, kind)], "loss after each step")
+    got, kind = array_of(obs, "losses")
+    passed, rel, hint, details = summarise([compare("losses", got, expected, kind)], "loss after each step")
     if not passed:
         return passed, rel, hint, details
     assert got is not None
@@ -316,6 +230,7 @@ def _judge(
     points: list[reference.PairPoint],
     model_point: reference.ModelPoint | None,
     training: Array | None,
+    others: beyond_pairs.TrainingCases | None = None,
 ) -> CheckResult:
     printed = f"\nit printed ({outcome.output_bytes} bytes):\n{outcome.output[:2000]}" if outcome.output_bytes else ""
     failure = _failure(outcome, limits)
@@ -325,9 +240,14 @@ def _judge(
     if obs.meta["error"]:
         case = obs.meta.get("case")
         label = points[case].label if isinstance(case, int) and 0 <= case < len(points) else ""
+        if others is not None and isinstance(case, int) and (check.subject, check.kind) in beyond_pairs.JUDGES:
+            label = beyond_pairs.case_label(check.subject, check.kind, others, case)
         hint = _error_hint(obs.meta["error"], label)
         return CheckResult(check, False, hint, None, f"{hint}{printed}", outcome.seconds, "error")
-    if check.kind == "forward":
+    if (check.subject, check.kind) in beyond_pairs.JUDGES:
+        assert others is not None
+        verdict = beyond_pairs.judge(check.subject, check.kind, others, obs)
+    elif check.kind == "forward":
         verdict = _judge_forward(points, obs)
     elif check.kind == "backward":
         verdict = _judge_backward(points, obs)
@@ -342,7 +262,25 @@ def _judge(
         assert training is not None
         verdict = _judge_training(training, obs)
     passed, worst, hint, details = verdict
+    if not passed and check.subject in BY_NAME:
+        hint += _probe_hint(BY_NAME[check.subject], obs)
     return CheckResult(check, passed, hint, worst, f"{details}{printed}".strip(), outcome.seconds)
+
+
+def _probe_hint(spec: PairSpec, obs: Observation) -> str:
+    """`` [your causal_mask(4, 4) differs from the reference's: fix it first]`` when a helper the
+    pair's functions use gives other results than the reference's helper (see ``PairSpec.probes``)."""
+    for j, probe in enumerate(spec.probes):
+        got, kind = array_of(obs, f"probe/{j}")
+        if got is None and kind is None:
+            continue  # not probed in this check
+        want = np.asarray(getattr(spec.module, probe.function)(*probe.args))
+        if got is None:
+            what = kind if kind and kind.startswith("raised") else f"returned a {kind}"
+            return f" [your {probe.describe()} {what}: fix it first]"
+        if got.shape != want.shape or got.dtype.kind != want.dtype.kind or not np.allclose(got, want, rtol=DEFAULT.rtol, atol=DEFAULT.atol):
+            return f" [your {probe.describe()} differs from the reference's: fix it first]"
+    return ""
 
 
 def _graded_uses(module_name: str, graded: Mapping[str, frozenset[str]]) -> set[str]:
@@ -429,10 +367,6 @@ def _helper_hint(subject: str, kind: str, helpers: Mapping[str, Mapping[str, lis
     return f" [{said}: look there too]"
 
 
-def _names(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-
-
 def _cross_reference(results: list[CheckResult]) -> list[CheckResult]:
     """Add what one check's result says about another's to the hints of wrong numbers."""
     failed = {(r.check.subject, r.check.kind) for r in results if not r.passed}
@@ -453,12 +387,12 @@ def _cross_reference(results: list[CheckResult]) -> list[CheckResult]:
         if subject != MODEL and not any((d, kind) in failed for d in deps.get(subject, ())):
             hint += _helper_hint(subject, kind, helpers)  # no failing sub-pair to blame first
         if subject == MODEL:
-            broken = sorted({s for s, _ in failed if s != MODEL})
+            broken = sorted({s for s, _ in failed if s in BY_NAME})
             if broken:
-                hint += f" [fix the failing pairs first: {_names(broken)}]"
+                hint += f" [fix the failing pairs first: {listed(broken)}]"
         else:
             broken = sorted(d for d in deps.get(subject, ()) if (d, kind) in failed)
             if broken:
-                hint += f" [it uses {_names(broken)}, which fail{'s' if len(broken) == 1 else ''} this check too]"
+                hint += f" [it uses {listed(broken)}, which fail{'s' if len(broken) == 1 else ''} this check too]"
         out.append(replace(r, hint=hint))
     return out

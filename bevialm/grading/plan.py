@@ -1,24 +1,34 @@
 """Plan a grading: which checks run, from the rubric and the command line's choices.
 
-A check is ``SUBJECT.KIND``: ``SUBJECT`` a pair of the registry or ``model``, ``KIND``
-one of :data:`~bevialm.grading.rubric.KINDS`; its points and visibility come from the rubric.
+A check is ``SUBJECT.KIND``: ``SUBJECT`` a task of the registry (a pair, ``model``, ``adamw``,
+``schedule``, ``clipping``), ``KIND`` one of its kinds (:data:`~bevialm.grading.rubric.TASK_KINDS`);
+its points and visibility come from the rubric, and the rubric's assignment says which tasks
+are graded.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from bevialm.grading.rubric import KIND_TITLES, MODEL_KINDS, PAIR_KINDS, Rubric, Rule
-from bevialm.registry import PAIRS
+from bevialm.grading.rubric import KIND_TITLES, TASK_KINDS, Rubric, Rule
+from bevialm.registry import TASKS
 
 MODEL = "model"
 
-GIVEN_MODULES = ("bevialm.model",)
-"""Reference modules the assignment hands out filled in (not graded, but the checks need them:
-the model's glue composes the student's pairs). They reach the child as given code written into
-its copy of the submission, from the reference's source, never by importing the reference."""
+
+def given_modules(written: Collection[str]) -> tuple[str, ...]:
+    """The reference modules an assignment hands out filled in: those that hold no task the
+    students write (``bevialm.model`` when they write only pairs). The checks still need them
+    (the model's glue composes the student's pairs); they reach the child as given code written
+    into its copy of the submission, from the reference's source, never by importing the
+    reference, so a student cannot change them."""
+    holders: dict[str, bool] = {}
+    for task in TASKS:
+        name = task.module.__name__
+        holders[name] = holders.get(name, False) or task.name in written
+    return tuple(name for name, writes in holders.items() if not writes)
 
 
 class GradeError(Exception):
@@ -39,7 +49,7 @@ class Check:
 
 
 def subjects() -> list[tuple[str, tuple[str, ...]]]:
-    return [*((spec.name, PAIR_KINDS) for spec in PAIRS), (MODEL, MODEL_KINDS)]
+    return list(TASK_KINDS.items())
 
 
 def all_checks(rubric: Rubric) -> list[Check]:
@@ -66,6 +76,7 @@ def plan_checks(rubric: Rubric, *, visible_only: bool = False, only: Sequence[st
         c
         for c in checks
         if c.rule.enabled
+        and rubric.graded(c.subject, c.kind)
         and (not visible_only or c.rule.visibility == "visible")
         and (not only or any(_matches(c, p) for p in only))
     ]

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bevialm.registry import PAIR_TASKS, TASKS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10 (Gradescope's Ubuntu 22.04 image)
@@ -25,18 +27,46 @@ else:  # pragma: no cover - Python 3.10 (Gradescope's Ubuntu 22.04 image)
 PAIR_KINDS = ("forward", "backward", "gradcheck", "purity")
 """Checks run for every pair of the registry."""
 
-MODEL_KINDS = ("loss_and_grads", "training")
-"""Checks of the student's pairs composed into the reference model."""
+COMPOSED_KINDS = ("loss_and_grads", "training")
+"""Checks of the student's pairs composed into the model (the student's own model when the
+assignment includes it, the handed-out one otherwise)."""
 
-KINDS = PAIR_KINDS + MODEL_KINDS
+MODEL_KINDS = ("forward", "backward", *COMPOSED_KINDS)
+"""The model's checks: its own forward and backward (when the student writes the model), then
+the composed ones."""
+
+TASK_KINDS: dict[str, tuple[str, ...]] = {
+    **{task.name: PAIR_KINDS for task in PAIR_TASKS},
+    "model": MODEL_KINDS,
+    "adamw": ("decays", "step"),
+    "schedule": ("key_points",),
+    "clipping": ("global_norm", "clip"),
+}
+"""Every graded task (:data:`bevialm.registry.TASKS`) with its kinds of check, in order."""
+
+KINDS = tuple(dict.fromkeys(k for kinds in TASK_KINDS.values() for k in kinds))
+
+PRESETS: dict[str, tuple[str, ...]] = {
+    "all": tuple(task.name for task in TASKS),
+    "layers": tuple(task.name for task in PAIR_TASKS),
+    "attention": ("softmax", "attention"),
+    "model-optimizer": ("model", "adamw", "schedule", "clipping"),
+    "optimizer": ("adamw", "schedule", "clipping"),
+}
+"""Ready assignments: the tasks students write. Every other task is handed out filled in."""
 
 KIND_TITLES = {
     "forward": "forward output matches the reference",
     "backward": "backward (fed your own cache) matches the reference dx and every grad",
     "gradcheck": "your backward agrees with finite differences of your own forward",
     "purity": "purity, shapes and dtypes (inputs unchanged, grads shaped like params)",
-    "loss_and_grads": "your pairs inside the reference model give its loss and gradients",
+    "loss_and_grads": "your pairs inside the model give the reference's loss and gradients",
     "training": "a few training steps lower the loss as the reference's do",
+    "decays": "decays(name) picks the parameters that get weight decay",
+    "step": "AdamW steps in lockstep with the reference (t = 1, large t, zero gradients, decay)",
+    "key_points": "the learning rate at the schedule's key points (warmup, cosine, floor)",
+    "global_norm": "the global norm over every gradient tensor",
+    "clip": "clipping by the global norm (below, at, above the threshold; one huge tensor)",
 }
 
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
@@ -44,7 +74,12 @@ VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 
 DEFAULT_RUBRIC = """\
 # BeviaLLM grading rubric. Every key is optional: a missing one takes the value shown here.
-# Checks are named SUBJECT.KIND, SUBJECT a pair (linear, layernorm, ..., block) or "model".
+# Checks are named SUBJECT.KIND: SUBJECT a task (a pair such as linear, ..., block; model;
+# adamw, schedule, clipping), KIND one of its kinds ('bevialm grade --list-checks').
+
+[assignment]
+preset = "all"           # the tasks students write: all, layers, attention, model-optimizer, optimizer
+# tasks = ["softmax", "attention"]   # or name them (overrides preset); the rest is handed out filled in
 
 [settings]
 seed = 20240901          # the cases are drawn from this seed (the same for every student)
@@ -80,6 +115,33 @@ visibility = "visible"
 [kinds.training]
 points = 5
 visibility = "after_published"
+
+[kinds.decays]
+points = 2
+visibility = "visible"
+
+[kinds.step]
+points = 6
+visibility = "visible"
+
+[kinds.key_points]
+points = 3
+visibility = "visible"
+
+[kinds.global_norm]
+points = 2
+visibility = "visible"
+
+[kinds.clip]
+points = 3
+visibility = "visible"
+
+# The model's own forward and backward (when students write the model) weigh more than a pair's.
+[checks."model.forward"]
+points = 3
+
+[checks."model.backward"]
+points = 6
 
 # Overrides for single checks, for example:
 # [checks."attention.backward"]
@@ -122,6 +184,17 @@ class Rubric:
     kinds: Mapping[str, Rule]
     checks: Mapping[str, Rule] = field(default_factory=dict)
     source: str = "the built-in rubric"
+    tasks: tuple[str, ...] = PRESETS["all"]
+    """The tasks students write in this assignment (the ``[assignment]`` table)."""
+
+    def graded(self, subject: str, kind: str) -> bool:
+        """Whether the assignment grades check ``subject.kind``: every check of a task students
+        write, and the model's composed checks whenever they write a pair (their pairs inside
+        the handed-out model)."""
+        if subject in self.tasks:
+            return True
+        writes_a_pair = any(task.name in self.tasks for task in PAIR_TASKS)
+        return subject == "model" and kind in COMPOSED_KINDS and writes_a_pair
 
     def rule(self, check_id: str) -> Rule:
         """The rule of check ``SUBJECT.KIND``: its own table over its kind's."""
@@ -198,15 +271,57 @@ def _settings(raw: Mapping[str, Any], base: Settings, source: str) -> Settings:
     return replace(base, **values)
 
 
+def _assignment(raw: Mapping[str, Any], base: tuple[str, ...], source: str) -> tuple[str, ...]:
+    unknown = sorted(set(raw) - {"preset", "tasks"})
+    if unknown:
+        raise RubricError(f"{source}: [assignment] {unknown[0]}: unknown key (expected preset or tasks)")
+    tasks = base
+    if "preset" in raw:
+        tasks = preset(raw["preset"], f"{source}: [assignment] preset")
+    if "tasks" in raw:
+        names = raw["tasks"]
+        known = {task.name for task in TASKS}
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise RubricError(f"{source}: [assignment] tasks must be a non-empty list of task names")
+        wrong = [n for n in names if n not in known]
+        if wrong:
+            raise RubricError(f"{source}: [assignment] tasks: unknown task {wrong[0]!r} (known: {', '.join(known)})")
+        tasks = tuple(task.name for task in TASKS if task.name in names)  # the registry's order
+    return tasks
+
+
+def preset(name: Any, where: str = "preset") -> tuple[str, ...]:
+    """The tasks of preset ``name`` (:data:`PRESETS`); a :class:`RubricError` names the presets."""
+    if name not in PRESETS:
+        raise RubricError(f"{where} must be one of {', '.join(PRESETS)}; got {name!r}")
+    return PRESETS[name]
+
+
+def with_preset(text: str, name: str, source: str) -> str:
+    """Rubric ``text`` with its assignment set to preset ``name``: the built-in rubric's preset
+    line replaced, or an ``[assignment]`` table added to a rubric that has none."""
+    preset(name, "--preset")
+    if text == DEFAULT_RUBRIC:
+        return text.replace('preset = "all"', f'preset = "{name}"', 1)
+    try:
+        has_assignment = "assignment" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RubricError(f"{source}: not valid TOML: {exc}") from None
+    if has_assignment:
+        raise RubricError(f"{source} has its own [assignment]: set the preset there, not with --preset")
+    return text.rstrip() + f'\n\n[assignment]\npreset = "{name}"\n'
+
+
 def parse(text: str, source: str, base: Rubric | None = None) -> Rubric:
     """A rubric from TOML ``text``, every missing key taken from ``base`` (nothing when None)."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RubricError(f"{source}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - {"settings", "kinds", "checks"})
+    unknown = sorted(set(data) - {"settings", "kinds", "checks", "assignment"})
     if unknown:
-        raise RubricError(f"{source}: unknown table [{unknown[0]}] (expected [settings], [kinds.*], [checks.*])")
+        raise RubricError(f"{source}: unknown table [{unknown[0]}] (expected [assignment], [settings], [kinds.*], [checks.*])")
+    tasks = _assignment(_table(data, "assignment", source), base.tasks if base else PRESETS["all"], source)
     settings = _settings(_table(data, "settings", source), base.settings if base else Settings(), source)
     kinds: dict[str, Rule] = dict(base.kinds) if base else {}
     for kind, raw in _table(data, "kinds", source).items():
@@ -222,7 +337,7 @@ def parse(text: str, source: str, base: Rubric | None = None) -> Rubric:
         if kind not in KINDS or "." not in check_id:
             raise RubricError(f"{source}: check {check_id!r} is not SUBJECT.KIND with KIND one of {', '.join(KINDS)}")
         checks[check_id] = _rule(raw, checks.get(check_id, kinds[kind]), f"{source}: [checks.{check_id!r}]")
-    return Rubric(settings, kinds, checks, source)
+    return Rubric(settings, kinds, checks, source, tasks)
 
 
 def default_rubric() -> Rubric:

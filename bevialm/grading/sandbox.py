@@ -1,7 +1,9 @@
 """Where each check's student code runs: a fresh, confined interpreter that cannot reach the grader.
 
-For every check the grader starts a child, ``python -I -S -c <bevialm/grading/child.py>``,
-that never imports ``bevialm``. Its import path holds exactly: a private copy of the
+The grader starts a *zygote* once per grading, ``python -I -S -c <bevialm/grading/child.py>``,
+that never imports ``bevialm`` and never runs student code: it imports NumPy and forks one
+child per check (a fork takes milliseconds, a fresh interpreter a few tenths of a second).
+The import path holds exactly: a private copy of the
 submission (imported as ``bevialm_submission``), the given code (copied from the
 reference's source at grade time: the shared infrastructure ``bevialm.types``,
 ``bevialm.validate``, ``bevialm.params``, ``bevialm.gradcheck``, and the modules
@@ -38,12 +40,12 @@ import fcntl
 import grp
 import itertools
 import json
-import math
 import os
 import pwd
 import re
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -72,9 +74,16 @@ LOCKS = Path("/run/bevialm-grading")
 """Root's folder of uid locks (so graders running at once never share a uid)."""
 
 PROCESSES = 64
-"""Processes a check's uid may have at once (RLIMIT_NPROC): a fork bomb stops there."""
+"""Processes and threads a check's uid may have at once (RLIMIT_NPROC): a fork bomb stops there."""
+
+CHILD_ENVIRONMENT = {"PATH": "/usr/bin:/bin", **{f"{lib}_NUM_THREADS": "1" for lib in ("OPENBLAS", "OMP", "MKL")}}
+"""The child's whole environment: nothing of the grader's, and single-threaded BLAS (the checks'
+matrices are tiny, and a BLAS thread per core would use up the process limit on a big machine)."""
 
 KILL_ROUNDS = 50
+
+KILL_GRACE = 5.0
+"""Seconds a killed child may take to end."""
 
 INFRASTRUCTURE_GIVEN = ("bevialm.types", "bevialm.validate", "bevialm.params", "bevialm.gradcheck")
 """Reference modules a submission may import (``from bevialm.types import Array``): in the
@@ -226,7 +235,8 @@ def sweep(user: CheckUser) -> None:
                 os.kill(-1, signal.SIGKILL)
             finally:
                 os._exit(0)
-        os.waitpid(pid, 0)
+        with contextlib.suppress(ChildProcessError):  # another check's thread may have reaped it
+            os.waitpid(pid, 0)
         if not _processes_of(user.uid):
             return
         time.sleep(0.01)
@@ -350,9 +360,55 @@ def _subreaper(on: bool) -> bool:
 # --- running checks -----------------------------------------------------------------------
 
 
+class Zygote:
+    """The warmed-up interpreter (NumPy imported, never ``bevialm``) that forks each check's child."""
+
+    def __init__(self, source: str, settings: dict[str, Any], log: Path) -> None:
+        self.control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", source, json.dumps({**settings, "control_fd": theirs.fileno()})],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=CHILD_ENVIRONMENT,
+                cwd=log.parent,
+                start_new_session=True,
+            )
+        theirs.close()
+        self.control.settimeout(ZYGOTE_TIMEOUT)
+        self.lock = threading.Lock()
+
+    def ask(self, request: dict[str, Any], fds: Sequence[int] = ()) -> dict[str, Any]:
+        with self.lock:
+            socket.send_fds(self.control, [json.dumps(request).encode()], list(fds))
+            answer: dict[str, Any] = json.loads(self.control.recv(4096))
+        return answer
+
+    def fork(self, fds: Sequence[int], user: CheckUser | None) -> int:
+        """A new child, given its request, answer and output descriptors; its pid. The zygote
+        remembers its uid: should the grader die, the zygote kills what the grader would have."""
+        return int(self.ask({"op": "fork", "user": [user.uid, user.gid] if user else None}, fds)["pid"])
+
+    def wait(self, pid: int, timeout: float) -> int | None:
+        """The child's exit code once it has ended (reaping it), None if it is still running."""
+        code = self.ask({"op": "wait", "pid": pid, "timeout": timeout})["code"]
+        return code if isinstance(code, int) else None
+
+    def close(self) -> None:
+        self.control.close()
+        self.process.kill()
+        self.process.wait()
+
+
+ZYGOTE_TIMEOUT = 120.0
+"""Seconds the grader waits for the zygote (its first answer waits for NumPy's import)."""
+
+
 @dataclass
 class _Child:
-    process: subprocess.Popen[bytes]
+    pid: int
     session: Session
     output: Path
     workdir: Path
@@ -361,7 +417,7 @@ class _Child:
 
 
 class Sandbox:
-    """One grading run's folders and children (see the module docstring)."""
+    """One grading run's folders, zygote and children (see the module docstring)."""
 
     def __init__(self, root: Path, package: str, given: Sequence[str], limits: Limits, *, as_root: bool | None = None, jobs: int = 1) -> None:
         self.limits = limits
@@ -372,9 +428,7 @@ class Sandbox:
         self.free_users = list(self.users)
         self.lock = threading.Lock()
         self.counter = itertools.count()
-        self.spare: _Child | None = None
         self.started = _uptime()
-        self.closing = False
         self.private = Path(tempfile.mkdtemp(prefix="bevialm-grader-"))  # 0700: outputs
         self.shared = Path(tempfile.mkdtemp(prefix="bevialm-check-"))
         self.copy = prepare(root, package, given, self.shared)
@@ -389,18 +443,15 @@ class Sandbox:
                 "time": limits.time_limit,
                 "memory": limits.memory_limit_mb * 2**20,
                 "output": limits.output_limit,
-                "processes": PROCESSES if self.as_root else _user_processes() + PROCESSES,
+                "processes": PROCESSES if self.as_root else _user_tasks() + PROCESSES,
             },
         }
         self.source = Path(child.__file__).read_text(encoding="utf-8")
         self.was_subreaper = _subreaper(True)  # orphans of the checks come to the grader, to be killed and reaped
+        self.zygote = Zygote(self.source, self.settings, self.private / "zygote.txt")
 
     def close(self) -> None:
-        with self.lock:
-            self.closing = True
-            spare, self.spare = self.spare, None
-        if spare is not None:
-            self._discard(spare)
+        self.zygote.close()
         for user in self.users:
             sweep(user)
             os.close(user.lock)
@@ -409,79 +460,56 @@ class Sandbox:
         shutil.rmtree(self.private, ignore_errors=True)
         shutil.rmtree(self.shared, ignore_errors=True)
 
-    def _spawn(self) -> _Child:
-        """A child that warms up (imports NumPy) and then waits for its check."""
+    def _fork(self, fds: Sequence[int], user: CheckUser | None) -> int:
+        """A child from the zygote; a new zygote if the old one is gone (a check as the same uid
+        can kill it when the grader is not root)."""
+        try:
+            return self.zygote.fork(fds, user)
+        except (OSError, ValueError, KeyError):
+            with self.lock:
+                self.zygote.close()
+                self.zygote = Zygote(self.source, self.settings, self.private / "zygote.txt")
+            return self.zygote.fork(fds, user)
+
+    def _start(self, user: CheckUser | None) -> _Child:
+        """A child forked for the check, told to confine itself and begin."""
         with self.lock:
             index = next(self.counter)
         workdir = self.shared / f"work-{index}"
         workdir.mkdir(mode=0o700)
+        if user is not None:
+            os.chown(workdir, user.uid, user.gid)
         output = self.private / f"output-{index}.txt"
         out = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         requests_r, requests_w = os.pipe()
         answers_r, answers_w = os.pipe()
-        settings = {**self.settings, "request_fd": requests_r, "answer_fd": answers_w, "output_fd": out}
         since_boot = _uptime()
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-S", "-c", self.source, json.dumps(settings)],
-                pass_fds=(requests_r, answers_w, out),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env={"PATH": "/usr/bin:/bin"},
-                cwd=workdir,
-                start_new_session=True,
-            )
+            pid = self._fork((requests_r, answers_w, out), user)
         finally:
             for fd in (requests_r, answers_w, out):
                 os.close(fd)
-        session = Session(process, requests_w, answers_r, math.inf, self.copy)
-        return _Child(process, session, output, workdir, 0.0, since_boot)
-
-    def _discard(self, spare: _Child) -> None:
-        """Stop a warmed-up child that was never given a check (still root's: it ran no student code)."""
-        spare.session.close()
-        spare.process.kill()
-        spare.process.wait()
-        spare.output.unlink(missing_ok=True)
-        shutil.rmtree(spare.workdir, ignore_errors=True)
-
-    def _start(self, user: CheckUser | None) -> _Child:
-        """The warmed-up child (a new one warms up meanwhile), told to confine itself and begin."""
-        with self.lock:
-            run, self.spare = self.spare, None
-        run = run or self._spawn()
-        fresh = self._spawn()
-        with self.lock:
-            kept = self.spare is None and not self.closing
-            if kept:
-                self.spare = fresh
-        if not kept:
-            self._discard(fresh)
-        if user is not None:
-            os.chown(run.workdir, user.uid, user.gid)
-        run.started = time.monotonic()
-        run.session.deadline = run.started + self.limits.time_limit
-        start = {"workdir": str(run.workdir), "uid": user.uid if user else None, "gid": user.gid if user else None}
-        with contextlib.suppress(OSError):
-            child.send(run.session.requests, start, [])
-        return run
+        started = time.monotonic()
+        session = Session(requests_w, answers_r, started + self.limits.time_limit, self.copy)
+        start = {"workdir": str(workdir), "uid": user.uid if user else None, "gid": user.gid if user else None}
+        with contextlib.suppress(OSError, TimeoutError):
+            child.send(session.requests, start, [], session.deadline)
+        return _Child(pid, session, output, workdir, started, since_boot)
 
     def _end(self, run: _Child, user: Any, status: str) -> tuple[str, str, str, int]:
         """Stop everything the check started; (status, detail, output, output size)."""
         run.session.close()
-        if status == "ended":
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                run.process.wait(1.0)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.process.pid, signal.SIGKILL)
-        run.process.kill()
-        code = run.process.wait()
+        code = self.zygote.wait(run.pid, 1.0) if status == "ended" else None  # how it ended by itself
+        for kill in (os.killpg, os.kill):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                kill(run.pid, signal.SIGKILL)
+        killed = self.zygote.wait(run.pid, KILL_GRACE)
+        code = killed if code is None else code
         if user is not None:
             sweep(user)
         else:
             for _ in range(KILL_ROUNDS):
-                left = _adopted(run.since_boot, zombies=False)
+                left = [pid for pid in _adopted(run.since_boot, zombies=False) if pid != self.zygote.process.pid]
                 if not left:
                     break
                 for pid in left:
@@ -493,7 +521,7 @@ class Sandbox:
         output, size = _read_output(run.output)
         run.output.unlink(missing_ok=True)
         shutil.rmtree(run.workdir, ignore_errors=True)
-        status, detail = ending(status, code, size, self.limits)
+        status, detail = ending(status, -signal.SIGKILL if code is None else code, size, self.limits)
         return status, detail, output, size
 
     def run_one(self, task: Task) -> Outcome:
@@ -542,8 +570,13 @@ def ending(status: str, code: int, output_size: int, limits: Limits) -> tuple[st
     return status, ""
 
 
-def _user_processes() -> int:
-    return len(_processes_of(os.getuid()))
+def _user_tasks() -> int:
+    """Processes and threads of this user (RLIMIT_NPROC counts both)."""
+    count = 0
+    for pid in _processes_of(os.getuid()):
+        with contextlib.suppress(OSError):
+            count += len(os.listdir(f"/proc/{pid}/task"))
+    return count
 
 
 def _read_output(path: Path) -> tuple[str, int]:

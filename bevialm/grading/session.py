@@ -26,7 +26,6 @@ import contextvars
 import dataclasses
 import importlib
 import os
-import subprocess
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -82,8 +81,7 @@ def student_module(reference: str) -> str:
 class Session:
     """One check's child: calls go out over a pipe, answers come back over another."""
 
-    def __init__(self, process: subprocess.Popen[bytes], requests: int, answers: int, deadline: float, root: Path) -> None:
-        self.process = process
+    def __init__(self, requests: int, answers: int, deadline: float, root: Path) -> None:
         self.root = root
         self.requests = requests
         os.set_blocking(requests, False)  # a child that stops reading must not stall a write

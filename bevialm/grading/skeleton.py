@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from bevialm.registry import PAIR_TASKS, TaskSpec
+from bevialm.registry import TASKS, TaskSpec
 
 ROOT = "bevialm"
 
@@ -125,7 +125,7 @@ def _source_file(module: ModuleType) -> str:
     return module.__file__
 
 
-def plan(tasks: Sequence[TaskSpec] = PAIR_TASKS, written: Collection[str] | None = None) -> list[SourceModule]:
+def plan(tasks: Sequence[TaskSpec] = TASKS, written: Collection[str] | None = None) -> list[SourceModule]:
     """Every module of the package, with the functions to blank: the modules of ``tasks``,
     every reference module they import (transitively), and the packages holding them.
     Only the functions of the tasks named in ``written`` are blanked (every task's when
@@ -158,14 +158,17 @@ def _describe(value: Any) -> str:
     if isinstance(value, np.ndarray):
         return f"{value.shape} {value.dtype}" if value.ndim else f"scalar array {value.dtype}"
     if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_describe(v)}" for k, v in value.items()) + "}"
+        items = [f"{k}: {_describe(v)}" for k, v in value.items()]
+        more = f", ... ({len(items)} entries)" if len(items) > 5 else ""
+        return "{" + ", ".join(items[:4] if more else items) + more + "}"
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return "(" + ", ".join(_describe(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         names = {f.name for f in dataclasses.fields(value)}
         if type(value).__name__.endswith("Config"):
             return repr(value)
-        return f"a {type(value).__name__} ({', '.join(sorted(names))})"
+        name = type(value).__name__
+        return f"{'an' if name[0] in 'AEIOU' else 'a'} {name} ({', '.join(sorted(names))})"
     if isinstance(value, np.random.Generator):
         return "a numpy Generator"
     if isinstance(value, bool | int | float | str) or value is None:
@@ -187,9 +190,11 @@ def traced_shapes(task: TaskSpec) -> dict[str, str]:
             result = function(*args, **kwargs)
             if name not in calls:
                 bound = signature.bind(*args, **kwargs)
-                lines = [f"    {arg}: {_describe(value)}" for arg, value in bound.arguments.items()]
-                lines.append(f"    returns: {_describe(result)}")
-                calls[name] = "\n".join(lines)
+                described = [*((arg, _describe(value)) for arg, value in bound.arguments.items()), ("returns", _describe(result))]
+                calls[name] = "\n".join(
+                    textwrap.fill(f"{arg}: {text}", 88, initial_indent="    ", subsequent_indent="        ")
+                    for arg, text in described
+                )
             return result
 
         return traced
@@ -339,34 +344,37 @@ def rewrite(
 # --- the package ----------------------------------------------------------------------------
 
 
-def _init_source(with_solutions: bool) -> str:
+def _init_source(with_solutions: bool, written: Collection[str] | None) -> str:
     from bevialm import __version__
 
     kind = "a filled-in copy of the reference (instructors only)" if with_solutions else "a student skeleton"
+    tasks = "every task" if written is None else ", ".join(written)
     return (
-        '"""My BeviaLLM layer pairs: fill in every function that raises ``NotImplementedError``.\n'
+        '"""My BeviaLLM package: fill in every function that raises ``NotImplementedError``.\n'
         "\n"
         "Check your work with ``bevialm grade <this folder> --visible-only``. Import your own\n"
         "modules relatively (``from . import linear``), never from ``bevialm.layers``: the\n"
         "grader imports this folder under its own package name.\n"
         '"""\n'
         "\n"
-        f'{MARKER} = "{kind}, generated from bevialm {__version__}"\n'
+        f'{MARKER} = "{kind} ({tasks}), generated from bevialm {__version__}"\n'
     )
 
 
-def _readme(modules: list[SourceModule]) -> str:
+def _readme(modules: list[SourceModule], preset_hint: str, first: str) -> str:
     rows = "\n".join(
         f"- `{m.path.as_posix()}`: {', '.join(f'`{f}`' for f in sorted(m.blank))}" for m in modules if m.blank
     )
+    given = ", ".join(f"`{m.path.as_posix()}`" for m in modules if not m.blank and m.path.name != "__init__.py")
     return (
-        "# Your BeviaLLM pairs\n\n"
+        "# Your BeviaLLM package\n\n"
         "Fill in the body of every function listed below (each raises `NotImplementedError`\n"
         "now); keep the names, signatures, configs and caches as they are.\n\n"
         f"{rows}\n\n"
-        "Check your work as you go (see the student guide, `docs/grading-students.md`):\n\n"
-        "    bevialm grade . --visible-only\n"
-        "    bevialm grade . --only linear\n"
+        + (f"Handed out filled in (not graded in this assignment; the grader uses its own copy): {given}.\n\n" if given else "")
+        + "Check your work as you go (see the student guide, `docs/grading-students.md`):\n\n"
+        f"    bevialm grade .{preset_hint} --visible-only\n"
+        f"    bevialm grade .{preset_hint} --only {first}\n"
     )
 
 
@@ -374,9 +382,10 @@ def write_skeleton(
     out_dir: Path,
     *,
     with_solutions: bool = False,
-    tasks: Sequence[TaskSpec] = PAIR_TASKS,
+    tasks: Sequence[TaskSpec] = TASKS,
     written: Collection[str] | None = None,
     docstrings: str = "full",
+    preset_hint: str = "",
 ) -> list[Path]:
     """Write the package into ``out_dir`` (created; existing files are overwritten) and
     return the files written, relative to ``out_dir``. The functions of the tasks named in
@@ -397,7 +406,8 @@ def write_skeleton(
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
         files.append(m.path)
-    (out_dir / "__init__.py").write_text(_init_source(with_solutions), encoding="utf-8")
-    (out_dir / "README.md").write_text(_readme(modules), encoding="utf-8")
+    (out_dir / "__init__.py").write_text(_init_source(with_solutions, written), encoding="utf-8")
+    first = next((t.name for t in tasks if written is None or t.name in written), "linear")
+    (out_dir / "README.md").write_text(_readme(modules, preset_hint, first), encoding="utf-8")
     files += [Path("__init__.py"), Path("README.md")]
     return files

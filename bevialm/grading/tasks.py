@@ -76,7 +76,19 @@ class ModelTask:
     lr: float = 0.0
 
 
-Task = PairTask | ModelTask
+@dataclass(frozen=True)
+class TrainingTask:
+    """A check beyond the pairs (:mod:`bevialm.grading.training`): the model's own functions,
+    AdamW, the schedule, clipping. ``run(call, obs)`` calls the student's functions through
+    ``call`` (the session's) and records what came back in ``obs``."""
+
+    check_id: str
+    subject: str
+    kind: str
+    run: Callable[[Callable[..., Any], Observation], None]
+
+
+Task = PairTask | ModelTask | TrainingTask
 
 
 @dataclass
@@ -245,6 +257,24 @@ def _purity(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[in
         obs.meta["cases"][str(i)] = found
 
 
+PROBED = frozenset({"forward", "backward", "gradcheck"})
+"""Kinds of check whose wrong numbers a faulty helper can explain (see ``PairSpec.probes``)."""
+
+
+def _probe(spec: PairSpec, obs: Observation) -> None:
+    """The student's helpers on the registry's probes: what each returned, or what it raised."""
+    session = _session()
+    module = student_module(spec.module.__name__)
+    for j, p in enumerate(spec.probes):
+        try:
+            store(obs, f"probe/{j}", session.call(module, p.function, *p.args))
+        except SandboxFailure:
+            raise
+        except Exception as exc:  # evidence about the helper, not a failure of the check
+            raised = exc.info["type"] if isinstance(exc, StudentError) else type(exc).__name__
+            obs.meta["types"][f"probe/{j}"] = f"raised {raised}"
+
+
 def _session() -> AnySession:
     session = CURRENT.get()
     assert session is not None, "tasks run within bevialm.grading.session.current"
@@ -298,6 +328,10 @@ def run_task(task: Task, session: AnySession) -> Observation:
             if isinstance(task, PairTask):
                 spec = BY_NAME[task.pair]
                 PAIR_RUNNERS[task.kind](task, spec, obs, case)
+                if task.kind in PROBED:
+                    _probe(spec, obs)
+            elif isinstance(task, TrainingTask):
+                task.run(session.call, obs)
             else:
                 _model(task, obs)
     except SandboxFailure:

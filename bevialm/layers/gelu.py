@@ -37,7 +37,8 @@ def forward(params: Params, x: Array, cfg: GeluConfig) -> tuple[Array, GeluCache
     """``y = 0.5 x (1 + tanh(k (x + c x^3)))`` with ``k = sqrt(2/pi)``, ``c = 0.044715``."""
     require_floating("gelu", "x", x)
     k, c = x.dtype.type(_GELU_K), x.dtype.type(_GELU_C)
-    u = x * x  # u = k (x + c x^3) = k x (1 + c x^2), built in place in one temporary
+    # np.multiply, not x * x: NumPy 1.24's type stubs give x * x a bool dtype (CI tests that NumPy too)
+    u: Array = np.multiply(x, x)  # u = k (x + c x^3) = k x (1 + c x^2), built in place in one temporary
     u *= c
     u += 1
     u *= x
@@ -59,7 +60,7 @@ def backward(params: Params, cache: GeluCache, dy: Array) -> tuple[Array, Grads]
     np.subtract(1, local, out=local)
     local *= x
     local *= half * k
-    poly = x * x
+    poly: Array = np.multiply(x, x)
     poly *= 3 * c
     poly += 1
     local *= poly

@@ -84,7 +84,7 @@ def backward(params: Params, cache: LayerNormCache, dy: Array) -> tuple[Array, G
     dim = xhat.shape[-1]
     dy2d, xhat2d = dy.reshape(-1, dim), xhat.reshape(-1, dim)
     grads = {"gamma": np.einsum("nd,nd->d", dy2d, xhat2d), "beta": dy2d.sum(axis=0)}
-    g = dy2d * gamma
+    g: Array = np.multiply(dy2d, gamma)  # not dy2d * gamma: NumPy 1.24's stubs type that as bool
     inv_dim = g.dtype.type(1.0 / dim)
     mean_g = g.sum(axis=1, keepdims=True)
     mean_g *= inv_dim
