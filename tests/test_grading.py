@@ -70,6 +70,14 @@ def grade_here(folder: Path, **kwargs: object) -> GradeReport:
         forget_package(package)
 
 
+def graded_with(solution: Path, tmp_path: Path, file: str, code: str, only: tuple[str, ...]) -> GradeReport:
+    """Grade a copy of ``solution`` with one planted mistake (:func:`planted.plant`), on ``only``."""
+    folder = tmp_path / "pkg"
+    shutil.copytree(solution, folder)
+    planted.plant(folder, file, code)
+    return grade_here(folder, only=only)
+
+
 def failing(report: GradeReport) -> set[str]:
     return {r.check.id for r in report.results if not r.passed}
 

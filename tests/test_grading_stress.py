@@ -3,17 +3,16 @@ that names it, and the reference passes every one of them."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from bevialm.grading.cases import cases
-from bevialm.grading.grade import GradeReport, format_report
+from bevialm.grading.grade import format_report
 from bevialm.registry import BY_NAME
 
 from . import planted
-from .test_grading import failing, grade_here, hint, solution_copy
+from .test_grading import failing, graded_with, hint, solution_copy
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the naive forms overflow, as they should
 
@@ -21,13 +20,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the naive f
 @pytest.fixture(scope="module")
 def solution(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return solution_copy(tmp_path_factory.mktemp("stress") / "pkg")
-
-
-def graded_with(solution: Path, tmp_path: Path, file: str, code: str, only: tuple[str, ...]) -> GradeReport:
-    folder = tmp_path / "pkg"
-    shutil.copytree(solution, folder)
-    planted.plant(folder, file, code)
-    return grade_here(folder, only=only)
 
 
 def test_every_stress_case_is_graded() -> None:

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from bevialm.grading.grade import GradeReport, format_report
+from bevialm.grading.grade import format_report
 from bevialm.grading.rubric import PRESETS, default_rubric, parse
 
 from . import planted
-from .test_grading import failing, grade_here, hint, solution_copy
+from .test_grading import failing, grade_here, graded_with, hint, solution_copy
 
 COMPOSED = {"model.loss_and_grads", "model.training"}
 
@@ -21,13 +21,6 @@ COMPOSED = {"model.loss_and_grads", "model.training"}
 @pytest.fixture(scope="module")
 def solution(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return solution_copy(tmp_path_factory.mktemp("training") / "pkg")
-
-
-def graded_with(solution: Path, tmp_path: Path, file: str, code: str, only: tuple[str, ...]) -> GradeReport:
-    folder = tmp_path / "pkg"
-    shutil.copytree(solution, folder)
-    planted.plant(folder, file, code)
-    return grade_here(folder, only=only)
 
 
 OPTIMIZER = ("adamw", "schedule", "clipping")
