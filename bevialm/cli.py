@@ -33,7 +33,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from bevialm import __version__
 from bevialm.runtime import Stopped, Terminated, stop_signals_raise, tune_malloc
@@ -48,12 +48,31 @@ DEFAULT_OUT = None  # training: a new numbered folder in runs/; --resume and sam
 
 def _number(text: str, kind: type[int] | type[float]) -> Any:
     try:
-        value = kind(text)
+        value = float(text) if kind is float else _integer(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
     if kind is float and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
     return value
+
+
+def _integer(text: str) -> int:
+    """``2000``, and also ``2e3`` or ``1e9`` (people write sizes so): any finite whole number."""
+    try:
+        return int(text)
+    except ValueError:
+        value = float(text)  # a ValueError here: not a number at all
+        if not math.isfinite(value) or value != int(value):
+            raise
+        return int(value)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors on one line (``prog: error: ... (see prog --help)``), exit 2:
+    a wrong flag is one clear line, as every other bad input is, not a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _checked(kind: type[int] | type[float], ok: Callable[[Any], bool], requirement: str) -> Callable[[str], Any]:
@@ -365,7 +384,7 @@ ATTENTION_DESCRIPTION = (
 
 def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The training parser alone (``python main.py``'s)."""
-    p = argparse.ArgumentParser(prog=prog, description=TRAIN_DESCRIPTION)
+    p = OneLineParser(prog=prog, description=TRAIN_DESCRIPTION)
     _configure_train(p)
     return p
 
@@ -375,7 +394,7 @@ def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     # Imported here, not at the top: ``python main.py`` (training only) need not load the grader.
     from bevialm.grading.cli import add_grading_subcommands
 
-    parser = argparse.ArgumentParser(prog=prog, description="BeviaLLM: a gradient-verified NumPy transformer language model.")
+    parser = OneLineParser(prog=prog, description="BeviaLLM: a gradient-verified NumPy transformer language model.")
     parser.add_argument("--version", action="version", version=f"bevialm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _configure_train(sub.add_parser("train", help="train a model on a text file", description=TRAIN_DESCRIPTION))

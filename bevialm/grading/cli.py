@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from bevialm.cli import OneLineParser
 from bevialm.grading.batch import DEFAULT_STUDENT_TIME, BatchError, BatchOptions, Row, default_jobs, grade_all
 from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
 from bevialm.grading.gradescope import write_bundle, write_results
@@ -253,7 +254,7 @@ add_subcommands = add_grading_subcommands
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one grading subcommand on its own (``python -m bevialm.grading.cli grade ...``)."""
-    parser = argparse.ArgumentParser(prog="bevialm", description="BeviaLLM coursework grading.")
+    parser = OneLineParser(prog="bevialm", description="BeviaLLM coursework grading.")
     add_grading_subcommands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     args = parser.parse_args(argv)
     code: int = args.handler(args)
