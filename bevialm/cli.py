@@ -39,6 +39,7 @@ from bevialm import __version__
 from bevialm.runtime import Stopped, Terminated, stop_signals_raise, tune_malloc
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool its pipe closed on
 
 DEFAULT_OUT = None  # training: a new numbered folder in runs/; --resume and sample: the newest one there
 
@@ -600,6 +601,9 @@ def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> in
         line = str(e) if isinstance(e, Stopped) else "terminated (SIGTERM)" if terminated else "interrupted"
         print(line, file=sys.stderr, flush=True)
         return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (``bevialm sample ... | head``): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        return EXIT_BROKEN_PIPE
     except (ValueError, OSError, MemoryError) as e:
         if os.environ.get("BEVIALM_DEBUG"):
             raise

@@ -459,3 +459,15 @@ def test_memory_error_that_slips_through_is_one_line(capsys: pytest.CaptureFixtu
         "try smaller sizes\n"
     )
 
+
+
+def test_a_closed_pipe_stops_sampling_quietly(good_run: Path) -> None:
+    """``bevialm sample ... | head``: no "Broken pipe" error and no traceback when the reader leaves."""
+    cmd = [*BEVIALM, "sample", "--checkpoint", str(good_run / "best.npz"), "--num_samples", "50", "--sample_len", "400"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()  # as head does once it has its lines
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141, err
+    assert "Broken pipe" not in err and "Traceback" not in err, err
