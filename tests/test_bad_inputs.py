@@ -463,7 +463,8 @@ def test_memory_error_that_slips_through_is_one_line(capsys: pytest.CaptureFixtu
 
 def test_a_closed_pipe_stops_sampling_quietly(good_run: Path) -> None:
     """``bevialm sample ... | head``: no "Broken pipe" error and no traceback when the reader leaves."""
-    cmd = [*BEVIALM, "sample", "--checkpoint", str(good_run / "best.npz"), "--num_samples", "50", "--sample_len", "400"]
+    # ~400 kB of samples: far more than a pipe holds (64 kB), so the writer must meet the closed end
+    cmd = [*BEVIALM, "sample", "--checkpoint", str(good_run / "best.npz"), "--num_samples", "2000", "--sample_len", "200"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.read(10)
