@@ -4,11 +4,12 @@ broadcasting error from deep inside NumPy."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
-from bevialm.types import Array
+from bevialm.types import Array, Params
 
 
 def require_floating(layer: str, name: str, a: Array) -> None:
@@ -48,3 +49,50 @@ def require_positive(layer: str, **sizes: int) -> None:
     for key, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
             raise ValueError(f"{layer}: {key} must be a positive integer, got {value!r}")
+
+
+class HasParamShapes(Protocol):
+    """A layer config that names its parameters' shapes (every config with parameters)."""
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]: ...
+
+
+NO_RNG: Any = object()
+"""Default of :func:`check_inputs`'s ``rng``: the pair takes no random generator."""
+
+
+def check_params(layer: str, params: Params, shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """The one shape check for parameters: each named parameter has the shape ``shapes`` gives."""
+    for name, shape in shapes.items():
+        if name not in params:
+            raise ValueError(f"{layer}: parameter {name!r} is missing (got {sorted(params)})")
+        require_shape(layer, name, params[name], shape)
+
+
+def check_inputs(
+    layer: str,
+    x: Array,
+    width: int | None = None,
+    *,
+    cfg: HasParamShapes | None = None,
+    params: Params | None = None,
+    ctx: int | None = None,
+    rng: object = NO_RNG,
+) -> None:
+    """The one check at the top of a forward pass, in this order: ``x`` is a floating array;
+    each parameter has the shape ``cfg.param_shapes()`` gives; ``x`` ends in ``width`` features;
+    with ``ctx``, ``x`` is ``(B, T, width)`` with ``1 <= T <= ctx``; the parameters share ``x``'s
+    dtype; ``rng`` is a Generator or None. Composite pairs leave the parameters to their sub-pairs."""
+    require_floating(layer, "x", x)
+    if cfg is not None and params is not None:
+        check_params(layer, params, cfg.param_shapes())
+    if width is not None:
+        require_last_dim(layer, "x", x, width)
+    if ctx is not None and (x.ndim != 3 or not 0 < x.shape[1] <= ctx):
+        raise ValueError(f"{layer}: x has shape {x.shape}, expected (B, T, {width}) with 1 <= T <= ctx = {ctx}")
+    if params is not None:
+        require_same_dtype(layer, x, *params.values())
+    if rng is not NO_RNG and rng is not None and not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"{layer}: rng must be a numpy.random.Generator or None (evaluation), got {type(rng).__name__}"
+        )

@@ -12,13 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import (
-    require_floating,
-    require_last_dim,
-    require_positive,
-    require_same_dtype,
-    require_shape,
-)
+from bevialm.validate import check_inputs, require_positive, require_shape
 
 LAYER = "layernorm"
 
@@ -35,6 +29,9 @@ class LayerNormConfig:
         if not self.eps > 0:
             raise ValueError(f"{LAYER}: eps must be positive, got {self.eps!r}")
 
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"gamma": (self.dim,), "beta": (self.dim,)}
+
 
 @dataclass(frozen=True)
 class LayerNormCache:
@@ -49,27 +46,30 @@ def init(cfg: LayerNormConfig, rng: np.random.Generator, dtype: FloatDType = np.
     return {"gamma": np.ones(cfg.dim, dtype=dtype), "beta": np.zeros(cfg.dim, dtype=dtype)}
 
 
+def mean(a: Array) -> Array:
+    """The mean over the last axis, kept as an axis of size 1 (so it broadcasts back over the row).
+
+    Written as ``sum * (1/D)``: the arithmetic the float64 reference bytes were recorded with
+    (``sum / D`` rounds differently when ``D`` is not a power of two).
+    """
+    return a.sum(axis=-1, keepdims=True) * a.dtype.type(1.0 / a.shape[-1])
+
+
+def mean_of_product(a: Array, b: Array) -> Array:
+    """``mean(a * b)`` over the last axis, without building the product (einsum sums it row by row)."""
+    return np.einsum("...d,...d->...", a, b)[..., None] * a.dtype.type(1.0 / a.shape[-1])
+
+
 def forward(params: Params, x: Array, cfg: LayerNormConfig) -> tuple[Array, LayerNormCache]:
+    """``y = gamma * xhat + beta`` with ``xhat = (x - mean(x)) * rstd``, ``rstd = 1 / sqrt(var + eps)``."""
+    check_inputs(LAYER, x, cfg.dim, cfg=cfg, params=params)
     gamma, beta = params["gamma"], params["beta"]
-    require_floating(LAYER, "x", x)
-    require_shape(LAYER, "gamma", gamma, (cfg.dim,))
-    require_shape(LAYER, "beta", beta, (cfg.dim,))
-    require_last_dim(LAYER, "x", x, cfg.dim)
-    require_same_dtype(LAYER, x, gamma, beta)
-    x2d = x.reshape(-1, cfg.dim)
-    inv_dim = x.dtype.type(1.0 / cfg.dim)
-    mean = x2d.sum(axis=1, keepdims=True)
-    mean *= inv_dim
-    xc = x2d - mean
-    var = np.einsum("nd,nd->n", xc, xc)[:, None]  # row sums of squares without an (N, D) temporary
-    var *= inv_dim
-    var += x.dtype.type(cfg.eps)
-    rstd = 1.0 / np.sqrt(var)
-    xhat = xc
-    xhat *= rstd  # xc is a fresh temporary: normalise it in place
-    y = xhat * gamma
-    y += beta
-    return y.reshape(x.shape), LayerNormCache(xhat.reshape(x.shape), rstd.reshape(*x.shape[:-1], 1))
+    xc = x - mean(x)
+    var = mean_of_product(xc, xc)
+    rstd = 1.0 / np.sqrt(var + cfg.eps)
+    xhat = xc * rstd
+    y = xhat * gamma + beta
+    return y, LayerNormCache(xhat, rstd)
 
 
 def backward(params: Params, cache: LayerNormCache, dy: Array) -> tuple[Array, Grads]:
@@ -78,20 +78,11 @@ def backward(params: Params, cache: LayerNormCache, dy: Array) -> tuple[Array, G
     The two mean terms come from the mean and the variance depending on every
     entry of the row (see ``docs/layernorm.md`` for the derivation).
     """
-    gamma = params["gamma"]
     require_shape(LAYER, "dy", dy, cache.xhat.shape)
-    xhat = cache.xhat
-    dim = xhat.shape[-1]
-    dy2d, xhat2d = dy.reshape(-1, dim), xhat.reshape(-1, dim)
-    grads = {"gamma": np.einsum("nd,nd->d", dy2d, xhat2d), "beta": dy2d.sum(axis=0)}
-    g: Array = np.multiply(dy2d, gamma)  # not dy2d * gamma: NumPy 1.24's stubs type that as bool
-    inv_dim = g.dtype.type(1.0 / dim)
-    mean_g = g.sum(axis=1, keepdims=True)
-    mean_g *= inv_dim
-    mean_gx = np.einsum("nd,nd->n", g, xhat2d)[:, None]
-    mean_gx *= inv_dim
-    dx = g  # a fresh product: build dx in place
-    dx -= mean_g
-    dx -= xhat2d * mean_gx
-    dx *= cache.rstd.reshape(-1, 1)
-    return dx.reshape(dy.shape), grads
+    gamma, xhat, rstd = params["gamma"], cache.xhat, cache.rstd
+    dy2d, xhat2d = dy.reshape(-1, dy.shape[-1]), xhat.reshape(-1, dy.shape[-1])  # (N, D): one row per token
+    dgamma = np.einsum("nd,nd->d", dy2d, xhat2d)  # sum over the rows of dy * xhat
+    dbeta = dy2d.sum(axis=0)
+    g: Array = np.multiply(dy, gamma)  # not dy * gamma: NumPy 1.24's stubs type that as bool
+    dx = (g - mean(g) - xhat * mean_of_product(g, xhat)) * rstd
+    return dx, {"gamma": dgamma, "beta": dbeta}

@@ -12,13 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import (
-    require_floating,
-    require_last_dim,
-    require_positive,
-    require_same_dtype,
-    require_shape,
-)
+from bevialm.validate import check_inputs, require_positive, require_shape
 
 LAYER = "linear"
 
@@ -33,6 +27,9 @@ class LinearConfig:
 
     def __post_init__(self) -> None:
         require_positive(LAYER, d_in=self.d_in, d_out=self.d_out)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"W": (self.d_in, self.d_out), "b": (self.d_out,)}
 
 
 @dataclass(frozen=True)
@@ -53,15 +50,10 @@ def init(cfg: LinearConfig, rng: np.random.Generator, dtype: FloatDType = np.flo
 
 def forward(params: Params, x: Array, cfg: LinearConfig) -> tuple[Array, LinearCache]:
     """``y[..., j] = sum_i x[..., i] W[i, j] + b[j]``."""
+    check_inputs(LAYER, x, cfg.d_in, cfg=cfg, params=params)
     W, b = params["W"], params["b"]
-    require_floating(LAYER, "x", x)
-    require_shape(LAYER, "W", W, (cfg.d_in, cfg.d_out))
-    require_shape(LAYER, "b", b, (cfg.d_out,))
-    require_last_dim(LAYER, "x", x, cfg.d_in)
-    require_same_dtype(LAYER, x, W, b)
-    x2d = x.reshape(-1, cfg.d_in)
-    y2d = x2d @ W
-    y2d += b  # in place on the fresh product: no second (N, d_out) temporary
+    x2d = x.reshape(-1, cfg.d_in)  # (N, d_in): one matrix product, not one per leading index
+    y2d = x2d @ W + b
     return y2d.reshape(*x.shape[:-1], cfg.d_out), LinearCache(x2d, x.shape[:-1])
 
 
@@ -70,5 +62,7 @@ def backward(params: Params, cache: LinearCache, dy: Array) -> tuple[Array, Grad
     W = params["W"]
     require_shape(LAYER, "dy", dy, (*cache.lead_shape, W.shape[1]))
     dy2d = dy.reshape(-1, W.shape[1])
-    dx = (dy2d @ W.T).reshape(*cache.lead_shape, W.shape[0])
-    return dx, {"W": cache.x2d.T @ dy2d, "b": dy2d.sum(axis=0)}
+    dx = dy2d @ W.T
+    dW = cache.x2d.T @ dy2d
+    db = dy2d.sum(axis=0)
+    return dx.reshape(*cache.lead_shape, W.shape[0]), {"W": dW, "b": db}
