@@ -49,24 +49,23 @@ def cross_entropy(logits: Array, targets: IntArray) -> tuple[Array, CrossEntropy
     loss rather than ``log(0)``.
     """
     _check(logits, targets)
-    vocab = logits.shape[-1]
-    z = logits.reshape(-1, vocab)
-    flat = targets.reshape(-1)
-    shifted = z - z.max(axis=1, keepdims=True)
-    picked = shifted[np.arange(flat.size), flat]
-    probs = np.exp(shifted, out=shifted)  # one exp serves the loss and the softmax
-    norm = probs.sum(axis=1, keepdims=True)
+    z = logits.reshape(-1, logits.shape[-1])  # (N, V): one row of logits per token
+    n = targets.size
+    shifted = z - z.max(axis=1, keepdims=True)  # log softmax(z) = shifted - log(sum(exp(shifted)))
+    norm = np.exp(shifted).sum(axis=1, keepdims=True)
+    picked = shifted[np.arange(n), targets.reshape(-1)]  # each token's shifted target logit
     loss = np.mean(np.log(norm[:, 0]) - picked).astype(logits.dtype)
-    probs /= norm
-    return np.asarray(loss), CrossEntropyCache(probs, flat, logits.shape)
+    probs = np.exp(shifted) / norm
+    return np.asarray(loss), CrossEntropyCache(probs, targets.reshape(-1), logits.shape)
 
 
 def cross_entropy_backward(cache: CrossEntropyCache, dloss: Array | float = 1.0) -> Array:
     """``dlogits = dloss * (probs - onehot(targets)) / N``, in the logits' shape."""
     if np.ndim(dloss) != 0:
         raise ValueError(f"cross_entropy: dloss must be a scalar (shape ()), got shape {np.shape(dloss)}")
-    n = cache.targets.size
-    d = cache.probs.copy()
-    d[np.arange(n), cache.targets] -= 1
-    d *= np.asarray(dloss, dtype=d.dtype) / d.dtype.type(n)
-    return d.reshape(cache.shape)
+    probs, targets = cache.probs, cache.targets
+    n = targets.size
+    onehot = np.zeros_like(probs)
+    onehot[np.arange(n), targets] = 1
+    dlogits: Array = (probs - onehot) * (np.asarray(dloss, dtype=probs.dtype) / probs.dtype.type(n))
+    return dlogits.reshape(cache.shape)

@@ -12,10 +12,6 @@ Forward, for token indices ``idx`` of shape ``(B, T)`` with ``T <= ctx``::
 :func:`backward` runs the same pairs' backward functions in reverse and returns
 a gradient for every parameter; nothing is derived here that a pair already
 derives. ``docs/model.md`` has the parameter table and both orders.
-
-The pairs the model calls directly come from a :class:`LayerSet` (by default
-the reference modules), so the coursework grader can put a student's module
-in place of one of them and run the reference model around it.
 """
 
 from __future__ import annotations
@@ -23,8 +19,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from types import ModuleType
-from typing import Any
 
 import numpy as np
 
@@ -34,7 +28,7 @@ from bevialm.layers.block import BlockConfig
 from bevialm.layers.dropout import DropoutConfig
 from bevialm.params import scope, unscope
 from bevialm.types import Array, FloatDType, Grads, IntArray, Params
-from bevialm.validate import require_positive, require_shape
+from bevialm.validate import check_params, require_positive, require_rng, require_shape
 
 LAYER = "model"
 
@@ -112,44 +106,29 @@ class ModelConfig:
     def lm_head(self) -> linear.LinearConfig:
         return linear.LinearConfig(self.dim, self.vocab_size, self.init_std)
 
-
-@dataclass(frozen=True)
-class LayerSet:
-    """The pair modules the model calls directly; each must offer the reference module's functions.
-
-    ``losses`` provides ``cross_entropy`` and ``cross_entropy_backward``. The
-    block module brings its own sub-pairs (attention, MLP, ...): to grade those,
-    grade the block, or the sub-pair on its own.
-    """
-
-    embedding: ModuleType = embedding
-    dropout: ModuleType = dropout
-    block: ModuleType = block
-    layernorm: ModuleType = layernorm
-    linear: ModuleType = linear
-    losses: ModuleType = losses
-
-
-REFERENCE_LAYERS = LayerSet()
-"""The reference implementation of every pair."""
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, in the order :func:`init_params` draws them."""
+        blocks = self.block.param_shapes()
+        return {
+            **unscope(self.tok_emb.param_shapes(), "tok_emb."),
+            **unscope(self.pos_emb.param_shapes(), "pos_emb."),
+            **{k: s for i in range(self.n_layers) for k, s in unscope(blocks, block_prefix(i)).items()},
+            **unscope(self.ln_f.param_shapes(), "ln_f."),
+            **unscope(self.lm_head.param_shapes(), "lm_head."),
+        }
 
 
 @dataclass(frozen=True)
 class ModelCache:
     """Everything :func:`backward` needs: the pairs' caches in forward order, plus the
-    :class:`LayerSet` and config the forward pass used (so backward uses the same ones).
+    config the forward pass used."""
 
-    The cache types are whatever the layer set's modules return (the reference
-    modules' caches by default), hence ``Any``.
-    """
-
-    tok_emb: Any
-    pos_emb: Any
-    drop: Any
-    blocks: tuple[Any, ...]
-    ln_f: Any
-    lm_head: Any
-    layers: LayerSet
+    tok_emb: embedding.EmbeddingCache
+    pos_emb: embedding.EmbeddingCache
+    drop: dropout.DropoutCache
+    blocks: tuple[block.BlockCache, ...]
+    ln_f: layernorm.LayerNormCache
+    lm_head: linear.LinearCache
     cfg: ModelConfig
     idx_shape: tuple[int, int]
 
@@ -160,28 +139,9 @@ def block_prefix(i: int) -> str:
 
 
 def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every parameter's name and shape, in the order :func:`init_params` draws them."""
-    c, h = cfg.dim, cfg.mlp_hidden
-    per_block = {
-        "ln1.gamma": (c,),
-        "ln1.beta": (c,),
-        **{f"attn.{p}.{w}": ((c, c) if w == "W" else (c,)) for p in ("q", "k", "v", "proj") for w in "Wb"},
-        "ln2.gamma": (c,),
-        "ln2.beta": (c,),
-        "mlp.fc1.W": (c, h),
-        "mlp.fc1.b": (h,),
-        "mlp.fc2.W": (h, c),
-        "mlp.fc2.b": (c,),
-    }
-    return {
-        "tok_emb.W": (cfg.vocab_size, c),
-        "pos_emb.W": (cfg.ctx, c),
-        **{block_prefix(i) + k: s for i in range(cfg.n_layers) for k, s in per_block.items()},
-        "ln_f.gamma": (c,),
-        "ln_f.beta": (c,),
-        "lm_head.W": (c, cfg.vocab_size),
-        "lm_head.b": (cfg.vocab_size,),
-    }
+    """Every parameter's name and shape, in the order :func:`init_params` draws them
+    (``cfg.param_shapes()``: each layer's config gives its own)."""
+    return cfg.param_shapes()
 
 
 def count_params(cfg: ModelConfig) -> int:
@@ -211,8 +171,7 @@ def _check_params(params: Params, cfg: ModelConfig) -> None:
     if set(params) != set(expected):
         missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
         raise ValueError(f"{LAYER}: parameters do not match the config: missing {missing}, unexpected {extra}")
-    for name, shape in expected.items():
-        require_shape(LAYER, name, params[name], shape)
+    check_params(LAYER, params, expected)
 
 
 def _check_idx(idx: IntArray, cfg: ModelConfig) -> None:
@@ -231,7 +190,6 @@ def forward(
     cfg: ModelConfig,
     *,
     rng: np.random.Generator | None = None,
-    layers: LayerSet = REFERENCE_LAYERS,
 ) -> tuple[Array, ModelCache]:
     """Next-token logits ``(B, T, vocab_size)`` for token indices ``idx`` of shape ``(B, T)``.
 
@@ -240,21 +198,21 @@ def forward(
     """
     _check_params(params, cfg)
     _check_idx(idx, cfg)
-    dropout.check_rng(LAYER, rng)
-    tok, tok_cache = layers.embedding.forward(scope(params, "tok_emb."), idx, cfg.tok_emb)
+    require_rng(LAYER, rng)
+    tok, tok_cache = embedding.forward(scope(params, "tok_emb."), idx, cfg.tok_emb)
     positions = np.arange(idx.shape[1])
-    pos, pos_cache = layers.embedding.forward(scope(params, "pos_emb."), positions, cfg.pos_emb)
+    pos, pos_cache = embedding.forward(scope(params, "pos_emb."), positions, cfg.pos_emb)
     x: Array = tok + pos  # (B, T, C) + (T, C)
-    x, drop_cache = layers.dropout.forward({}, x, cfg.drop, rng=rng)
+    x, drop_cache = dropout.forward({}, x, cfg.drop, rng=rng)
     block_cfg = cfg.block
     block_caches = []
     for i in range(cfg.n_layers):
-        x, block_cache = layers.block.forward(scope(params, block_prefix(i)), x, block_cfg, rng=rng)
+        x, block_cache = block.forward(scope(params, block_prefix(i)), x, block_cfg, rng=rng)
         block_caches.append(block_cache)
-    x, ln_cache = layers.layernorm.forward(scope(params, "ln_f."), x, cfg.ln_f)
+    x, ln_cache = layernorm.forward(scope(params, "ln_f."), x, cfg.ln_f)
     logits: Array
-    logits, head_cache = layers.linear.forward(scope(params, "lm_head."), x, cfg.lm_head)
-    cache = ModelCache(tok_cache, pos_cache, drop_cache, tuple(block_caches), ln_cache, head_cache, layers, cfg, (idx.shape[0], idx.shape[1]))
+    logits, head_cache = linear.forward(scope(params, "lm_head."), x, cfg.lm_head)
+    cache = ModelCache(tok_cache, pos_cache, drop_cache, tuple(block_caches), ln_cache, head_cache, cfg, (idx.shape[0], idx.shape[1]))
     return logits, cache
 
 
@@ -266,20 +224,20 @@ def backward(params: Params, cache: ModelCache, dlogits: Array) -> Grads:
     gradient is the upstream gradient summed over the batch (every sequence
     uses the same positions); rows past ``T`` get zero.
     """
-    cfg, layers = cache.cfg, cache.layers
+    cfg = cache.cfg
     require_shape(LAYER, "dlogits", dlogits, (*cache.idx_shape, cfg.vocab_size))
     grads: Grads = {}
-    dx, g = layers.linear.backward(scope(params, "lm_head."), cache.lm_head, dlogits)
+    dx, g = linear.backward(scope(params, "lm_head."), cache.lm_head, dlogits)
     grads.update(unscope(g, "lm_head."))
-    dx, g = layers.layernorm.backward(scope(params, "ln_f."), cache.ln_f, dx)
+    dx, g = layernorm.backward(scope(params, "ln_f."), cache.ln_f, dx)
     grads.update(unscope(g, "ln_f."))
     for i in reversed(range(cfg.n_layers)):
-        dx, g = layers.block.backward(scope(params, block_prefix(i)), cache.blocks[i], dx)
+        dx, g = block.backward(scope(params, block_prefix(i)), cache.blocks[i], dx)
         grads.update(unscope(g, block_prefix(i)))
-    dx, _ = layers.dropout.backward({}, cache.drop, dx)
-    _, g = layers.embedding.backward(scope(params, "pos_emb."), cache.pos_emb, dx.sum(axis=0))
+    dx, _ = dropout.backward({}, cache.drop, dx)
+    _, g = embedding.backward(scope(params, "pos_emb."), cache.pos_emb, dx.sum(axis=0))
     grads.update(unscope(g, "pos_emb."))
-    _, g = layers.embedding.backward(scope(params, "tok_emb."), cache.tok_emb, dx)
+    _, g = embedding.backward(scope(params, "tok_emb."), cache.tok_emb, dx)
     grads.update(unscope(g, "tok_emb."))
     return {name: grads[name] for name in params}  # the parameters' order
 
@@ -291,12 +249,11 @@ def loss_and_grads(
     cfg: ModelConfig,
     *,
     rng: np.random.Generator | None = None,
-    layers: LayerSet = REFERENCE_LAYERS,
 ) -> tuple[float, Grads]:
     """Mean cross-entropy of next tokens ``targets`` (shape ``(B, T)``) and its gradient for every parameter."""
-    logits, cache = forward(params, idx, cfg, rng=rng, layers=layers)
-    loss, loss_cache = layers.losses.cross_entropy(logits, targets)
-    dlogits: Array = layers.losses.cross_entropy_backward(loss_cache)
+    logits, cache = forward(params, idx, cfg, rng=rng)
+    loss, loss_cache = losses.cross_entropy(logits, targets)
+    dlogits: Array = losses.cross_entropy_backward(loss_cache)
     return float(loss), backward(params, cache, dlogits)
 
 

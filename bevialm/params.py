@@ -10,8 +10,11 @@ arrays are copied: only the small dicts of references are.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
-from bevialm.types import Array, Grads, Params
+from bevialm.types import Array, Params
+
+V = TypeVar("V")
 
 
 def scope(params: Params, prefix: str) -> dict[str, Array]:
@@ -20,7 +23,7 @@ def scope(params: Params, prefix: str) -> dict[str, Array]:
     return {k[n:]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def unscope(grads: Mapping[str, Array], prefix: str) -> Grads:
-    """``grads`` with every key put under ``prefix``."""
+def unscope(grads: Mapping[str, V], prefix: str) -> dict[str, V]:
+    """``grads`` (or parameters, or their shapes) with every key put under ``prefix``."""
     return {prefix + k: v for k, v in grads.items()}
 

@@ -92,7 +92,24 @@ def check_inputs(
         raise ValueError(f"{layer}: x has shape {x.shape}, expected (B, T, {width}) with 1 <= T <= ctx = {ctx}")
     if params is not None:
         require_same_dtype(layer, x, *params.values())
-    if rng is not NO_RNG and rng is not None and not isinstance(rng, np.random.Generator):
+    if rng is not NO_RNG:
+        require_rng(layer, rng)
+
+
+def require_rng(layer: str, rng: object) -> None:
+    """Raise unless ``rng`` is a NumPy Generator or None (evaluation: no dropout)."""
+    if rng is not None and not isinstance(rng, np.random.Generator):
         raise ValueError(
             f"{layer}: rng must be a numpy.random.Generator or None (evaluation), got {type(rng).__name__}"
         )
+
+
+def check_indices(layer: str, idx: Any, cfg: Any, params: Params) -> None:
+    """The one check at the top of an embedding lookup: the table has the config's shape and
+    ``idx`` is an integer array of rows in ``[0, cfg.num)``."""
+    check_params(layer, params, cfg.param_shapes())
+    if not isinstance(idx, np.ndarray) or not np.issubdtype(idx.dtype, np.integer):
+        kind = idx.dtype if isinstance(idx, np.ndarray) else type(idx).__name__
+        raise ValueError(f"{layer}: indices must be an integer array, got {kind}")
+    if idx.size and (idx.min() < 0 or idx.max() >= cfg.num):
+        raise ValueError(f"{layer}: indices must lie in [0, {cfg.num}), got values from {idx.min()} to {idx.max()}")

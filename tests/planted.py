@@ -160,10 +160,10 @@ def backward(params, cache, dlogits):
 POSITIONS_FOR_THE_WHOLE_CONTEXT = """
 _reference_forward = forward
 
-def forward(params, idx, cfg, *, rng=None, layers=REFERENCE_LAYERS):
+def forward(params, idx, cfg, *, rng=None):
     if idx.shape[1] != cfg.ctx:
         raise ValueError("positions = np.arange(cfg.ctx) only fits sequences of length ctx")
-    return _reference_forward(params, idx, cfg, rng=rng, layers=layers)
+    return _reference_forward(params, idx, cfg, rng=rng)
 """
 
 ADAMW_WITHOUT_BIAS_CORRECTION = """
@@ -279,8 +279,8 @@ def clip_by_global_norm(grads, max_norm):
 GARBAGE_FROM_THE_MODEL = """
 _reference_forward = forward
 
-def forward(params, idx, cfg, *, rng=None, layers=REFERENCE_LAYERS):
-    logits, cache = _reference_forward(params, idx, cfg, rng=rng, layers=layers)
+def forward(params, idx, cfg, *, rng=None):
+    logits, cache = _reference_forward(params, idx, cfg, rng=rng)
     return logits.tolist(), cache
 
 def backward(params, cache, dlogits):

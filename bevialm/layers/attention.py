@@ -32,7 +32,7 @@ import numpy as np
 from bevialm.layers import linear, softmax
 from bevialm.params import scope, unscope
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import require_floating, require_last_dim, require_positive, require_shape
+from bevialm.validate import check_inputs, require_positive, require_shape
 
 LAYER = "attention"
 
@@ -66,6 +66,10 @@ class AttentionConfig:
     def linear(self) -> linear.LinearConfig:
         """The config of each of the four projections (all ``dim -> dim``)."""
         return linear.LinearConfig(self.dim, self.dim, self.init_std)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``q``, ``k``, ``v``, ``proj``: each a ``dim -> dim`` linear layer's ``W`` and ``b``."""
+        return {k: s for name in PROJECTIONS for k, s in unscope(self.linear.param_shapes(), name + ".").items()}
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,8 @@ def attend(q: Array, k: Array, v: Array) -> tuple[Array, CoreCache]:
             f"{LAYER}: attend needs q (B, H, Tq, hd) and k, v (B, H, Tk, hd), "
             f"got q {q.shape}, k {k.shape}, v {v.shape}"
         )
-    scores = q @ k.swapaxes(-1, -2)
-    scores *= q.dtype.type(1.0 / math.sqrt(q.shape[-1]))  # in place: scores is a fresh product
-    scores += _additive_mask(q.shape[2], k.shape[2], scores.dtype)  # -inf above the diagonal
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    scores = q @ k.swapaxes(-1, -2) * scale + _additive_mask(q.shape[2], k.shape[2], q.dtype)  # -inf above the diagonal
     weights, softmax_cache = softmax.forward({}, scores, _SOFTMAX)
     return weights @ v, CoreCache(q, k, v, softmax_cache)
 
@@ -180,10 +183,8 @@ def attend_backward(cache: CoreCache, dout: Array) -> tuple[Array, Array, Array]
     dweights = dout @ cache.v.swapaxes(-1, -2)
     dscores, _ = softmax.backward({}, cache.softmax, dweights)
     scale = dout.dtype.type(1.0 / math.sqrt(cache.q.shape[-1]))
-    dq = dscores @ cache.k
-    dq *= scale  # scale the (T, hd) results, smaller than the (T, T) scores
-    dk = dscores.swapaxes(-1, -2) @ cache.q
-    dk *= scale
+    dq = dscores @ cache.k * scale  # scale the (T, hd) products, smaller than the (T, T) scores
+    dk = dscores.swapaxes(-1, -2) @ cache.q * scale
     return dq, dk, dv
 
 
@@ -202,12 +203,7 @@ def init(cfg: AttentionConfig, rng: np.random.Generator, dtype: FloatDType = np.
 
 def forward(params: Params, x: Array, cfg: AttentionConfig) -> tuple[Array, AttentionCache]:
     """Causal self-attention over ``x`` of shape ``(B, T, dim)`` with ``1 <= T <= ctx``."""
-    require_floating(LAYER, "x", x)
-    require_last_dim(LAYER, "x", x, cfg.dim)
-    if x.ndim != 3 or not 0 < x.shape[1] <= cfg.ctx:
-        raise ValueError(
-            f"{LAYER}: x has shape {x.shape}, expected (B, T, {cfg.dim}) with 1 <= T <= ctx = {cfg.ctx}"
-        )
+    check_inputs(LAYER, x, cfg.dim, ctx=cfg.ctx)
     q, q_cache = project(params, "q", x, cfg)
     k, k_cache = project(params, "k", x, cfg)
     v, v_cache = project(params, "v", x, cfg)
@@ -227,11 +223,10 @@ def backward(params: Params, cache: AttentionCache, dy: Array) -> tuple[Array, G
     require_shape(LAYER, "dy", dy, (*cache.proj.lead_shape, dim))
     d_merged, grads_proj = linear.backward(scope(params, "proj."), cache.proj, dy)
     dq, dk, dv = attend_backward(cache.core, split_heads(d_merged, cache.n_heads))
-    dx, grads_q = linear.backward(scope(params, "q."), cache.q, merge_heads(dq))
+    dx_q, grads_q = linear.backward(scope(params, "q."), cache.q, merge_heads(dq))
     dx_k, grads_k = linear.backward(scope(params, "k."), cache.k, merge_heads(dk))
     dx_v, grads_v = linear.backward(scope(params, "v."), cache.v, merge_heads(dv))
-    dx += dx_k  # in place: dx is the fresh product of linear's backward
-    dx += dx_v
+    dx = dx_q + dx_k + dx_v  # x feeds all three projections
     return dx, {
         **unscope(grads_q, "q."),
         **unscope(grads_k, "k."),

@@ -26,7 +26,7 @@ from bevialm.layers.dropout import DropoutCache, DropoutConfig
 from bevialm.layers.mlp import Activation, MLPCache, MLPConfig
 from bevialm.params import scope, unscope
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import require_floating, require_last_dim, require_shape
+from bevialm.validate import check_inputs, require_shape
 
 LAYER = "block"
 
@@ -48,6 +48,15 @@ class BlockConfig:
     def __post_init__(self) -> None:
         # Building the sub-configs validates every field, each with its own layer's message.
         _ = (self.ln1, self.attn, self.mlp)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """In the order :func:`init` draws them."""
+        return {
+            **unscope(self.ln1.param_shapes(), "ln1."),
+            **unscope(self.attn.param_shapes(), "attn."),
+            **unscope(self.ln2.param_shapes(), "ln2."),
+            **unscope(self.mlp.param_shapes(), "mlp."),
+        }
 
     @cached_property
     def ln1(self) -> layernorm.LayerNormConfig:
@@ -96,9 +105,7 @@ def forward(
     params: Params, x: Array, cfg: BlockConfig, *, rng: np.random.Generator | None = None
 ) -> tuple[Array, BlockCache]:
     """The block on ``x`` of shape ``(B, T, dim)``; ``rng=None`` is evaluation (no dropout)."""
-    require_floating(LAYER, "x", x)
-    require_last_dim(LAYER, "x", x, cfg.dim)
-    dropout.check_rng(LAYER, rng)
+    check_inputs(LAYER, x, cfg.dim, rng=rng)
     a, ln1_cache = layernorm.forward(scope(params, "ln1."), x, cfg.ln1)
     a, attn_cache = attention.forward(scope(params, "attn."), a, cfg.attn)
     a, drop_cache = dropout.forward({}, a, cfg.drop, rng=rng)
@@ -113,12 +120,12 @@ def backward(params: Params, cache: BlockCache, dy: Array) -> tuple[Array, Grads
     ``dh = dy + ln2'(mlp'(dy))`` and ``dx = dh + ln1'(attn'(dropout'(dh)))``."""
     require_shape(LAYER, "dy", dy, cache.ln1.xhat.shape)
     dm, mlp_grads = mlp.backward(scope(params, "mlp."), cache.mlp, dy)
-    dh, ln2_grads = layernorm.backward(scope(params, "ln2."), cache.ln2, dm)
-    dh += dy  # in place: layernorm's backward returns a fresh array
+    dh_mlp, ln2_grads = layernorm.backward(scope(params, "ln2."), cache.ln2, dm)
+    dh = dh_mlp + dy
     da, _ = dropout.backward({}, cache.attn_drop, dh)
     da, attn_grads = attention.backward(scope(params, "attn."), cache.attn, da)
-    dx, ln1_grads = layernorm.backward(scope(params, "ln1."), cache.ln1, da)
-    dx += dh
+    dx_attn, ln1_grads = layernorm.backward(scope(params, "ln1."), cache.ln1, da)
+    dx = dx_attn + dh
     return dx, {
         **unscope(ln1_grads, "ln1."),
         **unscope(attn_grads, "attn."),

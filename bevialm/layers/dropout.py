@@ -17,7 +17,7 @@ from numbers import Real
 import numpy as np
 
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import require_floating, require_shape
+from bevialm.validate import check_inputs, require_shape
 
 LAYER = "dropout"
 
@@ -52,14 +52,6 @@ def init(cfg: DropoutConfig, rng: np.random.Generator, dtype: FloatDType = np.fl
     return {}
 
 
-def check_rng(layer: str, rng: object) -> None:
-    """Raise unless ``rng`` is a NumPy Generator or None (evaluation); shared by the composites."""
-    if rng is not None and not isinstance(rng, np.random.Generator):
-        raise ValueError(
-            f"{layer}: rng must be a numpy.random.Generator or None (evaluation), got {type(rng).__name__}"
-        )
-
-
 def forward(
     params: Params, x: Array, cfg: DropoutConfig, *, rng: np.random.Generator | None = None
 ) -> tuple[Array, DropoutCache]:
@@ -71,12 +63,11 @@ def forward(
     training skip a full copy of the activations per call). The uniforms are drawn in float64 whatever the dtype, so a
     float32 and a float64 run with the same seed drop the same entries.
     """
-    require_floating(LAYER, "x", x)
-    check_rng(LAYER, rng)
+    check_inputs(LAYER, x, rng=rng)
     if rng is None or cfg.p == 0:
         return x, DropoutCache(None, x.shape)
-    mask = (rng.random(x.shape) >= cfg.p).astype(x.dtype)
-    mask *= x.dtype.type(1.0 / (1.0 - cfg.p))
+    keep = rng.random(x.shape) >= cfg.p
+    mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - cfg.p))
     return x * mask, DropoutCache(mask, x.shape)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevialm.types import Array, FloatDType, Grads, IntArray, Params
-from bevialm.validate import require_positive, require_shape
+from bevialm.validate import check_indices, require_positive, require_shape
 
 LAYER = "embedding"
 
@@ -28,6 +28,9 @@ class EmbeddingConfig:
 
     def __post_init__(self) -> None:
         require_positive(LAYER, num=self.num, dim=self.dim)
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {"W": (self.num, self.dim)}
 
 
 @dataclass(frozen=True)
@@ -44,15 +47,8 @@ def init(cfg: EmbeddingConfig, rng: np.random.Generator, dtype: FloatDType = np.
 
 def forward(params: Params, idx: IntArray, cfg: EmbeddingConfig) -> tuple[Array, EmbeddingCache]:
     """``y[..., :] = W[idx[...], :]`` for integer ``idx`` of any shape."""
+    check_indices(LAYER, idx, cfg, params)
     W = params["W"]
-    require_shape(LAYER, "W", W, (cfg.num, cfg.dim))
-    if not isinstance(idx, np.ndarray) or not np.issubdtype(idx.dtype, np.integer):
-        kind = idx.dtype if isinstance(idx, np.ndarray) else type(idx).__name__
-        raise ValueError(f"{LAYER}: indices must be an integer array, got {kind}")
-    if idx.size and (idx.min() < 0 or idx.max() >= cfg.num):
-        raise ValueError(
-            f"{LAYER}: indices must lie in [0, {cfg.num}), got values from {idx.min()} to {idx.max()}"
-        )
     return W[idx], EmbeddingCache(idx)
 
 

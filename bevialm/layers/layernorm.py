@@ -52,12 +52,14 @@ def mean(a: Array) -> Array:
     Written as ``sum * (1/D)``: the arithmetic the float64 reference bytes were recorded with
     (``sum / D`` rounds differently when ``D`` is not a power of two).
     """
-    return a.sum(axis=-1, keepdims=True) * a.dtype.type(1.0 / a.shape[-1])
+    m: Array = a.sum(axis=-1, keepdims=True) * a.dtype.type(1.0 / a.shape[-1])
+    return m
 
 
 def mean_of_product(a: Array, b: Array) -> Array:
     """``mean(a * b)`` over the last axis, without building the product (einsum sums it row by row)."""
-    return np.einsum("...d,...d->...", a, b)[..., None] * a.dtype.type(1.0 / a.shape[-1])
+    m: Array = np.einsum("...d,...d->...", a, b)[..., None] * a.dtype.type(1.0 / a.shape[-1])
+    return m
 
 
 def forward(params: Params, x: Array, cfg: LayerNormConfig) -> tuple[Array, LayerNormCache]:

@@ -22,7 +22,7 @@ from bevialm.layers import dropout, gelu, linear, relu
 from bevialm.layers.dropout import DropoutCache, DropoutConfig
 from bevialm.params import scope, unscope
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import require_floating, require_last_dim, require_positive, require_shape
+from bevialm.validate import check_inputs, require_positive, require_shape
 
 LAYER = "mlp"
 
@@ -50,6 +50,9 @@ class MLPConfig:
         require_positive(LAYER, dim=self.dim, hidden=self.hidden)
         check_activation(LAYER, self.activation)
         DropoutConfig(self.dropout)  # validates p with dropout's own message
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {**unscope(self.fc1.param_shapes(), "fc1."), **unscope(self.fc2.param_shapes(), "fc2.")}
 
     @cached_property
     def fc1(self) -> linear.LinearConfig:
@@ -90,9 +93,7 @@ def forward(
 
     The dropout draws from ``rng`` only when ``cfg.dropout > 0``; ``rng=None`` is evaluation.
     """
-    require_floating(LAYER, "x", x)
-    require_last_dim(LAYER, "x", x, cfg.dim)
-    dropout.check_rng(LAYER, rng)
+    check_inputs(LAYER, x, cfg.dim, rng=rng)
     h, fc1_cache = linear.forward(scope(params, "fc1."), x, cfg.fc1)
     act_cache: relu.ReluCache | gelu.GeluCache
     if cfg.activation == "relu":

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import require_floating, require_shape
+from bevialm.validate import check_inputs, require_shape
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def init(cfg: ReluConfig, rng: np.random.Generator, dtype: FloatDType = np.float
 
 def forward(params: Params, x: Array, cfg: ReluConfig) -> tuple[Array, ReluCache]:
     """``y = max(x, 0)``, computed as ``x * mask`` with ``mask = (x > 0)``."""
-    require_floating("relu", "x", x)
+    check_inputs("relu", x)
     mask = (x > 0).astype(x.dtype)
     return x * mask, ReluCache(x, mask)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevialm.types import Array, FloatDType, Grads, Params
-from bevialm.validate import require_floating, require_shape
+from bevialm.validate import check_inputs, require_shape
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,9 @@ def softmax(x: Array) -> Array:
     Subtracting the row maximum changes nothing mathematically but keeps
     ``exp`` from overflowing; rows that are entirely ``-inf`` are not allowed.
     """
-    z: Array = x - x.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)
-    return z
+    e: Array = np.exp(x - x.max(axis=-1, keepdims=True))
+    y: Array = e / e.sum(axis=-1, keepdims=True)
+    return y
 
 
 def init(cfg: SoftmaxConfig, rng: np.random.Generator, dtype: FloatDType = np.float32) -> Params:
@@ -40,7 +39,7 @@ def init(cfg: SoftmaxConfig, rng: np.random.Generator, dtype: FloatDType = np.fl
 
 
 def forward(params: Params, x: Array, cfg: SoftmaxConfig) -> tuple[Array, SoftmaxCache]:
-    require_floating("softmax", "x", x)
+    check_inputs("softmax", x)
     y = softmax(x)
     return y, SoftmaxCache(y)
 
@@ -49,4 +48,5 @@ def backward(params: Params, cache: SoftmaxCache, dy: Array) -> tuple[Array, Gra
     """``dx = y * (dy - sum(dy * y))``: the Jacobian ``diag(y) - y y^T`` applied to ``dy``."""
     require_shape("softmax", "dy", dy, cache.y.shape)
     y = cache.y
-    return y * (dy - np.sum(dy * y, axis=-1, keepdims=True)), {}
+    dx = y * (dy - np.sum(dy * y, axis=-1, keepdims=True))
+    return dx, {}
