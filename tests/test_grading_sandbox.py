@@ -55,24 +55,24 @@ def _tamper() -> None:
 HOSTILE: dict[str, list[tuple[str, str]]] = {
     # an exception in forward; a 512 MiB allocation in init (over the rubric's 256 MiB)
     "layers/linear.py": [
-        ('    W, b = params["W"], params["b"]\n    require_floating(LAYER, "x", x)', '    raise RuntimeError("boom")'),
+        ('    check_inputs(LAYER, x, cfg.d_in, cfg=cfg, params=params)\n    W, b = params["W"], params["b"]', '    raise RuntimeError("boom")'),
         ('    return {\n        "W": (rng', '    hog = np.ones(2**26)\n    return {\n        "W": (rng'),
     ],
     # an endless loop in init (only the purity check calls it); forging the results in forward
     "layers/relu.py": [
         ('    """No parameters."""\n    return {}', '    """No parameters."""\n    while True:\n        pass'),
-        ('    require_floating("relu", "x", x)\n', '    require_floating("relu", "x", x)\n    _forge()\n'),
+        ('    check_inputs("relu", x)\n', '    check_inputs("relu", x)\n    _forge()\n'),
     ],
-    "layers/gelu.py": [('    require_floating("gelu", "x", x)\n', '    require_floating("gelu", "x", x)\n    import sys\n    sys.exit(3)\n')],
-    "layers/softmax.py": [('    require_floating("softmax", "x", x)\n    y = softmax(x)', '    require_floating("softmax", "x", x)\n    import os\n    os._exit(7)')],
+    "layers/gelu.py": [('    check_inputs("gelu", x)\n', '    check_inputs("gelu", x)\n    import sys\n    sys.exit(3)\n')],
+    "layers/softmax.py": [('    check_inputs("softmax", x)\n    y = softmax(x)', '    check_inputs("softmax", x)\n    import os\n    os._exit(7)')],
     # NaN out of forward; a tampered result file from init
     "layers/layernorm.py": [
-        ("    y += beta\n", "    y += beta\n    y *= np.nan\n"),
+        ("    y = xhat * gamma + beta\n", "    y = xhat * gamma + beta\n    y *= np.nan\n"),
         ('    return {"gamma": np.ones', '    from .relu import _tamper\n    _tamper()\n    return {"gamma": np.ones'),
     ],
     "layers/embedding.py": [('    return None, {"W": dW}', '    return None, {"W": dW[:, :1]}')],
-    "layers/dropout.py": [("    check_rng(LAYER, rng)\n    if rng is None", "    check_rng(LAYER, rng)\n    import os, signal\n    os.kill(os.getpid(), signal.SIGSEGV)\n    if rng is None")],
-    "losses.py": [("    _check(logits, targets)\n    vocab", '    _check(logits, targets)\n    for _ in range(3000):\n        print("spam " * 200)\n    vocab')],
+    "layers/dropout.py": [("    check_inputs(LAYER, x, rng=rng)\n    if rng is None", "    check_inputs(LAYER, x, rng=rng)\n    import os, signal\n    os.kill(os.getpid(), signal.SIGSEGV)\n    if rng is None")],
+    "losses.py": [("    _check(logits, targets)\n    z = ", '    _check(logits, targets)\n    for _ in range(3000):\n        print("spam " * 200)\n    z = ')],
 }
 
 EXPECTED: dict[str, str] = {
