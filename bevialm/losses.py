@@ -52,10 +52,11 @@ def cross_entropy(logits: Array, targets: IntArray) -> tuple[Array, CrossEntropy
     z = logits.reshape(-1, logits.shape[-1])  # (N, V): one row of logits per token
     n = targets.size
     shifted = z - z.max(axis=1, keepdims=True)  # log softmax(z) = shifted - log(sum(exp(shifted)))
-    norm = np.exp(shifted).sum(axis=1, keepdims=True)
+    e = np.exp(shifted)  # one exp serves the loss and the softmax
+    norm = e.sum(axis=1, keepdims=True)
     picked = shifted[np.arange(n), targets.reshape(-1)]  # each token's shifted target logit
     loss = np.mean(np.log(norm[:, 0]) - picked).astype(logits.dtype)
-    probs = np.exp(shifted) / norm
+    probs = e / norm
     return np.asarray(loss), CrossEntropyCache(probs, targets.reshape(-1), logits.shape)
 
 
