@@ -67,7 +67,7 @@ HOSTILE: dict[str, list[tuple[str, str]]] = {
     "layers/softmax.py": [('    check_inputs("softmax", x)\n    y = softmax(x)', '    check_inputs("softmax", x)\n    import os\n    os._exit(7)')],
     # NaN out of forward; a tampered result file from init
     "layers/layernorm.py": [
-        ("    y = xhat * gamma + beta\n", "    y = xhat * gamma + beta\n    y *= np.nan\n"),
+        ("    y += beta\n", "    y += beta\n    y *= np.nan\n"),
         ('    return {"gamma": np.ones', '    from .relu import _tamper\n    _tamper()\n    return {"gamma": np.ones'),
     ],
     "layers/embedding.py": [('    return None, {"W": dW}', '    return None, {"W": dW[:, :1]}')],

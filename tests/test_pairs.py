@@ -182,3 +182,26 @@ def test_subset_check_still_catches_errors(seed: int) -> None:
     rng = np.random.default_rng(seed)
     assert vjp_check(bound.forward, bound.backward, params, x, rng=rng, max_elements=3).passed
     assert not vjp_check(wrong.forward, wrong.backward, params, x, rng=rng, max_elements=3).passed
+
+
+# --- the in-place forms kept for speed (docs/contributing.md) give the plain form's bits -----------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_forms_equal_their_plain_formulas(dtype: type[np.floating[Any]]) -> None:
+    from bevialm.layers import layernorm, linear
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 6)).astype(dtype) * 3 + 1
+    lin_cfg = linear.LinearConfig(6, 7)
+    lin = {k: (v + 0.5).astype(dtype) for k, v in linear.init(lin_cfg, rng, dtype).items()}
+    y, _ = linear.forward(lin, x, lin_cfg)
+    assert np.array_equal(y, (x.reshape(-1, 6) @ lin["W"] + lin["b"]).reshape(3, 5, 7))  # plain: x W + b
+    ln_cfg = layernorm.LayerNormConfig(6)
+    ln = {"gamma": rng.standard_normal(6).astype(dtype), "beta": rng.standard_normal(6).astype(dtype)}
+    y, cache = layernorm.forward(ln, x, ln_cfg)
+    xc = x - layernorm.mean(x)
+    rstd = 1.0 / np.sqrt(layernorm.mean_of_product(xc, xc) + ln_cfg.eps)
+    xhat = xc * rstd
+    assert np.array_equal(cache.xhat, xhat) and np.array_equal(y, xhat * ln["gamma"] + ln["beta"])
+    assert y.dtype == dtype

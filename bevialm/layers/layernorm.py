@@ -69,8 +69,13 @@ def forward(params: Params, x: Array, cfg: LayerNormConfig) -> tuple[Array, Laye
     xc = x - mean(x)
     var = mean_of_product(xc, xc)
     rstd = 1.0 / np.sqrt(var + cfg.eps)
-    xhat = xc * rstd
-    y = xhat * gamma + beta
+    # In place (plain form: xhat = xc * rstd; y = xhat * gamma + beta): saves 4.0% of a training
+    # step in bench config (b), 2.1% in (c), interleaved A/B (docs/contributing.md);
+    # tests/test_pairs.py holds it equal to the plain form.
+    xhat = xc
+    xhat *= rstd
+    y = xhat * gamma
+    y += beta
     return y, LayerNormCache(xhat, rstd)
 
 
