@@ -292,3 +292,13 @@ def test_training_page_learning_rates() -> None:
     for r in records:
         expected = optim.lr_at(r["step"] - 1, lr, warmup, steps, lr / 10)
         assert f"{expected:.3g}" == f"{r['lr']:.3g}", (r, expected)
+
+
+def test_model_page_parameter_count() -> None:
+    for cfg in (model.ModelConfig(65), model.ModelConfig(7, ctx=5, dim=6, n_layers=3, n_heads=2, mlp_hidden=10)):
+        V, C, L, H, ctx = cfg.vocab_size, cfg.dim, cfg.n_layers, cfg.mlp_hidden, cfg.ctx
+        formula = V * C + ctx * C + L * (4 * C + 4 * (C**2 + C) + 2 * C * H + H + C) + 2 * C + C * V + V
+        assert model.count_params(cfg) == formula
+        assert model.param_shapes(cfg) == cfg.param_shapes() and list(cfg.param_shapes()) == list(
+            model.init_params(cfg, np.random.default_rng(0))
+        )
