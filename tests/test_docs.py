@@ -302,3 +302,25 @@ def test_model_page_parameter_count() -> None:
         assert model.param_shapes(cfg) == cfg.param_shapes() and list(cfg.param_shapes()) == list(
             model.init_params(cfg, np.random.default_rng(0))
         )
+
+
+def _all_keys(tree: object) -> set[str]:
+    if not isinstance(tree, dict):
+        return set()
+    return set(tree) | {k for value in tree.values() for k in _all_keys(value)}
+
+
+def test_checkpoints_page_header_fields_are_real(tmp_path: Path) -> None:
+    from bevialm import train
+    from bevialm.checkpoint import load_checkpoint
+
+    text = (ROOT / "docs" / "checkpoints.md").read_text(encoding="utf-8")
+    example = next(body for info, body, _, _ in fences(text) if info == "json")
+    shown = set(re.findall(r'"([A-Za-z_][\w.]*)":', example))  # the field names (the "..." placeholders do not match)
+    cfg = train.TrainConfig(
+        data=str(ROOT / "data.txt"), ctx=8, dim=8, layers=1, mlp_hidden=8, batch=2, steps=2, sample_len=0,
+        out=str(tmp_path),
+    )
+    train.train(cfg, stdout=io.StringIO())
+    header = load_checkpoint(tmp_path / "last.npz").header
+    assert "n_layers" in shown and shown - _all_keys(header) == set()  # every field shown is a real one
