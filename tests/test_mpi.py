@@ -201,12 +201,11 @@ def test_one_ranks_exchange_is_the_shards_sum_bitwise(accum: int) -> None:
         it = iter(np.random.default_rng(1).integers(0, 11, size=(accum, 2, 72, 16)))
         return lambda: (lambda xy: (xy[0], xy[1]))(next(it))
 
-    args = {"batch": 72, "accum": accum, "shards": 3}
-    loss, grads = group.step_loss_and_grads(params, drawer(), cfg, **args)
-    ref_loss, ref = parallel.step_loss_and_grads(params, drawer(), cfg, **args)
+    loss, grads = group.step_loss_and_grads(params, drawer(), cfg, batch=72, accum=accum, shards=3)
+    ref_loss, ref = parallel.step_loss_and_grads(params, drawer(), cfg, batch=72, accum=accum, shards=3)
     assert loss == ref_loss
     assert all(grads[k].tobytes() == ref[k].tobytes() for k in ref)
     assert "batch cut into 3 shards" in distributed.describe(group, 72, 16, 3, cfg)
     group.stop[0] = True
     with pytest.raises(KeyboardInterrupt):
-        group.step_loss_and_grads(params, drawer(), cfg, **args)
+        group.step_loss_and_grads(params, drawer(), cfg, batch=72, accum=accum, shards=3)
