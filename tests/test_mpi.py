@@ -209,3 +209,18 @@ def test_one_ranks_exchange_is_the_shards_sum_bitwise(accum: int) -> None:
     group.stop[0] = True
     with pytest.raises(KeyboardInterrupt):
         group.step_loss_and_grads(params, drawer(), cfg, batch=72, accum=accum, shards=3)
+
+
+@needs_mpi
+def test_join_under_a_launcher_gives_this_ranks_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bevialm.runtime import find_openblas
+
+    blas = find_openblas()
+    threads = None if blas is None else blas.get()
+    monkeypatch.setenv("PMI_SIZE", "2")  # as if launched; this process is MPI's singleton, rank 0 of 1
+    try:
+        group = distributed.join()
+    finally:
+        if blas is not None and threads is not None:
+            blas.set(threads)
+    assert group is not None and group.rank == 0 and group.writer
