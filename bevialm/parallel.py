@@ -23,6 +23,14 @@ on the ``shards`` setting (through rounding: float addition is not associative),
 machine's core count or on which thread finishes first, so a resumed run repeats the
 uninterrupted one to the bit.
 
+**Accumulation and ranks.** :func:`accumulate` sums each shard over a step's ``--accum``
+micro-batches, each weighted by its share of the step's tokens, ``b_s / (accum * batch)``, and
+:func:`combine` then adds the shards' sums in shard order. A process may compute only some of
+the shards (``owned``): under ``mpiexec`` each rank computes its block and
+:mod:`bevialm.distributed` gathers the others' sums before the same :func:`combine`, so the bits
+depend on the shard count alone, never on how many threads or ranks shared the work. With one
+micro-batch and every shard in this process these are exactly the additions of the formula above.
+
 **Small batches are not split**: below :data:`MIN_SHARD_TOKENS` tokens per shard the
 Python work of a second pass costs more than the second core saves (:func:`shard_count`).
 
