@@ -378,7 +378,8 @@ TRAIN_DESCRIPTION = (
     "Prints progress every --log_every steps, "
     "train/val loss (and val bits per character) every --eval_every steps and samples every --sample_every steps; writes "
     "best.npz, last.npz and metrics.jsonl to --out (by default a new runs/run-NNN). Ctrl-C or SIGTERM saves "
-    "last.npz; --resume continues exactly."
+    "last.npz; --resume continues exactly. Under mpiexec -n N (pip install 'bevialm[mpi]') N processes share "
+    "each step, with the bits of one process with --shards N (docs/distributed.md)."
 )
 SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
 PLOT_DESCRIPTION = (
