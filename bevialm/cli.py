@@ -429,9 +429,9 @@ def _run_train(args: argparse.Namespace) -> int:
     from bevialm import distributed, train
 
     tune_malloc()
+    group = distributed.join()  # None outside mpiexec (docs/distributed.md); first: ranks > 0 go quiet
     fields = {k: v for k, v in vars(args).items() if k in train.TrainConfig.field_names()}
     cfg = train.TrainConfig(**fields)
-    group = distributed.join()  # None outside mpiexec (docs/distributed.md)
     try:
         if group is None:
             with stop_signals_raise():
