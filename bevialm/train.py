@@ -5,6 +5,8 @@ One step::
 
     x, y  = get_batch(train split, batch, ctx, train_rng)
     loss, grads = loss_and_grads(params, x, y, rng=train_rng if dropout else None)  # in shards
+    (with --accum K: K batches, each shard's gradient summed with its token weight; under
+    mpiexec the shards are shared by the ranks: bevialm.parallel, bevialm.distributed)
     grads, norm = clip_by_global_norm(grads, grad_clip)      # stop here on a NaN/inf loss or norm
     params, opt = adamw step(params, grads, opt, lr_at(step))
 
