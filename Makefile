@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test test-lowest typecheck lint train sample plot bench bench-tokenizer clean
+.PHONY: help install test test-lowest typecheck lint train sample plot bench bench-mpi bench-tokenizer clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[mpi]' || echo "the mpi extra could not be installed: tests/test_mpi.py will skip, saying why"
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install bevialm with its dev tools
+install: $(STAMP)  ## create .venv and install bevialm with its dev tools and the mpi extra (mpiexec in .venv/bin)
 
 test: $(STAMP)  ## the whole suite, gradient checks included, with line coverage
 	$(BIN)/python -m pytest --cov=bevialm --cov-report=term --cov-fail-under=95
@@ -30,6 +31,7 @@ $(LOWEST)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(LOWEST)
 	$(LOWEST)/bin/python -m pip install --quiet --upgrade pip
 	$(LOWEST)/bin/python -m pip install --quiet -e '.[dev]' 'numpy==$(LOWEST_NUMPY)'
+	$(LOWEST)/bin/python -m pip install --quiet -e '.[mpi]' 'numpy==$(LOWEST_NUMPY)' || echo "the mpi extra could not be installed: tests/test_mpi.py will skip, saying why"
 	touch $@
 
 test-lowest: $(LOWEST)/.installed  ## the whole suite again on the lowest NumPy pyproject.toml allows (CI's second leg)
@@ -57,6 +59,9 @@ bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional)
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_viz.py
+
+bench-mpi: $(STAMP)  ## 2 MPI ranks against 2 shards (threads) on configs b and c, ms/step; the bytes each step exchanges
+	$(BIN)/python benchmarks/bench_mpi.py
 
 bench-tokenizer: $(STAMP)  ## byte-level BPE on Tiny Shakespeare: training 512 / 4,096 tokens, encoding MB/s, next to Hugging Face tokenizers when it installs
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "the bench extra could not be installed: benchmarking BeviaLLM alone"

@@ -146,6 +146,14 @@ def _add_optimizer_flags(p: argparse._ActionsContainer) -> None:
         help="compute each batch in up to N shards on N threads, one BLAS thread each; the sum is the "
         "whole batch's gradient, and small batches stay whole (default: %(default)s)",
     )
+    p.add_argument(
+        "--accum",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="gradient accumulation: K batches per optimizer step, weighted by tokens; a step then "
+        "trains on batch x K x ctx tokens (default: %(default)s)",
+    )
     p.add_argument("--steps", type=positive_int, default=5000, help="total training steps (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=3e-4, help="peak learning rate (default: %(default)s)")
     p.add_argument(
@@ -370,7 +378,8 @@ TRAIN_DESCRIPTION = (
     "Prints progress every --log_every steps, "
     "train/val loss (and val bits per character) every --eval_every steps and samples every --sample_every steps; writes "
     "best.npz, last.npz and metrics.jsonl to --out (by default a new runs/run-NNN). Ctrl-C or SIGTERM saves "
-    "last.npz; --resume continues exactly."
+    "last.npz; --resume continues exactly. Under mpiexec -n N (pip install 'bevialm[mpi]') N processes share "
+    "each step, with the bits of one process with --shards N (docs/distributed.md)."
 )
 SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
 PLOT_DESCRIPTION = (
@@ -417,13 +426,19 @@ def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from bevialm import train
+    from bevialm import distributed, train
 
     tune_malloc()
+    group = distributed.join()  # None outside mpiexec (docs/distributed.md); first: ranks > 0 go quiet
     fields = {k: v for k, v in vars(args).items() if k in train.TrainConfig.field_names()}
+    cfg = train.TrainConfig(**fields)
     try:
-        with stop_signals_raise():
-            train.train(train.TrainConfig(**fields))
+        if group is None:
+            with stop_signals_raise():
+                train.train(cfg)
+        else:
+            with distributed.stop_signals(group):
+                train.train(cfg, group=group)
     except train.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return EXIT_DIVERGED

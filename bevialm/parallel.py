@@ -23,6 +23,14 @@ on the ``shards`` setting (through rounding: float addition is not associative),
 machine's core count or on which thread finishes first, so a resumed run repeats the
 uninterrupted one to the bit.
 
+**Accumulation and ranks.** :func:`accumulate` sums each shard over a step's ``--accum``
+micro-batches, each weighted by its share of the step's tokens, ``b_s / (accum * batch)``, and
+:func:`combine` then adds the shards' sums in shard order. A process may compute only some of
+the shards (``owned``): under ``mpiexec`` each rank computes its block and
+:mod:`bevialm.distributed` gathers the others' sums before the same :func:`combine`, so the bits
+depend on the shard count alone, never on how many threads or ranks shared the work. With one
+micro-batch and every shard in this process these are exactly the additions of the formula above.
+
 **Small batches are not split**: below :data:`MIN_SHARD_TOKENS` tokens per shard the
 Python work of a second pass costs more than the second core saves (:func:`shard_count`).
 
@@ -38,6 +46,7 @@ thread: two shards each asking for two BLAS threads would put four busy threads 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
@@ -78,13 +87,93 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bevialm-shard")
 
 
-def _shard_loss_and_grads(
-    errors: Any, params: Params, idx: IntArray, targets: IntArray, cfg: model.ModelConfig
-) -> tuple[float, Grads]:
-    """One shard on a worker thread, under the caller's floating-point error settings: NumPy
-    keeps them per thread, so a caller's ``np.errstate`` would not otherwise reach the shards."""
+def _shard(
+    sums: ShardSums, s: int, weight: float, errors: Any, params: Params, idx: IntArray, targets: IntArray, cfg: model.ModelConfig
+) -> None:
+    """One shard of a micro-batch, added to its sums, under the caller's floating-point error
+    settings: NumPy keeps them per thread, so a caller's ``np.errstate`` would not otherwise
+    reach the shards."""
     with np.errstate(**errors):
-        return model.loss_and_grads(params, idx, targets, cfg)
+        loss, grads = model.loss_and_grads(params, idx, targets, cfg)
+    sums.add(s, weight, loss, grads)
+
+
+class ShardSums:
+    """Each shard's token-weighted sums over a step's micro-batches (``--accum``), before the
+    shards are combined: ``losses[s]`` and ``grads[s]`` for the shards this process owns
+    (``owned``), None for the others (another MPI rank's, :mod:`bevialm.distributed`)."""
+
+    def __init__(self, shards: int, owned: range) -> None:
+        self.owned = owned
+        self.losses: list[float | None] = [None] * shards
+        self.grads: list[Grads | None] = [None] * shards
+
+    def add(self, s: int, weight: float, loss: float, grads: Grads) -> None:
+        """Add ``weight`` times one micro-batch's shard ``s``; only shard ``s``'s thread calls it."""
+        total = self.grads[s]
+        if total is None:
+            self.losses[s] = weight * loss
+            self.grads[s] = {k: g * weight for k, g in grads.items()}  # float32 stays float32 (NEP 50)
+            return
+        self.losses[s] = (self.losses[s] or 0.0) + weight * loss
+        for k, t in total.items():
+            t += grads[k] * weight
+
+
+def combine(losses: Sequence[float], grads: Sequence[Grads]) -> tuple[float, Grads]:
+    """The step's loss and gradient: the shards' sums added in shard order (fixed, so the
+    bits depend only on the shard count, never on which thread or rank computed what)."""
+    loss = sum(losses)
+    total = grads[0]  # the sums are this step's own temporaries: add into the first in place
+    for shard in grads[1:]:
+        for k, t in total.items():
+            t += shard[k]
+    return float(loss), total
+
+
+def step_shards(batch: int, ctx: int, shards: int, *, dropout: bool) -> int:
+    """How many shards a step's micro-batches are cut into: :func:`shard_count`, and one with dropout."""
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"{LAYER}: shards must be a positive integer, got {shards!r}")
+    return 1 if dropout else shard_count(batch, ctx, shards)
+
+
+def accumulate(
+    params: Params,
+    draw: Callable[[], tuple[IntArray, IntArray]],
+    cfg: model.ModelConfig,
+    *,
+    accum: int = 1,
+    shards: int,
+    owned: range | None = None,
+    rng: np.random.Generator | None = None,
+) -> ShardSums:
+    """The ``owned`` shards' sums over ``accum`` micro-batches, each ``draw()``n in turn (its
+    dropout masks, with ``rng``, drawn right after it). Shard ``s`` of micro-batch ``k`` weighs
+    its tokens' share of the step's, ``b_s / (accum * batch)``; owned shards beyond the first
+    run on threads. ``shards`` is :func:`step_shards`'s count for the micro-batch size."""
+    sums = ShardSums(shards, range(shards) if owned is None else owned)
+    mine = list(sums.owned)
+    for _ in range(accum):
+        idx, targets = draw()
+        batch = idx.shape[0]
+        rows = shard_rows(batch, shards)
+        weights = [(r.stop - r.start) / (accum * batch) for r in rows]
+        if len(mine) <= 1:
+            for s in mine:
+                loss, grads = model.loss_and_grads(params, idx[rows[s]], targets[rows[s]], cfg, rng=rng)
+                sums.add(s, weights[s], loss, grads)
+            continue
+        with blas_threads(1):
+            errors = np.geterr()
+            futures: list[Future[None]] = [
+                _pool(len(mine) - 1).submit(_shard, sums, s, weights[s], errors, params, idx[rows[s]], targets[rows[s]], cfg)
+                for s in mine[1:]
+            ]
+            _shard(sums, mine[0], weights[mine[0]], errors, params, idx[rows[mine[0]]], targets[rows[mine[0]]], cfg)
+            for f in futures:
+                f.result()
+    return sums
 
 
 def loss_and_grads(
@@ -101,24 +190,32 @@ def loss_and_grads(
     ``shards`` is the most to use (:func:`shard_count` may use fewer); with ``rng`` (dropout)
     the batch is one shard, see the module docstring.
     """
-    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
-        raise ValueError(f"{LAYER}: shards must be a positive integer, got {shards!r}")
-    batch, ctx = idx.shape[0], idx.shape[-1]
-    n = 1 if rng is not None and cfg.dropout > 0 else shard_count(batch, ctx, shards)
+    n = step_shards(idx.shape[0], idx.shape[-1], shards, dropout=rng is not None and cfg.dropout > 0)
     if n == 1:
         return model.loss_and_grads(params, idx, targets, cfg, rng=rng)
-    rows = shard_rows(batch, n)
-    with blas_threads(1):
-        errors = np.geterr()
-        futures: list[Future[tuple[float, Grads]]] = [
-            _pool(n - 1).submit(_shard_loss_and_grads, errors, params, idx[r], targets[r], cfg) for r in rows[1:]
-        ]
-        results = [model.loss_and_grads(params, idx[rows[0]], targets[rows[0]], cfg)]  # this thread: shard 0
-        results += [f.result() for f in futures]
-    weights = [(r.stop - r.start) / batch for r in rows]
-    loss = sum(w * shard_loss for w, (shard_loss, _) in zip(weights, results, strict=True))
-    grads = {k: g * weights[0] for k, g in results[0][1].items()}  # float32 stays float32 (NEP 50)
-    for w, (_, shard_grads) in zip(weights[1:], results[1:], strict=True):
-        for k, total in grads.items():
-            total += shard_grads[k] * w
-    return float(loss), grads
+    return combine_all(accumulate(params, lambda: (idx, targets), cfg, shards=n, rng=rng))
+
+
+def combine_all(sums: ShardSums) -> tuple[float, Grads]:
+    """:func:`combine` of every shard's sums (all computed in this process)."""
+    losses, grads = sums.losses, sums.grads
+    return combine([x for x in losses if x is not None], [g for g in grads if g is not None])
+
+
+def step_loss_and_grads(
+    params: Params,
+    draw: Callable[[], tuple[IntArray, IntArray]],
+    cfg: model.ModelConfig,
+    *,
+    batch: int,
+    accum: int,
+    shards: int,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, Grads]:
+    """One optimizer step's loss and gradient in this process: ``accum`` micro-batches of
+    ``batch`` rows from ``draw``, each cut into shards (``accum`` 1: :func:`loss_and_grads`)."""
+    if accum == 1:
+        idx, targets = draw()
+        return loss_and_grads(params, idx, targets, cfg, shards=shards, rng=rng)
+    n = step_shards(batch, cfg.ctx, shards, dropout=rng is not None and cfg.dropout > 0)
+    return combine_all(accumulate(params, draw, cfg, accum=accum, shards=n, rng=rng))

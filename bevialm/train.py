@@ -5,6 +5,8 @@ One step::
 
     x, y  = get_batch(train split, batch, ctx, train_rng)
     loss, grads = loss_and_grads(params, x, y, rng=train_rng if dropout else None)  # in shards
+    (with --accum K: K batches, each shard's gradient summed with its token weight; under
+    mpiexec the shards are shared by the ranks: bevialm.parallel, bevialm.distributed)
     grads, norm = clip_by_global_norm(grads, grad_clip)      # stop here on a NaN/inf loss or norm
     params, opt = adamw step(params, grads, opt, lr_at(step))
 
@@ -67,7 +69,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from bevialm import checkpoint, generate, losses, memory, model, optim, parallel, runs, runtime
+from bevialm import checkpoint, distributed, generate, losses, memory, model, optim, parallel, runs, runtime
 from bevialm import tokenizer as tokenizers
 from bevialm.data import DataError, get_batch, load_text, split
 from bevialm.layers.mlp import ACTIVATIONS
@@ -115,6 +117,7 @@ class TrainConfig:
     dtype: str = "float32"
     batch: int = 16
     shards: int = parallel.DEFAULT_SHARDS
+    accum: int = 1
     steps: int = 5000
     lr: float = 3e-4
     warmup: int = 100
@@ -147,6 +150,7 @@ class TrainConfig:
             mlp_hidden=self.mlp_hidden,
             batch=self.batch,
             shards=self.shards,
+            accum=self.accum,
             steps=self.steps,
             eval_iters=self.eval_iters,
         )
@@ -258,7 +262,7 @@ class _Snapshot:
 
 # The flags whose change makes a resumed run differ from one that never stopped (the model's
 # own flags are checked against the checkpoint and refused when they differ).
-_TRAJECTORY_FLAGS = ("seed", "batch", "shards", "steps", "lr", "warmup", "min_lr", "wd", "beta2", "grad_clip", "val_fraction")
+_TRAJECTORY_FLAGS = ("seed", "batch", "shards", "accum", "steps", "lr", "warmup", "min_lr", "wd", "beta2", "grad_clip", "val_fraction")
 
 
 def evaluate(
@@ -318,8 +322,10 @@ class _Run:
     """One training run, in three parts: :meth:`prepare` (everything that can refuse the run,
     then its start), :meth:`run` (the loop) and the saving (:meth:`_save`, :meth:`_stop`)."""
 
-    def __init__(self, cfg: TrainConfig, stdout: IO[str]) -> None:
+    def __init__(self, cfg: TrainConfig, stdout: IO[str], group: distributed.Group | None = None) -> None:
         self.cfg = cfg
+        self.group = group  # under mpiexec: this rank's place; rank 0 alone prints and writes
+        self.writer = group is None or group.writer
         self.stdout = stdout
         self.given_out = cfg.out  # None: a new numbered folder (or, with --resume, the newest run)
         self.out = cfg.out or ""  # the run folder, once prepare() has chosen it
@@ -347,7 +353,8 @@ class _Run:
         return os.path.join(self.out, name)
 
     def say(self, line: str) -> None:
-        print(line, file=self.stdout, flush=True)
+        if self.writer:
+            print(line, file=self.stdout, flush=True)
 
     # --- prepare: refuse what cannot run, before anything is allocated or written ---------------
     #
@@ -358,9 +365,26 @@ class _Run:
     # costs an old run, and never leaves anything that refuses the same command next time.
 
     def prepare(self) -> None:
+        if self.group is not None:  # before anything: every rank must run the same flags on the same data
+            self.group.require_same_run(distributed.fingerprint(self.cfg, self.cfg.data))
+            self.cfg = dataclasses.replace(self.cfg, shards=max(self.cfg.shards, self.group.size))
         self._load_data()
         self.mcfg = self.cfg.model_config(self.tokenizer.vocab_size)
         self._check_memory()
+        if self.group is None:
+            self._start_run()
+            return
+        # Rank 0 chooses the folder and builds or restores the state; the others take it from there.
+        out, self.snap = self.group.share_from_writer(self._start_and_share)
+        self.committed, self.out = self.snap, out
+        self.cfg = dataclasses.replace(self.cfg, out=out)
+        self.rng = checkpoint.restore_rng(self.snap.rng_state)
+
+    def _start_and_share(self) -> tuple[str, _Snapshot]:
+        self._start_run()
+        return self.out, self.snap
+
+    def _start_run(self) -> None:
         created = self._claim_folder()
         try:
             self.stale_removed = runs.remove_stale_temp_files(self.out)
@@ -586,7 +610,10 @@ class _Run:
         self.say(
             f"optimiser: AdamW lr {cfg.lr:g}, warmup {cfg.warmup}, cosine to {cfg.floor_lr:g} at step {cfg.steps}, "
             f"beta2 {cfg.beta2:g}, wd {cfg.wd:g}, clip {cfg.grad_clip:g}; batch {cfg.batch} x {cfg.ctx} tokens"
+            + (f" x {cfg.accum} micro-batches = {cfg.batch * cfg.ctx * cfg.accum:,} tokens per step" if cfg.accum > 1 else "")
         )
+        if self.group is not None:
+            self.say(distributed.describe(self.group, cfg.batch, cfg.ctx, cfg.shards, m))
         notes = [f"resuming from step {self.resumed_from} of {LAST}"] if self.resumed_from is not None else []
         if self.stale_removed:
             notes.append(f"removed {self.stale_removed} temporary file(s) left by an interrupted checkpoint write")
@@ -632,13 +659,21 @@ class _Run:
         rng, mcfg, adamw, train_data = self.rng, self.mcfg, self.adamw, self.train_data
         dropout_rng = rng if mcfg.dropout > 0 else None
         clip = cfg.grad_clip if cfg.grad_clip > 0 else None
+        gradients = parallel.step_loss_and_grads if self.group is None else self.group.step_loss_and_grads
         session_start, session_first = time.perf_counter(), self.snap.step
         interval_time, interval_steps = 0.0, 0
         for s in range(self.snap.step, cfg.steps):
             t0 = time.perf_counter()
             snap = self.snap
-            x, y = get_batch(train_data, cfg.batch, cfg.ctx, rng)
-            loss, grads = parallel.loss_and_grads(snap.params, x, y, mcfg, shards=cfg.shards, rng=dropout_rng)
+            loss, grads = gradients(
+                snap.params,
+                lambda: get_batch(train_data, cfg.batch, cfg.ctx, rng),
+                mcfg,
+                batch=cfg.batch,
+                accum=cfg.accum,
+                shards=cfg.shards,
+                rng=dropout_rng,
+            )
             grads, norm = optim.clip_by_global_norm(grads, clip)
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise TrainingDiverged(self._diverged(s + 1, f"loss {loss}, gradient norm {norm}"))
@@ -675,10 +710,12 @@ class _Run:
 
     def _log(self, step: int, loss: float, lr: float, norm: float, per_step: float, eta: float) -> None:
         cfg = self.cfg
-        tokens_per_s = cfg.batch * cfg.ctx / per_step if per_step > 0 else math.inf
+        tokens = cfg.batch * cfg.accum * cfg.ctx  # per optimizer step
+        tokens_per_s = tokens / per_step if per_step > 0 else math.inf
+        per_update = f"{tokens:,} tok/step | " if cfg.accum > 1 else ""
         self.say(
             f"step {step:>{len(str(cfg.steps))}}/{cfg.steps} | loss {loss:.4f} | lr {lr:.2e} | norm {norm:.2f} | "
-            f"{per_step * 1e3:.1f} ms/step | {tokens_per_s:,.0f} tok/s | ETA {_clock(eta)}"
+            f"{per_update}{per_step * 1e3:.1f} ms/step | {tokens_per_s:,.0f} tok/s | ETA {_clock(eta)}"
         )
         self._record(
             kind="train",
@@ -691,6 +728,8 @@ class _Run:
         )
 
     def _record(self, **fields: Any) -> None:
+        if not self.writer:
+            return
         assert self.metrics is not None
         fields["time"] = round(self.elapsed(), 3)
         try:
@@ -757,6 +796,8 @@ class _Run:
     # --- save ---------------------------------------------------------------------------------
 
     def _save(self, name: str, snap: _Snapshot, *, with_optimizer: bool) -> str:
+        if not self.writer:
+            return self.path(name)
         header = checkpoint.make_header(
             model_config=asdict(self.mcfg),
             tokenizer=self.tokenizer,
@@ -806,7 +847,7 @@ class _Run:
             "try a lower --lr or a --grad_clip"
         )
 
-def train(cfg: TrainConfig, *, stdout: IO[str] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, *, stdout: IO[str] | None = None, group: distributed.Group | None = None) -> TrainResult:
     """Run (or, with ``cfg.resume``, continue) training as ``cfg`` says, printing to ``stdout``.
 
     Raises :class:`TrainError` (or :class:`bevialm.data.DataError`,
@@ -816,6 +857,11 @@ def train(cfg: TrainConfig, *, stdout: IO[str] | None = None) -> TrainResult:
     state), and :class:`bevialm.runtime.Stopped` (a ``KeyboardInterrupt``) after saving
     ``last.npz`` on Ctrl-C (or SIGTERM, under :func:`bevialm.runtime.stop_signals_raise`).
     """
-    run = _Run(cfg, sys.stdout if stdout is None else stdout)
-    run.prepare()
-    return run.run()
+    run = _Run(cfg, sys.stdout if stdout is None else stdout, group)
+    run.prepare()  # under mpiexec a refused start is refused on every rank (distributed.Group)
+    if group is None:
+        return run.run()
+    # Past the start, every rank stops together on a signal or a diverged loss; any other error
+    # is this rank's alone (rank 0's disk is full) and must not leave the others waiting.
+    with distributed.abort_alone(group, (KeyboardInterrupt, TrainingDiverged)):
+        return run.run()
