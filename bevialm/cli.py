@@ -393,6 +393,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     """``bevialm`` with all its subcommands."""
     # Imported here, not at the top: ``python main.py`` (training only) need not load the grader.
+    from bevialm.board.command import add_board_subcommand
     from bevialm.grading.cli import add_grading_subcommands
 
     parser = OneLineParser(prog=prog, description="BeviaLLM: a gradient-verified NumPy transformer language model.")
@@ -404,6 +405,7 @@ def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     _configure_attention(
         sub.add_parser("attention", help="draw a model's attention over a prompt", description=ATTENTION_DESCRIPTION)
     )
+    add_board_subcommand(sub)
     add_grading_subcommands(sub)
     return parser
 
