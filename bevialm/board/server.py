@@ -126,6 +126,8 @@ class Handler(BaseHTTPRequestHandler):
             route()
         except ClientError as e:
             self._error(e.status, str(e))
+        except explore.ExploreError as e:  # the page shows it beside the prompt
+            self._error(HTTPStatus.BAD_REQUEST, str(e))
         except paths.Refused as e:
             self._error(HTTPStatus.NOT_FOUND, str(e))
         except (ValueError, OSError, MemoryError) as e:  # a broken file under the runs folder: say so, serve on
