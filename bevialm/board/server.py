@@ -15,7 +15,9 @@ DNS rebinding); a POST must be ``application/json`` (a form on another site cann
 one without the browser asking first, which this server never allows) of at most
 :data:`MAX_BODY` bytes; at most :data:`MODEL_SLOTS` model runs at once; a request that
 stalls is dropped after :data:`TIMEOUT` s. Every error is one JSON ``{"error": ...}`` line
-the page shows, and the server goes on.
+the page shows, and the server goes on. A prompt the model cannot read (too long for its
+context, characters outside its vocabulary) is an answer, ``200 {"error": ..., "refused":
+true}``, not an HTTP error: the browser would log a failed request in its console.
 """
 
 from __future__ import annotations
@@ -126,8 +128,8 @@ class Handler(BaseHTTPRequestHandler):
             route()
         except ClientError as e:
             self._error(e.status, str(e))
-        except explore.ExploreError as e:  # the page shows it beside the prompt
-            self._error(HTTPStatus.BAD_REQUEST, str(e))
+        except explore.ExploreError as e:  # an answer, not a failure: the page shows it beside the prompt
+            self._json({"error": str(e), "refused": True})
         except paths.Refused as e:
             self._error(HTTPStatus.NOT_FOUND, str(e))
         except (ValueError, OSError, MemoryError) as e:  # a broken file under the runs folder: say so, serve on

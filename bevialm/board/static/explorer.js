@@ -59,7 +59,7 @@ async function runModel(event) {
   try {
     const r = await fetch("/api/attention", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
     const data = await r.json();
-    if (!r.ok) throw new Error(data.error || `${r.status}`);
+    if (!r.ok || data.error) throw new Error(data.error || `${r.status}`);
     message(`${body.run}/${body.checkpoint} (step ${data.step}): ${data.layers} layers × ${data.heads} heads, ${data.tokens.length} tokens`);
     show(data);
   } catch (e) {

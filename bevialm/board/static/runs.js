@@ -96,14 +96,14 @@ function renderTable() {
     const best = info.best_val_loss;
     const bestText = best == null ? "–" : `${best.toFixed(4)} (${fmt(best * bpcFactor(run), 3)} bits/char) at step ${info.best_step}`;
     const m = info.model || {};
-    const live = info.updated && Date.now() / 1000 - info.updated < 30;
+    const cfg = info.config || {};
+    const live = info.updated && Date.now() / 1000 - info.updated < 30 && !(step >= cfg.steps);  // written lately, not done
     const problems = [...(info.errors || []), ...run.problems, ...(run.error ? [run.error] : [])];
     const box = el("input", { type: "checkbox", "data-run": name });
     box.checked = run.selected;
     box.addEventListener("change", () => { run.selected = box.checked; board.redraw = true; pollAll(); });
     const swatch = el("span", { className: "swatch" });
     swatch.style.background = run.color;
-    const cfg = info.config || {};
     const tr = el("tr", { "data-run": name },
       el("td", {}, box),
       el("td", {}, swatch, name),
