@@ -194,7 +194,7 @@ def test_the_explorer_shows_bevialm_attentions_numbers_and_hover_highlights_each
         cells = panel.locator(".reads .cell")
         shown = [c.get_attribute("data-weight") for c in cells.all()]
         row = expected[layer, head, query]
-        assert [float(w) for w in shown[: query + 1]] == row[: query + 1].tolist() and set(shown[query + 1 :]) == {""}
+        assert [float(w or "nan") for w in shown[: query + 1]] == row[: query + 1].tolist() and set(shown[query + 1 :]) == {""}
         assert int(panel.locator(".reads .cell.top").first.get_attribute("data-key") or "") == int(np.nanargmax(row))
     assert "current" in (p.locator(f"#tokens .tok[data-position='{query}']").get_attribute("class") or "")
     p.click(".head[data-layer='1'][data-head='0']")

@@ -58,7 +58,9 @@ class ModelCache:
 
 def _nested(weights: Array) -> list[Any]:
     """``weights`` as nested lists of floats, ``None`` for NaN."""
-    out: list[Any] = np.where(np.isnan(weights), None, weights.astype(object)).tolist()
+    boxed = weights.astype(object)
+    boxed[np.isnan(weights)] = None
+    out: list[Any] = boxed.tolist()
     return out
 
 
