@@ -10,7 +10,9 @@ guessed at; numbers that JSON cannot carry (NaN, infinity) become ``null``.
 Samples: the trainer prints its samples but does not store them, so the board draws,
 from each new ``last.npz``, the sample the trainer prints at that step: the same prompt,
 the same random stream (``sampling_rng(seed, step)``) and sampling settings, from the
-same parameters. It keeps the latest few per run while it serves.
+same parameters; its first :data:`SAMPLE_LEN` tokens at most (each token is drawn after
+the ones before it, so a shorter sample is the start of the longer one). It keeps the
+latest few per run while it serves.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bevialm.data import DataError
 
 MAX_READ = 4 << 20  # bytes of metrics per poll; the page asks again for the rest
 SAMPLES_KEPT = 20
+SAMPLE_LEN = 200  # tokens at most: the start of a longer sample (generation is token by token, the same)
 _FIELDS = ("step", "loss", "lr", "train_loss", "val_loss", "val_bpc", "ms_per_step", "tokens_per_s", "time")
 
 
@@ -172,7 +175,7 @@ def _sample(ckpt: checkpoint.Checkpoint, path: str) -> dict[str, Any]:
         sampling = generate.SamplingConfig.from_flags(
             float(train.get("temperature", 1.0)), int(train.get("top_k", 0)), float(train.get("top_p", 1.0))
         )
-        length = min(int(train.get("sample_len", 400)) or 200, 1000)
+        length = min(int(train.get("sample_len", 400)) or SAMPLE_LEN, SAMPLE_LEN)
         prompt = generate.default_prompt(loaded.tokenizer)
         text = generate.sample_text(
             loaded.params,
