@@ -119,6 +119,7 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(self._get)
 
     def do_POST(self) -> None:  # noqa: N802
+        self.close_connection = True  # a refused body may be left unread: never read it as the next request
         self._answer(self._post)
 
     def _answer(self, route: Any) -> None:
@@ -160,7 +161,6 @@ class Handler(BaseHTTPRequestHandler):
             raise ClientError("a request body must be application/json", HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
         length = _integer(self.headers.get("Content-Length", ""), "Content-Length")
         if length > MAX_BODY:
-            self.close_connection = True  # the body is not read
             raise ClientError(f"the request is {length:,} bytes; the board takes at most {MAX_BODY:,}", HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
         try:
             body = json.loads(self.rfile.read(length).decode("utf-8"))
