@@ -268,6 +268,7 @@ def test_the_page_and_its_files_ship_in_the_package(board: Board) -> None:
         assert f"/static/{name}" in page and request(board, "GET", f"/static/{name}")[0] == 200
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
     root = Path(__file__).resolve().parent.parent
+    assert '"board/static/*"' in (root / "pyproject.toml").read_text()  # package-data: they ship in the wheel
     for f in (root / "bevialm" / "board" / "static").iterdir():
         assert "https://" not in f.read_text() and "http://" not in f.read_text().replace('"http://www.w3.org/2000/svg"', "")
 
