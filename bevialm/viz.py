@@ -295,7 +295,7 @@ def loss_figure(
         title_fontsize=8,
         alignment="left",
     )
-    fig.text(0.8 / width, 1 - 0.12 / height, _wrap(title or "loss: " + ", ".join(r.name for r in runs), width - 1), fontsize=10, va="top")
+    fig.text(0.8 / width, 1 - 0.12 / height, _wrap(title or ("bits per character: " if bpc else "loss: ") + ", ".join(r.name for r in runs), width - 1), fontsize=10, va="top")
     return fig
 
 
