@@ -313,3 +313,10 @@ def test_it_prints_its_address_warns_beyond_loopback_and_stops_on_ctrl_c_with_on
 def test_the_board_is_a_bevialm_subcommand() -> None:
     args = cli.build_parser().parse_args(["board"])
     assert (args.runs_dir, args.port, args.host) == ("runs", 8000, "127.0.0.1")
+
+
+def test_a_port_in_use_is_one_line(board: Board, runs: Runs) -> None:
+    port = str(board.server_address[1])
+    done = subprocess.run([*CLI, "board", str(runs.root), "--port", port], capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and done.stderr.startswith(f"error: cannot serve on 127.0.0.1 port {port}: ")
+    assert done.stderr.count("\n") == 1 and "--port" in done.stderr

@@ -202,7 +202,10 @@ def serve(root: str, host: str = "127.0.0.1", port: int = 8000, *, out: Any = No
     out = out or sys.stdout
     if not os.path.isdir(root):
         raise ValueError(f"runs folder '{root}' does not exist (train a run first: make train)")
-    board = Board(root, host, port)
+    try:
+        board = Board(root, host, port)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        raise OSError(f"cannot serve on {host} port {port}: {e.strerror or e}; choose another with --port (0: any free one)") from None
     if not board.loopback:
         print(
             f"warning: serving on {host}, not only this machine: anyone who can reach it can read the runs "
