@@ -7,7 +7,9 @@ only compose them:
 
 - :func:`read_metrics` and :func:`loss_figure`: a run's ``metrics.jsonl`` (also
   while it is still being written) as train and validation loss against the step,
-  with the learning rate on a second axis; several runs overlay, one colour each.
+  with the learning rate on a second axis; several runs overlay, one colour each,
+  named with their tokenizer (:func:`run_tokenizer`); :func:`in_bits_per_char` puts
+  the losses in bits per character, comparable across tokenizers (``plot --bpc``).
 - :func:`prompt_attention_figure`: ``model.attention_maps`` of a prompt as a grid
   of heat maps, one per layer and head, the prompt's tokens as tick labels and the
   masked (future) cells blank.
@@ -23,6 +25,9 @@ one line saying how to install it. Figures are created with the Agg canvas
 attached (no display needed, pyplot's global state untouched). Tokens are given as
 their text (one string per token, whatever the tokenizer), and :func:`visible`
 shows spaces and line breaks as glyphs.
+
+(Longer than the project's 500 lines: the loss and attention figures share the figure,
+label and layout helpers above them, and splitting the module would split those.)
 """
 
 from __future__ import annotations
