@@ -320,3 +320,52 @@ def test_a_port_in_use_is_one_line(board: Board, runs: Runs) -> None:
     done = subprocess.run([*CLI, "board", str(runs.root), "--port", port], capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 1 and done.stderr.startswith(f"error: cannot serve on 127.0.0.1 port {port}: ")
     assert done.stderr.count("\n") == 1 and "--port" in done.stderr
+
+
+def test_the_command_in_this_process_warns_serves_and_stops_on_ctrl_c(
+    runs: Runs, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(self: Board, poll_interval: float = 0.5) -> None:
+        assert self.allowed_host("anything.example:1")  # beyond loopback, as the user chose
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Board, "serve_forever", interrupted)
+    assert cli.main(["board", str(runs.root), "--port", "0", "--host", "0.0.0.0"]) == 130
+    captured = capsys.readouterr()
+    assert captured.out.startswith("bevialm board: http://0.0.0.0:")
+    assert captured.err.splitlines()[0].startswith("warning: serving on 0.0.0.0") and captured.err.splitlines()[-1] == "bevialm board stopped"
+
+
+def test_caches_keep_the_latest_few_and_a_missing_file_or_a_busy_board_is_a_message(runs: Runs, board: Board, monkeypatch: pytest.MonkeyPatch) -> None:
+    models, headers = explore.ModelCache(size=1), runs_view.HeaderCache(size=1)
+    for name in ("best.npz", "last.npz"):
+        path = str(runs.root / "tiny" / name)
+        assert models.get(path).step == 20 and headers.get(path).step == 20
+    with pytest.raises(paths.Refused, match="has no nothing.npz"):
+        paths.run_file(os.path.realpath(runs.root), "tiny", "nothing.npz")
+    monkeypatch.setattr("bevialm.board.server.TIMEOUT", 0.01)
+    taken = [board.slots.acquire() for _ in range(2)]  # both slots busy (two models running)
+    try:
+        status, data = post(board, run="tiny", checkpoint="best.npz", prompt="MA")
+    finally:
+        for _ in taken:
+            board.slots.release()
+    assert status == 503 and "busy" in data["error"]
+
+
+def test_a_sample_that_cannot_be_drawn_is_a_message(runs: Runs, monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = runs_view.HeaderCache().get(str(runs.root / "tiny" / "last.npz"))
+    monkeypatch.setitem(ckpt.header["train_config"], "temperature", -1.0)
+    assert "temperature" in runs_view._sample(ckpt, str(runs.root / "tiny" / "last.npz"))["error"]
+
+
+def test_an_ipv6_loopback_address_is_served_and_shown_in_brackets(runs: Runs) -> None:
+    try:
+        b = Board(str(runs.root), "::1", 0)
+    except OSError as e:  # a machine without IPv6
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    try:
+        assert b.url == f"http://[::1]:{b.server_address[1]}/" and b.loopback
+        assert b.allowed_host(f"[::1]:{b.server_address[1]}") and not b.allowed_host("[::1]:1")
+    finally:
+        b.server_close()
