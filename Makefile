@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test test-lowest typecheck lint train sample plot bench bench-mpi bench-tokenizer clean
+.PHONY: help install test test-lowest typecheck lint train sample plot board bench bench-mpi bench-tokenizer clean
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -54,6 +54,9 @@ sample: $(STAMP)  ## two samples from the newest run's best checkpoint (PROMPT="
 
 plot: $(STAMP)  ## draw the loss curves of the newest run (loss.png in it)
 	$(BIN)/python -m bevialm plot
+
+board: $(STAMP)  ## serve the page that watches the runs in runs/ train and explores their attention (http://127.0.0.1:8000/)
+	$(BIN)/python -m bevialm board
 
 bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional); writes bench-results.json
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "PyTorch could not be installed: benchmarking NumPy alone"

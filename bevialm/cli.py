@@ -350,6 +350,11 @@ def _configure_plot(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="picture to write, .png or .svg (default: loss.png in the first run folder)",
     )
+    p.add_argument(
+        "--bpc",
+        action="store_true",
+        help="losses in bits per character (from each run's evaluations), to compare runs whose tokenizers differ",
+    )
     p.set_defaults(handler=_run_plot)
 
 
@@ -384,7 +389,8 @@ TRAIN_DESCRIPTION = (
 SAMPLE_DESCRIPTION = "Generate text from a checkpoint written by training."
 PLOT_DESCRIPTION = (
     "Draw the train and validation loss of one or more runs against the step, with the learning rate on a "
-    "second axis, from each run folder's metrics.jsonl. Several runs overlay, one colour each."
+    "second axis, from each run folder's metrics.jsonl. Several runs overlay, one colour each, the legend "
+    "naming each run's tokenizer; --bpc draws bits per character, comparable across tokenizers."
 )
 ATTENTION_DESCRIPTION = (
     "Draw a model's attention over a prompt: a heat map per layer and head, the prompt's characters as "
@@ -402,6 +408,7 @@ def train_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     """``bevialm`` with all its subcommands."""
     # Imported here, not at the top: ``python main.py`` (training only) need not load the grader.
+    from bevialm.board.command import add_board_subcommand
     from bevialm.grading.cli import add_grading_subcommands
 
     parser = OneLineParser(prog=prog, description="BeviaLLM: a gradient-verified NumPy transformer language model.")
@@ -413,6 +420,7 @@ def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     _configure_attention(
         sub.add_parser("attention", help="draw a model's attention over a prompt", description=ATTENTION_DESCRIPTION)
     )
+    add_board_subcommand(sub)
     add_grading_subcommands(sub)
     return parser
 
@@ -563,8 +571,11 @@ def _run_plot(args: argparse.Namespace) -> int:
         args.runs = [os.path.dirname(newest)]
     output = args.output or os.path.join(args.runs[0], "loss.png")
     runs = [viz.read_metrics(run) for run in args.runs]
+    if args.bpc:
+        runs = [viz.in_bits_per_char(m, viz.bits_per_char_factor(run)) for m, run in zip(runs, args.runs, strict=True)]
     viz.check_output(output)
-    _wrote(output, viz.save_figure(viz.loss_figure(runs), output), "loss curves")
+    fig = viz.loss_figure(runs, tokenizers=[viz.run_tokenizer(run) for run in args.runs], bpc=args.bpc)
+    _wrote(output, viz.save_figure(fig, output), "loss curves" + (" in bits per character" if args.bpc else ""))
     return EXIT_OK
 
 

@@ -7,7 +7,9 @@ only compose them:
 
 - :func:`read_metrics` and :func:`loss_figure`: a run's ``metrics.jsonl`` (also
   while it is still being written) as train and validation loss against the step,
-  with the learning rate on a second axis; several runs overlay, one colour each.
+  with the learning rate on a second axis; several runs overlay, one colour each,
+  named with their tokenizer (:func:`run_tokenizer`); :func:`in_bits_per_char` puts
+  the losses in bits per character, comparable across tokenizers (``plot --bpc``).
 - :func:`prompt_attention_figure`: ``model.attention_maps`` of a prompt as a grid
   of heat maps, one per layer and head, the prompt's tokens as tick labels and the
   masked (future) cells blank.
@@ -23,6 +25,9 @@ one line saying how to install it. Figures are created with the Agg canvas
 attached (no display needed, pyplot's global state untouched). Tokens are given as
 their text (one string per token, whatever the tokenizer), and :func:`visible`
 shows spaces and line breaks as glyphs.
+
+(Longer than the project's 500 lines: the loss and attention figures share the figure,
+label and layout helpers above them, and splitting the module would split those.)
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ _MAX_LABELS = 64  # beyond this many tokens on an axis, label every k-th one and
 _LONG_AXIS_IN = 4.8  # the shortest a long axis gets (256 tokens: ~1.9 pixels each at 100 dpi)
 _MIN_PANEL_IN = 1.7  # a panel is never smaller than this (room for its title)
 _MIN_BAR_IN = 2.0  # the colour bar is never shorter than this (room for its ticks and label)
+_WRAP_IN = 10.0  # one layer's heads wrap to stay this wide: 1,000 pixels, a docs page's width at 100 dpi
 
 
 class VizError(ValueError):
@@ -185,10 +191,63 @@ def read_metrics(run: str) -> RunMetrics:
     return RunMetrics(name, t[:, 0], t[:, 1], t[:, 2], e[:, 0], e[:, 1], e[:, 2], e[:, 3])
 
 
-def loss_figure(runs: Sequence[RunMetrics], title: str | None = None) -> Figure:
+def run_tokenizer(run: str) -> str | None:
+    """What tokenizer run folder ``run`` was trained with (``"characters, 65 tokens"``), read
+    from its ``last.npz`` or ``best.npz``; None when it has no readable checkpoint."""
+    from bevialm import checkpoint
+    from bevialm import tokenizer as tokenizers
+
+    folder = os.path.dirname(run) if os.path.isfile(run) else run
+    for name in ("last.npz", "best.npz"):
+        try:
+            return tokenizers.describe(checkpoint.load_checkpoint(os.path.join(folder, name)).tokenizer)
+        except (ValueError, OSError):
+            continue
+    return None
+
+
+def bits_per_char_factor(run: str) -> float:
+    """Bits per character per nat per token for run ``run``: its evaluations' ``val_bpc / val_loss``
+    (the validation text's tokens per character, over ln 2; the same at every evaluation).
+    :class:`VizError` when no evaluation has recorded ``val_bpc`` yet."""
+    path = run if os.path.isfile(run) else os.path.join(run, METRICS)
+    factor = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(r, dict) and r.get("kind") == "eval":
+                bpc, loss = r.get("val_bpc"), r.get("val_loss")
+                if isinstance(bpc, int | float) and isinstance(loss, int | float) and loss > 0 and math.isfinite(bpc / loss):
+                    factor = bpc / loss
+    if factor is None:
+        raise VizError(f"'{path}' has no evaluation with bits per character yet: plot it without --bpc, or after its first evaluation")
+    return float(factor)
+
+
+def in_bits_per_char(m: RunMetrics, factor: float) -> RunMetrics:
+    """``m`` with every loss in bits per character (``factor`` from :func:`bits_per_char_factor`).
+
+    Exact for the validation loss; the training loss is converted with the validation text's
+    tokens per character (the same for a character tokenizer, close for BPE on similar text).
+    """
+    return RunMetrics(m.name, m.train_step, m.train_loss * factor, m.train_lr, m.eval_step, m.eval_train * factor, m.eval_val * factor, m.eval_lr)
+
+
+def loss_figure(
+    runs: Sequence[RunMetrics],
+    title: str | None = None,
+    *,
+    tokenizers: Sequence[str | None] | None = None,
+    bpc: bool = False,
+) -> Figure:
     """Train and validation loss against the step, the learning rate on a second axis.
 
-    One colour per run; the line style says what a line is (a legend for each).
+    One colour per run; the line style says what a line is (a legend for each). ``tokenizers``
+    (one per run) are named beside the run folders in the legend; ``bpc`` says the losses are
+    in bits per character (:func:`in_bits_per_char`), which the y axis then says.
     """
     require_matplotlib()
     from matplotlib.lines import Line2D
@@ -211,7 +270,7 @@ def loss_figure(runs: Sequence[RunMetrics], title: str | None = None) -> Figure:
                 lr_ax.plot(steps, lr, color=c, lw=1.0, ls=":")
                 break
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (cross-entropy, nats)")
+    ax.set_ylabel("bits per character (validation text's)" if bpc else "loss (cross-entropy, nats per token)")
     lr_ax.set_ylabel("learning rate", color="0.35")
     lr_ax.tick_params(axis="y", colors="0.35")
     lr_ax.set_ylim(bottom=0)
@@ -223,7 +282,11 @@ def loss_figure(runs: Sequence[RunMetrics], title: str | None = None) -> Figure:
         Line2D([], [], color="0.2", lw=2.0, marker="o", ms=4, label="validation (at each evaluation)"),
         Line2D([], [], color="0.2", lw=1.0, ls=":", label="learning rate (right axis)"),
     ]
-    names = [Line2D([], [], color=c, lw=3, label=r.name) for r, c in zip(runs, colours, strict=True)]
+    named = list(tokenizers) if tokenizers is not None else [None] * len(runs)
+    names = [
+        Line2D([], [], color=c, lw=3, label=r.name + (f" ({t})" if t else ""))
+        for r, c, t in zip(runs, colours, named, strict=True)
+    ]
     below = 0.1 / height
     fig.legend(handles=styles, loc="lower left", bbox_to_anchor=(0.8 / width, below), fontsize=8, frameon=False)
     fig.legend(
@@ -233,11 +296,11 @@ def loss_figure(runs: Sequence[RunMetrics], title: str | None = None) -> Figure:
         ncol=1 if len(runs) < 4 else 2,
         fontsize=8,
         frameon=False,
-        title="run folder",
+        title="run folder (tokenizer)" if tokenizers is not None else "run folder",
         title_fontsize=8,
         alignment="left",
     )
-    fig.text(0.8 / width, 1 - 0.12 / height, _wrap(title or "loss: " + ", ".join(r.name for r in runs), width - 1), fontsize=10, va="top")
+    fig.text(0.8 / width, 1 - 0.12 / height, _wrap(title or ("bits per character: " if bpc else "loss: ") + ", ".join(r.name for r in runs), width - 1), fontsize=10, va="top")
     return fig
 
 
@@ -341,7 +404,15 @@ def attention_grid(
     room_y, room_x = _label_room(query_tokens, False), _label_room(key_tokens, True)  # beside the maps
     left, bottom = 0.35 + room_y, 0.3 + room_x  # the labels, then the axis names
     right = 1.15  # the colour bar and its label
-    nr, nc = len(layers), len(heads)
+    # One layer: its heads wrap into as many columns as fit in _WRAP_IN (a page's width), each
+    # row of maps with its own token labels. Several layers: a row per layer, a column per head.
+    placed = [(r, c, layer, head) for r, layer in enumerate(layers) for c, head in enumerate(heads)]
+    wrapped = len(layers) == 1 and len(heads) > 1
+    if wrapped:
+        cols = max(1, min(len(heads), int((_WRAP_IN - left - right + gap_x) // (panel_w + gap_x))))
+        placed = [(i // cols, i % cols, layers[0], head) for i, head in enumerate(heads)]
+        gap_y += room_x
+    nr, nc = max(p[0] for p in placed) + 1, max(p[1] for p in placed) + 1
     width = left + nc * panel_w + (nc - 1) * gap_x + right
     title = _wrap(title, width - left - 0.2)
     top = 0.55 + 0.18 * title.count("\n")  # the title, and the first maps' titles
@@ -355,29 +426,28 @@ def attention_grid(
     # is still visible against one ignoring them, and a weight near 1 stands out as bright
     norm = PowerNorm(0.5, vmin=0.0, vmax=1.0)
     image = None
-    for r, layer in enumerate(layers):
-        for c, head in enumerate(heads):
-            x0 = left + c * (panel_w + gap_x)
-            y0 = grid_top - (r + 1) * panel_h - r * gap_y
-            ax = fig.add_axes((x0 / width, y0 / height, panel_w / width, panel_h / height))
-            image = ax.imshow(
-                np.ma.masked_invalid(weights[layer, head]),
-                cmap=cmap,
-                norm=norm,
-                interpolation="nearest",
-                aspect="auto",
-            )
-            if boundary is not None and 0 < boundary < n_k:
-                ax.axvline(boundary - 0.5, color="0.5", lw=0.8, ls="--")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8, pad=3)
-            if r == nr - 1:  # labels on the outer maps only: the others share them
-                _label_axis(fig, ax, "x", key_tokens, stride_x)
-                ax.text(0.5, -room_x / panel_h, xlabel, transform=ax.transAxes, ha="center", va="top", fontsize=8)
-            if c == 0:
-                _label_axis(fig, ax, "y", query_tokens, stride_y)
-                ax.text(-room_y / panel_w, 0.5, ylabel, transform=ax.transAxes, ha="right", va="center", rotation=90, fontsize=8)
+    for r, c, layer, head in placed:
+        x0 = left + c * (panel_w + gap_x)
+        y0 = grid_top - (r + 1) * panel_h - r * gap_y
+        ax = fig.add_axes((x0 / width, y0 / height, panel_w / width, panel_h / height))
+        image = ax.imshow(
+            np.ma.masked_invalid(weights[layer, head]),
+            cmap=cmap,
+            norm=norm,
+            interpolation="nearest",
+            aspect="auto",
+        )
+        if boundary is not None and 0 < boundary < n_k:
+            ax.axvline(boundary - 0.5, color="0.5", lw=0.8, ls="--")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"layer {layer + 1}, head {head + 1}", fontsize=8, pad=3)
+        if r == nr - 1 or wrapped:  # labels on the outer maps only: the others share them
+            _label_axis(fig, ax, "x", key_tokens, stride_x)
+            ax.text(0.5, -room_x / panel_h, xlabel, transform=ax.transAxes, ha="center", va="top", fontsize=8)
+        if c == 0:
+            _label_axis(fig, ax, "y", query_tokens, stride_y)
+            ax.text(-room_y / panel_w, 0.5, ylabel, transform=ax.transAxes, ha="right", va="center", rotation=90, fontsize=8)
     assert image is not None  # layers and heads are never empty
     bar = fig.add_axes(((width - right + 0.25) / width, (grid_top - bar_h) / height, 0.16 / width, bar_h / height))
     bar.set_label("colorbar")

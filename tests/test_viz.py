@@ -451,7 +451,14 @@ def test_bad_input_is_one_line_through_the_real_command_line(
 def test_the_docs_pictures_exist_are_small_pngs_and_regenerate_from_a_script() -> None:
     page = (ROOT / "docs" / "visualization.md").read_text(encoding="utf-8")
     pictures = sorted(set(re.findall(r"\]\((images/[\w.-]+\.png)\)", page)))
-    assert pictures == ["images/attention-generation.png", "images/attention-prompt.png", "images/loss.png"]
+    assert pictures == [
+        "images/attention-generation.png",
+        "images/attention-layer1.png",
+        "images/attention-layer2.png",
+        "images/attention-layer4.png",
+        "images/loss-bpc.png",
+        "images/loss.png",
+    ]
     script = (ROOT / "docs" / "images" / "regenerate.sh").read_text(encoding="utf-8")
     for picture in pictures:
         path = ROOT / "docs" / picture
