@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bevialm.grading import cli as grading_cli
-from bevialm.grading.batch import BatchError, find_students, safe_extract
+from bevialm.grading.batch_scan import SubmissionRefused, safe_extract
+from bevialm.grading.batch_students import ExportError, find_students
 
 from .test_grading import solution_copy
 
@@ -76,8 +77,12 @@ def test_grade_all_gives_each_student_their_own_row(export: Path, tmp_path: Path
     assert list(rows) == ["alice", "bob", "mallory"]
     alice, bob, mallory = rows["alice"], rows["bob"], rows["mallory"]
     assert alice["score"] == alice["max"] == "22" and alice["linear"] == "2" and alice["flags"] == ""
-    assert bob["score"] == "0" and bob["max"] == "22" and "no BeviaLLM package" in bob["flags"]
-    assert mallory["score"] == "0" and mallory["max"] == "22" and "took longer than 8 s" in mallory["flags"]
+    assert alice["status"] == "graded" and alice["checks"] == "all"
+    # never a plain 0: a submission that could not be graded says why, with no score
+    assert bob["status"] == "could not run" and bob["score"] == bob["linear"] == "" and bob["max"] == "22"
+    assert "no BeviaLLM package in bob:" in bob["flags"] and "/tmp" not in bob["flags"]
+    assert mallory["status"] == "timed out" and mallory["score"] == "" and mallory["max"] == "22"
+    assert "took longer than 8 s" in mallory["flags"]
     results = tmp_path / "grades-results"
     assert json.loads((results / "alice.json").read_text())["score"] == 22
     assert {p.name for p in results.glob("*.json")} == {"alice.json", "bob.json", "mallory.json"}
@@ -122,23 +127,23 @@ def test_hostile_zips_are_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("../outside.py", "x = 1\n")
-    with pytest.raises(BatchError, match="outside its folder"):
+    with pytest.raises(SubmissionRefused, match="outside its folder"):
         safe_extract(evil, tmp_path / "out")
     assert not (tmp_path / "outside.py").exists()
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("big.bin", b"\0" * (65 * 2**20))
-    with pytest.raises(BatchError, match="more than 64 MiB"):
+    with pytest.raises(SubmissionRefused, match="more than 64 MiB"):
         safe_extract(bomb, tmp_path / "out2")
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
-    with pytest.raises(BatchError, match="not a readable zip"):
+    with pytest.raises(SubmissionRefused, match="not a readable zip"):
         safe_extract(tmp_path / "bad.zip", tmp_path / "out3")
 
 
 def test_a_student_as_folder_and_zip_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann.zip").write_bytes(b"")
-    with pytest.raises(BatchError, match="both a folder and a zip"):
+    with pytest.raises(ExportError, match="both a folder and a zip"):
         find_students(tmp_path)
 
 
