@@ -63,7 +63,7 @@ class Scan:
 
 def _listed(what: str, paths: list[str]) -> str:
     more = f" and {len(paths) - LISTED} more" if len(paths) > LISTED else ""
-    return f"{what}: {', '.join(paths[:LISTED])}{more}"
+    return f"{what}: {', '.join(sorted(paths)[:LISTED])}{more}"
 
 
 def scan(entry: Path) -> Scan:
