@@ -112,14 +112,15 @@ class Runner:
         self.processes: set[subprocess.Popen[bytes]] = set()
         self.stopping = threading.Event()
 
-    def start(self, command: Sequence[str], env: dict[str, str]) -> subprocess.Popen[bytes] | None:
-        with self.lock:  # no grader starts once a stop has begun
+    def start(self, command: Sequence[str], env: dict[str, str], stderr: Path) -> subprocess.Popen[bytes] | None:
+        """Start a grader (its standard error into the file ``stderr``: a pipe that a leftover
+        child holds open would keep us waiting after the grader itself has ended)."""
+        with self.lock, stderr.open("wb") as err:  # no grader starts once a stop has begun
             if self.stopping.is_set():
                 return None
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                start_new_session=True, env=env,
-            )  # fmt: skip
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env
+            )
             self.processes.add(process)
             return process
 
@@ -147,11 +148,11 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     uid of their own, outside this process group), then SIGKILL whatever is left of the group."""
     _signal_group(process, signal.SIGTERM)
     try:
-        process.communicate(timeout=STOP_GRACE)
+        process.wait(timeout=STOP_GRACE)
     except subprocess.TimeoutExpired:
         pass
     _signal_group(process, signal.SIGKILL)
-    process.communicate()
+    process.wait()
 
 
 # --- grading one student ---------------------------------------------------------------------
@@ -238,21 +239,21 @@ def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: R
     command += list(options.extra_args)
     # The grader's own temporary folders go in grade-all's working folder: removed with it,
     # even when a grader has to be killed.
-    process = runner.start(command, {**os.environ, "TMPDIR": str(folder.parent / "tmp")})
+    stderr = folder.parent / "stderr.txt"
+    process = runner.start(command, {**os.environ, "TMPDIR": str(folder.parent / "tmp")}, stderr)
     if process is None:
         return None
     try:
-        _, err = process.communicate(timeout=options.time_limit)
+        process.wait(timeout=options.time_limit)
     except subprocess.TimeoutExpired:
         _stop(process)
-        err = b""
         if not runner.stopping.is_set():
             return _cannot_grade(f"grading took longer than {options.time_limit:g} s and was stopped", TIMED_OUT)
     finally:
         runner.finished(process)
     if runner.stopping.is_set():
         return None
-    lines = err.decode("utf-8", errors="replace").strip().splitlines()
+    lines = _tail(stderr).strip().splitlines()
     if process.returncode == EXIT_ENVIRONMENT:
         cause = re.sub(r"^bevialm grade: (error: )?", "", lines[-1]) if lines else "bevialm grade found the grading environment broken"
         raise EnvironmentBroken(cause)
@@ -264,6 +265,13 @@ def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: R
         return _cannot_grade(f"unreadable results ({exc})")
     data[META] = {"status": GRADED, "flags": flags(data)}
     return data
+
+
+def _tail(path: Path, size: int = 2**16) -> str:
+    """The end of a file (a grader's last line says why it failed), never the whole file."""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        return f.read().decode("utf-8", errors="replace")
 
 
 def flags(data: dict[str, Any]) -> list[str]:
