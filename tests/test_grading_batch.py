@@ -161,3 +161,27 @@ def test_flags_name_what_the_instructor_should_look_at() -> None:
         ],
     }
     assert flags(data) == ["uses the reference", "imported bevialm.layers", "b", "c", "... (1 more flags)", "2 checks timed out", "1 check crashed"]
+
+
+def test_visible_only_has_one_total_and_a_link_to_the_solution_earns_nothing(tmp_path: Path) -> None:
+    solution = solution_copy(tmp_path / "instructor" / "solution")
+    subs = tmp_path / "subs"
+    shutil.copytree(solution, subs / "alice" / "pkg")
+    (subs / "eve").mkdir()
+    (subs / "eve" / "pkg").symlink_to(solution)  # the instructor's own solution, by a link
+    rubric = tmp_path / "rubric.toml"
+    rubric.write_text(RUBRIC + '[checks."block.forward"]\nvisibility = "hidden"\n')
+    gradebook = tmp_path / "grades.csv"
+    argv = ["grade-all", str(subs), "--csv", str(gradebook), "--rubric", str(rubric), "--visible-only", "--jobs", "2"]
+    assert grading_cli.main(argv) == 0
+    rows = read_csv(gradebook)
+    alice, eve = rows["alice"], rows["eve"]
+    assert (alice["status"], alice["score"], alice["max"], alice["checks"]) == ("graded", "20", "20", "visible only")
+    assert "block" not in alice  # the hidden check's task is no column
+    data = json.loads((tmp_path / "grades-results" / "alice.json").read_text())
+    assert sum(t["max_score"] for t in data["tests"]) == data["score"] == 20
+    assert "score 20/20 (visible checks only)" in data["output"] and data["output"].startswith("BeviaLLM grading of alice/pkg\n")
+    assert eve["status"] == "could not run" and eve["score"] == "" and eve["max"] == "20"
+    assert eve["flags"].startswith("links not followed: pkg; not graded: no BeviaLLM package in eve:")
+    everything = gradebook.read_text() + "".join(p.read_text() for p in (tmp_path / "grades-results").iterdir())
+    assert "bevialm-grade-all" not in everything and "bevialm-export" not in everything and str(tmp_path) not in everything

@@ -254,11 +254,11 @@ def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: R
     if runner.stopping.is_set():
         return None
     lines = _tail(stderr).strip().splitlines()
+    last = re.sub(r"^bevialm grade: (error: )?", "", lines[-1])[:500] if lines else ""
     if process.returncode == EXIT_ENVIRONMENT:
-        cause = re.sub(r"^bevialm grade: (error: )?", "", lines[-1]) if lines else "bevialm grade found the grading environment broken"
-        raise EnvironmentBroken(cause)
+        raise EnvironmentBroken(last or "bevialm grade found the grading environment broken")
     if process.returncode != 0 or not results.is_file():
-        return _cannot_grade(lines[-1][:500] if lines else f"bevialm grade exited with code {process.returncode}")
+        return _cannot_grade(last or f"bevialm grade exited with code {process.returncode}")
     try:
         data: dict[str, Any] = json.loads(results.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
