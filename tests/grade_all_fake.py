@@ -73,11 +73,8 @@ def command(fake: Path, *args: str) -> list[str]:
     return [sys.executable, "-c", WRAPPER, str(fake), "grade-all", *args]
 
 
-def start(fake: Path, *args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        command(fake, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})}, **kw,  # type: ignore[call-overload]
-    )  # fmt: skip
+def start(fake: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(command(fake, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
 
 
 def run(fake: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
