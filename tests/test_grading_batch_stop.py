@@ -94,7 +94,8 @@ def test_a_broken_grading_environment_stops_the_run_and_writes_no_grade(tmp_path
     gradebook = tmp_path / "g.csv"
     assert run(fake, str(subs), "--csv", str(gradebook), env={"TMPDIR": str(scratch)}).returncode == 0
     before = gradebook.read_bytes()
-    for name in ("b_broken", "c_later"):
+    s0_before = (tmp_path / "g-results" / "s0.json").read_bytes()
+    for name in ("b_broken", "z_later"):
         (subs / name).mkdir()
         (subs / name / "a.py").write_text("x = 2\n")
     (subs / "b_broken" / "EXIT3").write_text("")  # its grader's canary failed
@@ -108,8 +109,9 @@ def test_a_broken_grading_environment_stops_the_run_and_writes_no_grade(tmp_path
         "users can read (grading stopped; the gradebook is unchanged)\n"
     )
     assert gradebook.read_bytes() == before  # rows graded before stay; none from this run
+    assert (tmp_path / "g-results" / "s0.json").read_bytes() == s0_before  # stopped while regraded: the old result stays
     assert not (tmp_path / "g-results" / "b_broken.json").exists()
-    assert not (tmp_path / "g-results" / "c_later.json").exists()
+    assert not (tmp_path / "g-results" / "z_later.json").exists()  # queued after the failure: never graded
     assert processes_mentioning(str(scratch)) == [] and list(scratch.iterdir()) == []
 
 

@@ -256,6 +256,7 @@ def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: R
     lines = _tail(stderr).strip().splitlines()
     last = re.sub(r"^bevialm grade: (error: )?", "", lines[-1])[:500] if lines else ""
     if process.returncode == EXIT_ENVIRONMENT:
+        runner.stopping.set()  # no other grader starts, nor writes a result, from now on
         raise EnvironmentBroken(last or "bevialm grade found the grading environment broken")
     if process.returncode != 0 or not results.is_file():
         return _cannot_grade(last or f"bevialm grade exited with code {process.returncode}")
