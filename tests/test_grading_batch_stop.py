@@ -11,10 +11,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from bevialm.grading import batch
+from bevialm.grading import cli as grading_cli
 
 from .grade_all_fake import fake_grader, processes_mentioning, run, start, wait_for
 from .test_grading import solution_copy
@@ -141,3 +145,28 @@ def test_ctrl_c_stops_real_graders_within_seconds(tmp_path: Path) -> None:
     assert processes_mentioning(str(scratch)) == []
     assert list(scratch.iterdir()) == []
     assert read_rows(gradebook) == [] and list((tmp_path / "g-results").iterdir()) == []
+
+
+def test_ctrl_c_in_process_stops_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same stop inside this process (so that coverage sees the signal path): Ctrl-C
+    while two graders hang, then a second one while they ignore SIGTERM."""
+    subs = make_class(tmp_path, slow=3)
+    log = tmp_path / "log"
+    monkeypatch.setattr(batch, "GRADE_COMMAND", (sys.executable, str(fake_grader(tmp_path))))
+    for key, value in {"FAKE_LOG": str(log), "FAKE_SLEEP_IF": "slow", "FAKE_STUBBORN": "1", "TMPDIR": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+
+    def interrupt() -> None:
+        wait_for(lambda: started(log) == 3)
+        time.sleep(0.5)
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+
+    threading.Thread(target=interrupt, daemon=True).start()
+    began = time.monotonic()
+    assert grading_cli.main(["grade-all", str(subs), "--csv", str(tmp_path / "g.csv"), "--jobs", "2"]) == 130
+    assert time.monotonic() - began < 30
+    assert "stopped: 1 of 4 students are in the gradebook" in capsys.readouterr().err
+    assert [r["student"] for r in read_rows(tmp_path / "g.csv")] == ["a_fast"]
+    assert processes_mentioning(str(tmp_path)) == [] and not list(tmp_path.glob("bevialm-grade-all-*"))
