@@ -215,7 +215,7 @@ def grade_one(student: Student, found: Scan, options: BatchOptions, runner: Runn
         work = Path(name)
         os.chmod(work, 0o711)  # the check users reach the grader's folders below by name only
         folder, tmp = work / "submission", work / "tmp"
-        folder.mkdir()
+        folder.mkdir(mode=0o700)  # another student's checks, knowing the name, still cannot read it
         tmp.mkdir(mode=0o711)
         os.chmod(tmp, 0o711)
         try:
@@ -412,10 +412,12 @@ def _grade_students(students: list[Student], options: BatchOptions, progress: Ca
 
     pool = ThreadPoolExecutor(max_workers=max(1, options.jobs))
     futures: list[Future[Row | None]] = []
+    scanned = False
     with _signals():
         try:
-            for item in _to_grade(students, options, rows):
-                futures.append(pool.submit(run, *item))
+            todo = list(_to_grade(students, options, rows))  # first, so a stop keeps every unchanged row
+            scanned = True
+            futures += [pool.submit(run, *item) for item in todo]
             for future in as_completed(futures):
                 r = future.result()
                 if r is not None:
@@ -424,11 +426,11 @@ def _grade_students(students: list[Student], options: BatchOptions, progress: Ca
                         progress(len(rows), len(students), r)
         except _Signalled as exc:
             _halt(runner, futures, STOP_GRACE if exc.signum == signal.SIGINT else KILL_GRACE)
-            write_csv(options.csv, [rows[s.name] for s in students if s.name in rows], list(options.tasks))
-            raise Stopped(
-                f"stopped: {len(rows)} of {len(students)} students are in the gradebook; run the same command again to grade the rest",
-                128 + exc.signum,
-            ) from None
+            message = "stopped before grading began; the gradebook is unchanged"
+            if scanned:
+                write_csv(options.csv, [rows[s.name] for s in students if s.name in rows], list(options.tasks))
+                message = f"stopped: {len(rows)} of {len(students)} students are in the gradebook; run the same command again to grade the rest"
+            raise Stopped(message, 128 + exc.signum) from None
         except EnvironmentBroken:
             _halt(runner, futures, STOP_GRACE)
             raise
