@@ -6,7 +6,10 @@ from __future__ import annotations
 import csv
 import json
 import re
+import resource
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -186,3 +189,27 @@ def test_visible_only_has_one_total_and_a_link_to_the_solution_earns_nothing(tmp
     assert eve["flags"].startswith("links not followed: pkg; not graded: no BeviaLLM package in eve:")
     everything = gradebook.read_text() + "".join(p.read_text() for p in (tmp_path / "grades-results").iterdir())
     assert "bevialm-grade-all" not in everything and "bevialm-export" not in everything and str(tmp_path) not in everything
+
+
+def test_a_class_under_a_1gb_memory_cap_with_an_8gib_file(tmp_path: Path) -> None:
+    """The real grader in a 1 GB address space (``ulimit -v``, a Slurm job): the 8 GiB file
+    costs its student nothing but a flag, and the checks still run (their own memory limit
+    cannot exceed the one they start under)."""
+    solution = solution_copy(tmp_path / "solution")
+    subs = tmp_path / "subs"
+    for name in ("alice", "bigfile"):
+        shutil.copytree(solution, subs / name / "pkg")
+    with (subs / "bigfile" / "data.bin").open("wb") as f:
+        f.truncate(8 * 2**30)
+    (tmp_path / "rubric.toml").write_text(RUBRIC)
+    gradebook = tmp_path / "g.csv"
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    argv = [sys.executable, "-m", "bevialm.cli", "grade-all", str(subs), "--csv", str(gradebook), "--rubric", str(tmp_path / "rubric.toml")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=cap, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(gradebook)
+    assert [(r["status"], r["score"]) for r in rows.values()] == [("graded", "22"), ("graded", "22")]
+    assert rows["bigfile"]["flags"] == "files over 16 MiB not graded: data.bin (8192 MiB)"
