@@ -50,7 +50,8 @@ tests = [
      "output": f"read {f} in {folder}: {(folder / f).read_bytes()[:40]!r}", "visibility": "visible"}
     for f in files
 ]
-shown = args[args.index("--display-name") + 1] if "--display-name" in args else str(folder)
+named = [a.split("=", 1)[1] for a in args if a.startswith("--display-name=")]
+shown = named[0] if named else str(folder)
 report = {"score": len(files), "output": f"BeviaLLM grading of {shown}\nscore {len(files)}/{len(files)}", "tests": tests}
 results.write_text(json.dumps(report))
 '''

@@ -234,7 +234,7 @@ def grade_one(student: Student, found: Scan, options: BatchOptions, runner: Runn
 def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: Runner) -> dict[str, Any] | None:
     results = folder.parent / "results.json"
     command = [*GRADE_COMMAND, str(folder), "--results", str(results), "--jobs", "1"]
-    command += ["--display-name", student.display] if options.display_name else []
+    command += [f"--display-name={student.display}"] if options.display_name else []  # "=": a name may start with "-"
     command += ["--rubric", str(options.rubric)] if options.rubric is not None else []
     command += list(options.extra_args)
     # The grader's own temporary folders go in grade-all's working folder: removed with it,
