@@ -51,7 +51,7 @@ tests = [
     for f in files
 ]
 named = [a.split("=", 1)[1] for a in args if a.startswith("--display-name=")]
-shown = named[0] if named else str(folder)
+shown = f"{named[0]} (by --display-name)" if named else str(folder)
 report = {"score": len(files), "output": f"BeviaLLM grading of {shown}\nscore {len(files)}/{len(files)}", "tests": tests}
 results.write_text(json.dumps(report))
 '''

@@ -13,11 +13,14 @@ import os
 import resource
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from bevialm.grading import batch
+from bevialm.grading import cli as grading_cli
 from bevialm.grading.batch_csv import FORMULA_STARTS, Row, write_csv
 
 from .grade_all_fake import command, fake_grader, run
@@ -190,7 +193,7 @@ def test_students_are_named_from_gradescope_metadata(form: str, tmp_path: Path) 
     assert rows["submission_102"]["email"] == "pat@example.edu; zoe@example.edu"
     assert rows["submission_103"]["name"] == ""  # not in the metadata: the folder name only
     student = json.loads((tmp_path / "g-results" / "submission_101.json").read_text())
-    assert student["output"].startswith("BeviaLLM grading of Ada Lovelace\n")
+    assert student["output"].startswith("BeviaLLM grading of Ada Lovelace")  # its name, never a temp folder
     assert "read a.py in Ada Lovelace:" in student["tests"][0]["output"]
     text = gradebook.read_text() + "".join(p.read_text() for p in (tmp_path / "g-results").iterdir())
     assert "/tmp" not in text and "bevialm-grade-all" not in text and str(tmp_path) not in text
@@ -213,3 +216,18 @@ def test_timed_out_and_crashed_gradings_are_never_a_plain_zero(tmp_path: Path) -
     assert rows["hang"]["flags"] == "not graded: grading took longer than 2 s and was stopped"
     assert json.loads((tmp_path / "g-results" / "hang.json").read_text())["bevialm_grade_all"]["status"] == "timed out"
     assert "hang: timed out" in done.stderr and "crash: could not run" in done.stderr
+
+
+def test_the_grader_is_given_the_students_name_once_it_takes_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bevialm grade --display-name`` (when this grader has it) gets the student's name,
+    even one that starts with "-"."""
+    subs = tmp_path / "subs"
+    (subs / "-1").mkdir(parents=True)
+    (subs / "-1" / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(batch, "GRADE_COMMAND", (sys.executable, str(fake_grader(tmp_path))))
+    monkeypatch.setattr(grading_cli, "_grade_takes", lambda option: option == "--display-name")
+    assert grading_cli.main(["grade-all", str(subs), "--csv", str(tmp_path / "g.csv")]) == 0
+    data = json.loads((tmp_path / "g-results" / "-1.json").read_text())
+    assert data["output"].startswith("BeviaLLM grading of -1 (by --display-name)\n")
