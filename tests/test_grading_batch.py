@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import resource
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from bevialm.grading import cli as grading_cli
-from bevialm.grading.batch import BatchError, find_students, safe_extract
+from bevialm.grading.batch_scan import SubmissionRefused, safe_extract
+from bevialm.grading.batch_students import ExportError, find_students
 
 from .test_grading import solution_copy
 
@@ -76,8 +81,12 @@ def test_grade_all_gives_each_student_their_own_row(export: Path, tmp_path: Path
     assert list(rows) == ["alice", "bob", "mallory"]
     alice, bob, mallory = rows["alice"], rows["bob"], rows["mallory"]
     assert alice["score"] == alice["max"] == "22" and alice["linear"] == "2" and alice["flags"] == ""
-    assert bob["score"] == "0" and bob["max"] == "22" and "no BeviaLLM package" in bob["flags"]
-    assert mallory["score"] == "0" and mallory["max"] == "22" and "took longer than 8 s" in mallory["flags"]
+    assert alice["status"] == "graded" and alice["checks"] == "all"
+    # never a plain 0: a submission that could not be graded says why, with no score
+    assert bob["status"] == "could not run" and bob["score"] == bob["linear"] == "" and bob["max"] == "22"
+    assert "no BeviaLLM package in bob:" in bob["flags"] and "/tmp" not in bob["flags"]
+    assert mallory["status"] == "timed out" and mallory["score"] == "" and mallory["max"] == "22"
+    assert "took longer than 8 s" in mallory["flags"]
     results = tmp_path / "grades-results"
     assert json.loads((results / "alice.json").read_text())["score"] == 22
     assert {p.name for p in results.glob("*.json")} == {"alice.json", "bob.json", "mallory.json"}
@@ -122,23 +131,23 @@ def test_hostile_zips_are_refused(tmp_path: Path) -> None:
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:
         z.writestr("../outside.py", "x = 1\n")
-    with pytest.raises(BatchError, match="outside its folder"):
+    with pytest.raises(SubmissionRefused, match="outside its folder"):
         safe_extract(evil, tmp_path / "out")
     assert not (tmp_path / "outside.py").exists()
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("big.bin", b"\0" * (65 * 2**20))
-    with pytest.raises(BatchError, match="more than 64 MiB"):
+    with pytest.raises(SubmissionRefused, match="more than 64 MiB"):
         safe_extract(bomb, tmp_path / "out2")
     (tmp_path / "bad.zip").write_bytes(b"not a zip")
-    with pytest.raises(BatchError, match="not a readable zip"):
+    with pytest.raises(SubmissionRefused, match="not a readable zip"):
         safe_extract(tmp_path / "bad.zip", tmp_path / "out3")
 
 
 def test_a_student_as_folder_and_zip_is_refused(tmp_path: Path) -> None:
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann.zip").write_bytes(b"")
-    with pytest.raises(BatchError, match="both a folder and a zip"):
+    with pytest.raises(ExportError, match="both a folder and a zip"):
         find_students(tmp_path)
 
 
@@ -156,3 +165,51 @@ def test_flags_name_what_the_instructor_should_look_at() -> None:
         ],
     }
     assert flags(data) == ["uses the reference", "imported bevialm.layers", "b", "c", "... (1 more flags)", "2 checks timed out", "1 check crashed"]
+
+
+def test_visible_only_has_one_total_and_a_link_to_the_solution_earns_nothing(tmp_path: Path) -> None:
+    solution = solution_copy(tmp_path / "instructor" / "solution")
+    subs = tmp_path / "subs"
+    shutil.copytree(solution, subs / "alice" / "pkg")
+    (subs / "eve").mkdir()
+    (subs / "eve" / "pkg").symlink_to(solution)  # the instructor's own solution, by a link
+    rubric = tmp_path / "rubric.toml"
+    rubric.write_text(RUBRIC + '[checks."block.forward"]\nvisibility = "hidden"\n')
+    gradebook = tmp_path / "grades.csv"
+    argv = ["grade-all", str(subs), "--csv", str(gradebook), "--rubric", str(rubric), "--visible-only", "--jobs", "2"]
+    assert grading_cli.main(argv) == 0
+    rows = read_csv(gradebook)
+    alice, eve = rows["alice"], rows["eve"]
+    assert (alice["status"], alice["score"], alice["max"], alice["checks"]) == ("graded", "20", "20", "visible only")
+    assert "block" not in alice  # the hidden check's task is no column
+    data = json.loads((tmp_path / "grades-results" / "alice.json").read_text())
+    assert sum(t["max_score"] for t in data["tests"]) == data["score"] == 20
+    assert "score 20/20 (visible checks only)" in data["output"] and re.match(r"BeviaLLM grading of alice(/pkg)?\n", data["output"])
+    assert eve["status"] == "could not run" and eve["score"] == "" and eve["max"] == "20"
+    assert eve["flags"].startswith("links not followed: pkg; not graded: no BeviaLLM package in eve:")
+    everything = gradebook.read_text() + "".join(p.read_text() for p in (tmp_path / "grades-results").iterdir())
+    assert "bevialm-grade-all" not in everything and "bevialm-export" not in everything and str(tmp_path) not in everything
+
+
+def test_a_class_under_a_1gb_memory_cap_with_an_8gib_file(tmp_path: Path) -> None:
+    """The real grader in a 1 GB address space (``ulimit -v``, a Slurm job): the 8 GiB file
+    costs its student nothing but a flag, and the checks still run (their own memory limit
+    cannot exceed the one they start under)."""
+    solution = solution_copy(tmp_path / "solution")
+    subs = tmp_path / "subs"
+    for name in ("alice", "bigfile"):
+        shutil.copytree(solution, subs / name / "pkg")
+    with (subs / "bigfile" / "data.bin").open("wb") as f:
+        f.truncate(8 * 2**30)
+    (tmp_path / "rubric.toml").write_text(RUBRIC)
+    gradebook = tmp_path / "g.csv"
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2**30, 2**30))
+
+    argv = [sys.executable, "-m", "bevialm.cli", "grade-all", str(subs), "--csv", str(gradebook), "--rubric", str(tmp_path / "rubric.toml")]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, preexec_fn=cap, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = read_csv(gradebook)
+    assert [(r["status"], r["score"]) for r in rows.values()] == [("graded", "22"), ("graded", "22")]
+    assert rows["bigfile"]["flags"] == "files over 16 MiB not graded: data.bin (8192 MiB)"

@@ -49,7 +49,8 @@ def test_instructor_guide_commands_work(tmp_path: Path) -> None:
     assert "score 0/" in outputs[5] and (tmp_path / "results.json").is_file()
     assert (tmp_path / "autograder.zip").is_file()
     gradebook = (tmp_path / "grades.csv").read_text().splitlines()
-    assert gradebook[1].startswith("ann,0,") and gradebook[2].startswith("ben,") and "graded 2 students" in outputs[7]
+    assert gradebook[0].startswith("student,name,email,status,score,max,checks,") and "graded 2 students" in outputs[7]
+    assert gradebook[1].startswith("ann,,,graded,0,") and gradebook[2].startswith("ben,,,graded,")
 
 
 def test_student_guide_commands_work(tmp_path: Path) -> None:

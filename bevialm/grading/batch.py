@@ -2,52 +2,74 @@
 
 ``SUBMISSIONS`` is a folder (or a zip of one) holding one entry per student, a
 folder or a zip, as Gradescope's "Export Submissions" (``submission_123/``
-folders) and learning-management systems (one zip per student) give them. The
-entry's name is the student's name in the gradebook.
+folders, named by its ``submission_metadata``: :mod:`bevialm.grading.batch_students`)
+and learning-management systems (one zip per student) give them.
 
 Each student is graded by its own ``bevialm grade`` process with a wall-time
-limit, so a broken or hostile submission (a hang, a crash, a fork bomb, a
-flood) costs its own row and nothing else, and every protection of
-``bevialm grade`` applies unchanged. Students run in parallel over the cores.
+limit, on a private copy of the plain files the scan accepted
+(:mod:`bevialm.grading.batch_scan`: links are not followed, FIFOs and devices
+are not opened, nothing is read whole), so a broken or hostile submission (a
+hang, a crash, a fork bomb, a flood, a link to the solution, an 8 GB file)
+costs its own row and nothing else, and every protection of ``bevialm grade``
+applies unchanged. Students run in parallel over the cores.
+
+Stopping: Ctrl-C or SIGTERM stops the queue at once and asks every running
+``bevialm grade`` to end its checks (SIGTERM); a second Ctrl-C, or a grader
+still running after the grace time, is killed with its whole process group.
+Each grader's temporary folders live in grade-all's own working folder, which
+is removed on the way out. Students graded before the stop keep their results;
+the next run grades the rest.
+
+A broken grading environment (``bevialm grade`` exits with
+:data:`EXIT_ENVIRONMENT`: its canary, the reference's own solution, did not get
+full marks) stops the whole run at once: its one line is printed, and no row
+is written for the student it happened to, nor the gradebook rewritten.
 
 Written: one ``results.json``-style file per student in the results folder
 (with the fingerprint of what was graded, so a later run skips students whose
 submission and rubric have not changed; ``--regrade`` grades everyone again),
-and the CSV gradebook, rebuilt from those files on every run: student, score,
-max, one column per graded task, flags.
+and the CSV gradebook (:mod:`bevialm.grading.batch_csv`), rebuilt from those
+files on every run.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import tempfile
-import zipfile
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-import bevialm
-
-MAX_ZIP_BYTES = 64 * 2**20
-"""Largest total uncompressed size of a student's zip (a zip bomb is refused, not extracted)."""
-
-MAX_ZIP_MEMBERS = 5000
+from bevialm.grading.batch_csv import GRADED, NOT_RUN, TIMED_OUT, Row, check_writable, write_csv
+from bevialm.grading.batch_scan import Scan, SubmissionRefused, fingerprint, safe_extract, scan, stage
+from bevialm.grading.batch_students import ExportError, Student, find_students
 
 DEFAULT_STUDENT_TIME = 900.0
 """Wall time for one student's whole grading (every check has its own, shorter limit inside)."""
 
-IGNORED = frozenset({"__MACOSX", ".DS_Store"})
+GRADE_COMMAND: tuple[str, ...] = (sys.executable, "-m", "bevialm.cli", "grade")
+"""How one student is graded (the tests put a fake grader here)."""
+
+EXIT_ENVIRONMENT = 3
+"""``bevialm grade``'s exit code when the grading environment itself is broken."""
+
+STOP_GRACE = 10.0
+"""Seconds a stopped ``bevialm grade`` gets to end its checks (and their processes) itself."""
+
+KILL_GRACE = 2.0
+"""The same after a second Ctrl-C or a SIGTERM: then its process group is killed."""
 
 META = "bevialm_grade_all"
-"""Key of the grade-all metadata (fingerprint, flags) in each student's results file."""
+"""Key of the grade-all metadata (fingerprint, status, flags) in each student's results file."""
 
 SANDBOX_WORDS = {
     "timed out": "timed out",
@@ -62,106 +84,56 @@ class BatchError(Exception):
     """The batch cannot run (bad options or inputs); the message is one line."""
 
 
-@dataclass(frozen=True)
-class Student:
-    name: str
-    entry: Path
-    """The student's folder or zip inside SUBMISSIONS."""
+class EnvironmentBroken(Exception):
+    """``bevialm grade`` found the grading environment broken; the message is its one line."""
 
 
-@dataclass(frozen=True)
-class Row:
-    student: str
-    score: float
-    max_score: float
-    per_task: dict[str, float]
-    flags: list[str]
-    graded_now: bool = True
+class Stopped(Exception):
+    """The run was stopped by a signal; ``code`` is the exit code (128 + the signal)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
 
 
-# --- finding the students ------------------------------------------------------------------
+class _Signalled(BaseException):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
 
 
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".") and path.name not in IGNORED
+# --- the running graders ---------------------------------------------------------------------
 
 
-def find_students(folder: Path) -> list[Student]:
-    """One student per folder or ``.zip`` in ``folder`` (other files, such as Gradescope's
-    ``submission_metadata.yml``, are not students)."""
-    students = []
-    for entry in sorted(folder.iterdir()):
-        if not _visible(entry):
-            continue
-        if entry.is_dir():
-            students.append(Student(entry.name, entry))
-        elif entry.is_file() and entry.suffix.lower() == ".zip":
-            students.append(Student(entry.stem, entry))
-    names = [s.name for s in students]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise BatchError(f"{folder}: {twice[0]!r} is both a folder and a zip; keep one of them")
-    return students
+class Runner:
+    """Every running ``bevialm grade`` process, so that a stop reaches all of them."""
 
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.processes: set[subprocess.Popen[bytes]] = set()
+        self.stopping = threading.Event()
 
-def safe_extract(archive: Path, dest: Path) -> None:
-    """Extract ``archive`` into ``dest``, refusing absolute paths, ``..``, and more than
-    :data:`MAX_ZIP_BYTES` or :data:`MAX_ZIP_MEMBERS` (raises :class:`BatchError`)."""
-    try:
-        with zipfile.ZipFile(archive) as z:
-            members = z.infolist()
-            if len(members) > MAX_ZIP_MEMBERS:
-                raise BatchError(f"{archive.name} holds {len(members)} files (at most {MAX_ZIP_MEMBERS})")
-            if sum(m.file_size for m in members) > MAX_ZIP_BYTES:
-                raise BatchError(f"{archive.name} unpacks to more than {MAX_ZIP_BYTES // 2**20} MiB")
-            for m in members:
-                path = PurePosixPath(m.filename.replace("\\", "/"))
-                if path.is_absolute() or ".." in path.parts:
-                    raise BatchError(f"{archive.name} has a file outside its folder: {m.filename!r}")
-            written = 0
-            for m in members:
-                target = dest.joinpath(*PurePosixPath(m.filename.replace("\\", "/")).parts)
-                if m.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with z.open(m) as src, target.open("wb") as out:  # sizes in the header may lie
-                    while chunk := src.read(2**20):
-                        written += len(chunk)
-                        if written > MAX_ZIP_BYTES:
-                            raise BatchError(f"{archive.name} unpacks to more than {MAX_ZIP_BYTES // 2**20} MiB")
-                        out.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError) as exc:
-        raise BatchError(f"{archive.name} is not a readable zip ({exc})") from None
+    def start(self, command: Sequence[str], env: dict[str, str], stderr: Path) -> subprocess.Popen[bytes] | None:
+        """Start a grader (its standard error into the file ``stderr``: a pipe that a leftover
+        child holds open would keep us waiting after the grader itself has ended)."""
+        with self.lock, stderr.open("wb") as err:  # no grader starts once a stop has begun
+            if self.stopping.is_set():
+                return None
+            process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True, env=env
+            )
+            self.processes.add(process)
+            return process
 
+    def finished(self, process: subprocess.Popen[bytes]) -> None:
+        _signal_group(process, signal.SIGKILL)  # nothing of this student's outlives its grading
+        with self.lock:
+            self.processes.discard(process)
 
-def _single_folder(folder: Path) -> Path:
-    """The one visible folder inside ``folder`` when that is all it holds (a zipped export)."""
-    entries = [e for e in folder.iterdir() if _visible(e)]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
-
-
-# --- fingerprints: what was graded --------------------------------------------------------------
-
-
-def fingerprint(entry: Path, rubric_text: str) -> str:
-    """A hash of the student's files (or zip), the rubric and the grader's version."""
-    digest = hashlib.sha256(f"{bevialm.__version__}\0{rubric_text}\0".encode())
-    files = [entry] if entry.is_file() else sorted(p for p in entry.rglob("*") if p.is_file())
-    for path in files:
-        digest.update(path.relative_to(entry).as_posix().encode() + b"\0" if path != entry else b"\0")
-        try:
-            digest.update(path.read_bytes())
-        except OSError:
-            digest.update(b"unreadable")
-    return digest.hexdigest()
-
-
-# --- grading one student ---------------------------------------------------------------------
-
-
-STOP_GRACE = 10.0
-"""Seconds a stopped ``bevialm grade`` gets to end its checks (and their processes) itself."""
+    def signal_all(self, sig: int) -> None:
+        with self.lock:
+            self.stopping.set()
+            for process in self.processes:
+                _signal_group(process, sig)
 
 
 def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -176,54 +148,131 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     uid of their own, outside this process group), then SIGKILL whatever is left of the group."""
     _signal_group(process, signal.SIGTERM)
     try:
-        process.communicate(timeout=STOP_GRACE)
+        process.wait(timeout=STOP_GRACE)
     except subprocess.TimeoutExpired:
         pass
     _signal_group(process, signal.SIGKILL)
-    process.communicate()
+    process.wait()
 
 
-def _cannot_grade(message: str) -> dict[str, Any]:
-    return {"score": 0, "output": message, "tests": [], META: {"flags": [f"not graded: {message}"]}}
+# --- grading one student ---------------------------------------------------------------------
 
 
-def grade_one(
-    student: Student, rubric: Path | None, time_limit: float, extra_args: Sequence[str] = ()
-) -> dict[str, Any]:
-    """Grade ``student`` in its own ``bevialm grade`` process; always returns a results dict."""
-    with tempfile.TemporaryDirectory(prefix="bevialm-grade-all-") as work:
-        folder = student.entry
-        if student.entry.is_file():
-            folder = Path(work) / "submission"
-            folder.mkdir()
-            try:
-                safe_extract(student.entry, folder)
-            except BatchError as exc:
-                return _cannot_grade(str(exc))
-        results = Path(work) / "results.json"
-        command = [sys.executable, "-m", "bevialm.cli", "grade", str(folder), "--results", str(results), "--jobs", "1"]
-        if rubric is not None:
-            command += ["--rubric", str(rubric)]
-        command += list(extra_args)
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
+def _cannot_grade(message: str, status: str = NOT_RUN, found: Sequence[str] = ()) -> dict[str, Any]:
+    return {"score": 0, "output": message, "tests": [], META: {"status": status, "flags": [*found, f"not graded: {message}"]}}
+
+
+def _scrubbed(value: Any, replacements: list[tuple[re.Pattern[str], str]]) -> Any:
+    """``value`` (a results dict) with the grader's working paths replaced: students see
+    their own name and package paths, never a temporary folder."""
+    if isinstance(value, str):
+        for pattern, text in replacements:
+            value = pattern.sub(text, value)
+        return value
+    if isinstance(value, list):
+        return [_scrubbed(v, replacements) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrubbed(v, replacements) for k, v in value.items()}
+    return value
+
+
+def _paths(work: Path, display: str) -> list[tuple[re.Pattern[str], str]]:
+    roots = sorted({str(work), os.path.realpath(work)}, key=len, reverse=True)
+    found = []
+    for root in roots:
+        found += [
+            (re.compile(re.escape(root) + r"/submission\b"), display.replace("\\", r"\\")),
+            (re.compile(re.escape(root) + r"(?:/tmp/[^/\s'\"]+)?/?"), ""),
+        ]
+    return found
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    csv: Path
+    results_dir: Path
+    rubric: Path | None = None
+    salt: str = ""
+    """What besides the files decides a grade (the rubric's text, the options): in the fingerprint."""
+    tasks: tuple[str, ...] = ()
+    """Gradebook columns (the graded tasks, in the registry's order)."""
+    max_score: float = 0.0
+    checks: str = "all"
+    jobs: int = 1
+    regrade: bool = False
+    time_limit: float = DEFAULT_STUDENT_TIME
+    extra_args: tuple[str, ...] = ()
+    display_name: bool = False
+    """Whether ``bevialm grade`` takes ``--display-name`` (the name its report shows)."""
+
+
+def grade_one(student: Student, found: Scan, options: BatchOptions, runner: Runner) -> dict[str, Any] | None:
+    """Grade ``student`` in its own ``bevialm grade`` process: its results dict, or None when
+    the run was stopped meanwhile; raises :class:`EnvironmentBroken`."""
+    if found.problem is not None:
+        return _cannot_grade(found.problem, found=found.flags)
+    with tempfile.TemporaryDirectory(prefix="bevialm-grade-all-") as name:
+        work = Path(name)
+        os.chmod(work, 0o711)  # the check users reach the grader's folders below by name only
+        folder, tmp = work / "submission", work / "tmp"
+        folder.mkdir(mode=0o700)  # another student's checks, knowing the name, still cannot read it
+        tmp.mkdir(mode=0o711)
+        os.chmod(tmp, 0o711)
         try:
-            _, err = process.communicate(timeout=time_limit)
-        except subprocess.TimeoutExpired:
-            _stop(process)
-            return _cannot_grade(f"grading took longer than {time_limit:g} s and was stopped")
-        finally:
-            _signal_group(process, signal.SIGKILL)  # nothing of this student's outlives its grading
-        message = err.decode("utf-8", errors="replace").strip().splitlines()
-        if process.returncode != 0 or not results.is_file():
-            return _cannot_grade(message[-1][:500] if message else f"bevialm grade exited with code {process.returncode}")
-        try:
-            data: dict[str, Any] = json.loads(results.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            return _cannot_grade(f"unreadable results ({exc})")
-        data[META] = {"flags": flags(data)}
-        return data
+            stage(student.entry, found, folder)
+        except SubmissionRefused as exc:
+            return _cannot_grade(str(exc), found=found.flags)
+        data = _run_grader(student, folder, options, runner)
+        if data is None:
+            return None
+        data = dict(_scrubbed(data, _paths(work, student.display)))
+    meta = data.setdefault(META, {})
+    meta["flags"] = [*found.flags, *meta.get("flags", [])]
+    return data
+
+
+def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: Runner) -> dict[str, Any] | None:
+    results = folder.parent / "results.json"
+    command = [*GRADE_COMMAND, str(folder), "--results", str(results), "--jobs", "1"]
+    command += [f"--display-name={student.display}"] if options.display_name else []  # "=": a name may start with "-"
+    command += ["--rubric", str(options.rubric)] if options.rubric is not None else []
+    command += list(options.extra_args)
+    # The grader's own temporary folders go in grade-all's working folder: removed with it,
+    # even when a grader has to be killed.
+    stderr = folder.parent / "stderr.txt"
+    process = runner.start(command, {**os.environ, "TMPDIR": str(folder.parent / "tmp")}, stderr)
+    if process is None:
+        return None
+    try:
+        process.wait(timeout=options.time_limit)
+    except subprocess.TimeoutExpired:
+        _stop(process)
+        if not runner.stopping.is_set():
+            return _cannot_grade(f"grading took longer than {options.time_limit:g} s and was stopped", TIMED_OUT)
+    finally:
+        runner.finished(process)
+    if runner.stopping.is_set():
+        return None
+    lines = _tail(stderr).strip().splitlines()
+    last = re.sub(r"^bevialm grade: (error: )?", "", lines[-1])[:500] if lines else ""
+    if process.returncode == EXIT_ENVIRONMENT:
+        runner.stopping.set()  # no other grader starts, nor writes a result, from now on
+        raise EnvironmentBroken(last or "bevialm grade found the grading environment broken")
+    if process.returncode != 0 or not results.is_file():
+        return _cannot_grade(last or f"bevialm grade exited with code {process.returncode}")
+    try:
+        data: dict[str, Any] = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return _cannot_grade(f"unreadable results ({exc})")
+    data[META] = {"status": GRADED, "flags": flags(data)}
+    return data
+
+
+def _tail(path: Path, size: int = 2**16) -> str:
+    """The end of a file (a grader's last line says why it failed), never the whole file."""
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        return f.read().decode("utf-8", errors="replace")
 
 
 def flags(data: dict[str, Any]) -> list[str]:
@@ -244,38 +293,35 @@ def flags(data: dict[str, Any]) -> list[str]:
     return found
 
 
-# --- the gradebook --------------------------------------------------------------------------
+# --- the gradebook ---------------------------------------------------------------------------
 
 
-def row(student: str, data: dict[str, Any], max_score: float, graded_now: bool) -> Row:
+def row(student: Student, data: dict[str, Any], options: BatchOptions, graded_now: bool) -> Row:
     per_task: dict[str, float] = {}
-    for test in data.get("tests", []):
+    tests = data.get("tests", [])
+    for test in tests:
         tags = test.get("tags") or ["?"]
         per_task[str(tags[0])] = per_task.get(str(tags[0]), 0.0) + float(test.get("score", 0.0))
     meta = data.get(META, {})
-    found = list(meta.get("flags", [])) if isinstance(meta, dict) else []
-    return Row(student, float(data.get("score", 0.0)), max_score, per_task, found, graded_now)
-
-
-def write_csv(path: Path, rows: list[Row], tasks: list[str]) -> None:
-    """The gradebook, written to a temporary file and moved into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".grades-", suffix=".csv", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(["student", "score", "max", *tasks, "flags"])
-        for r in rows:
-            cells = [f"{r.per_task.get(t, 0.0):g}" for t in tasks]
-            out.writerow([r.student, f"{r.score:g}", f"{r.max_score:g}", *cells, "; ".join(r.flags)])
-    os.replace(tmp, path)
+    meta = meta if isinstance(meta, dict) else {}
+    status = str(meta.get("status", NOT_RUN))
+    max_score = sum(float(t.get("max_score", 0.0)) for t in tests) if status == GRADED else options.max_score
+    return Row(
+        student.name, status, float(data.get("score", 0.0)), max_score, per_task, list(meta.get("flags", [])),
+        graded_now, student.display if student.display != student.name else "", student.email, options.checks,
+    )  # fmt: skip
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".student-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, allow_nan=False, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _done(path: Path, print_: str) -> dict[str, Any] | None:
@@ -288,73 +334,124 @@ def _done(path: Path, print_: str) -> dict[str, Any] | None:
     return data if isinstance(meta, dict) and meta.get("fingerprint") == print_ else None
 
 
-@dataclass(frozen=True)
-class BatchOptions:
-    csv: Path
-    results_dir: Path
-    rubric: Path | None = None
-    rubric_text: str = ""
-    tasks: tuple[str, ...] = ()
-    """Gradebook columns (the graded tasks, in the registry's order)."""
-    max_score: float = 0.0
-    jobs: int = 1
-    regrade: bool = False
-    time_limit: float = DEFAULT_STUDENT_TIME
-    extra_args: tuple[str, ...] = ()
-
-
-def grade_all(
-    submissions: Path, options: BatchOptions, progress: Callable[[int, int, Row], None] | None = None
-) -> list[Row]:
-    """Grade every student in ``submissions`` (see the module docstring); returns the rows."""
+def grade_all(submissions: Path, options: BatchOptions, progress: Callable[[int, int, Row], None] | None = None) -> list[Row]:
+    """Grade every student in ``submissions`` (see the module docstring); returns the rows.
+    Raises :class:`Stopped` on a signal and :class:`EnvironmentBroken` as described there."""
     if not submissions.exists():
         raise BatchError(f"{submissions} does not exist")
+    check_writable(options.csv)  # found now, not after an hour of grading
+    options.results_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bevialm-export-") as unpacked:
+        folder = submissions
         if submissions.is_file():
             if submissions.suffix.lower() != ".zip":
                 raise BatchError(f"{submissions} is neither a folder nor a .zip")
-            safe_extract(submissions, Path(unpacked))
-            folder = _single_folder(Path(unpacked))
-        else:
-            folder = submissions
-        students = find_students(folder)
+            try:
+                safe_extract(submissions, Path(unpacked))
+            except SubmissionRefused as exc:
+                raise BatchError(str(exc)) from None
+            entries = [e for e in Path(unpacked).iterdir() if not e.name.startswith((".", "__MACOSX"))]
+            folder = entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(unpacked)
+        try:
+            students = find_students(folder)
+        except ExportError as exc:
+            raise BatchError(str(exc)) from None
         if not students:
             raise BatchError(f"no submissions in {submissions}: expected one folder or .zip per student")
-        options.results_dir.mkdir(parents=True, exist_ok=True)
         return _grade_students(students, options, progress)
 
 
-def _grade_students(
-    students: list[Student], options: BatchOptions, progress: Callable[[int, int, Row], None] | None
-) -> list[Row]:
+@contextmanager
+def _signals() -> Iterator[None]:
+    """SIGINT and SIGTERM raise :class:`_Signalled` in the main thread while grading."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Signalled(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _halt(runner: Runner, futures: Sequence[Future[Row | None]], grace: float) -> None:
+    """Stop the queue and every running grader: SIGTERM, ``grace`` seconds (less after one
+    more signal), then SIGKILL; returns when every worker has finished."""
+    for f in futures:
+        f.cancel()
+    runner.signal_all(signal.SIGTERM)
+    try:
+        wait(futures, timeout=grace)
+    except _Signalled:
+        pass  # a second Ctrl-C: no more waiting
+    runner.signal_all(signal.SIGKILL)
+    while True:
+        try:
+            wait(futures)
+            return
+        except _Signalled:
+            runner.signal_all(signal.SIGKILL)
+
+
+def _grade_students(students: list[Student], options: BatchOptions, progress: Callable[[int, int, Row], None] | None) -> list[Row]:
     rows: dict[str, Row] = {}
-    todo: list[tuple[Student, str]] = []
-    for s in students:
-        print_ = fingerprint(s.entry, options.rubric_text)
-        stored = None if options.regrade else _done(options.results_dir / f"{s.name}.json", print_)
-        if stored is None:
-            todo.append((s, print_))
-        else:
-            rows[s.name] = row(s.name, stored, options.max_score, graded_now=False)
-    finished = len(rows)
+    runner = Runner()
 
-    def run(item: tuple[Student, str]) -> Row:
-        student, print_ = item
-        data = grade_one(student, options.rubric, options.time_limit, options.extra_args)
-        data.setdefault(META, {})["fingerprint"] = print_
+    def run(student: Student, found: Scan, print_: str) -> Row | None:
+        data = grade_one(student, found, options, runner)
+        if data is None or runner.stopping.is_set():
+            return None
+        data[META]["fingerprint"] = print_
         _write_json(options.results_dir / f"{student.name}.json", data)
-        return row(student.name, data, options.max_score, graded_now=True)
+        return row(student, data, options, graded_now=True)
 
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        for future in as_completed([pool.submit(run, item) for item in todo]):
-            r = future.result()
-            rows[r.student] = r
-            finished += 1
-            if progress is not None:
-                progress(finished, len(students), r)
+    pool = ThreadPoolExecutor(max_workers=max(1, options.jobs))
+    futures: list[Future[Row | None]] = []
+    scanned = False
+    with _signals():
+        try:
+            todo = list(_to_grade(students, options, rows))  # first, so a stop keeps every unchanged row
+            scanned = True
+            futures += [pool.submit(run, *item) for item in todo]
+            for future in as_completed(futures):
+                r = future.result()
+                if r is not None:
+                    rows[r.student] = r
+                    if progress is not None:
+                        progress(len(rows), len(students), r)
+        except _Signalled as exc:
+            _halt(runner, futures, STOP_GRACE if exc.signum == signal.SIGINT else KILL_GRACE)
+            message = "stopped before grading began; the gradebook is unchanged"
+            if scanned:
+                write_csv(options.csv, [rows[s.name] for s in students if s.name in rows], list(options.tasks))
+                message = f"stopped: {len(rows)} of {len(students)} students are in the gradebook; run the same command again to grade the rest"
+            raise Stopped(message, 128 + exc.signum) from None
+        except EnvironmentBroken:
+            _halt(runner, futures, STOP_GRACE)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     ordered = [rows[s.name] for s in students]
     write_csv(options.csv, ordered, list(options.tasks))
     return ordered
+
+
+def _to_grade(students: list[Student], options: BatchOptions, rows: dict[str, Row]) -> Iterator[tuple[Student, Scan, str]]:
+    """The students to grade now, with their scans and fingerprints; the others (graded before,
+    unchanged since) go straight into ``rows``."""
+    for s in students:
+        found = scan(s.entry)
+        print_ = fingerprint(s.entry, found, options.salt)
+        stored = None if options.regrade else _done(options.results_dir / f"{s.name}.json", print_)
+        if stored is None:
+            yield s, found, print_
+        else:
+            rows[s.name] = row(s, stored, options, graded_now=False)
 
 
 def default_jobs() -> int:

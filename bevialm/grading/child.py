@@ -408,6 +408,9 @@ def confine(settings: dict[str, Any], start: dict[str, Any]) -> Blocker:  # prag
     with open("/proc/self/statm") as f:
         base = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     cap = base + limits["memory"]
+    hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)  # a limit the grader was started under cannot be raised (a Slurm job, a ulimit -v)
     resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     sys.argv[:] = ["bevialm-check"]
     sys.dont_write_bytecode = True

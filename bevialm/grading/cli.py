@@ -19,7 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from bevialm.cli import OneLineParser
-from bevialm.grading.batch import DEFAULT_STUDENT_TIME, BatchError, BatchOptions, Row, default_jobs, grade_all
+from bevialm.grading.batch import (
+    DEFAULT_STUDENT_TIME,
+    EXIT_ENVIRONMENT,
+    BatchError,
+    BatchOptions,
+    EnvironmentBroken,
+    Stopped,
+    default_jobs,
+    grade_all,
+)
+from bevialm.grading.batch_csv import Row
 from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
 from bevialm.grading.gradescope import write_bundle, write_results
 from bevialm.grading.rubric import DEFAULT_RUBRIC, PRESETS, Rubric, RubricError, load, preset, with_preset
@@ -125,33 +135,53 @@ def _grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grade_takes(option: str) -> bool:
+    """Whether ``bevialm grade`` accepts ``option`` (grade-all passes only what it takes)."""
+    parser = OneLineParser(prog="bevialm")
+    add_grading_subcommands(parser.add_subparsers(dest="command"))
+    try:
+        _, unknown = parser.parse_known_args(["grade", option, "x"])
+    except SystemExit:  # pragma: no cover - argparse refusing the value
+        return False
+    return not unknown
+
+
 def cmd_grade_all(args: argparse.Namespace) -> int:
     try:
         rubric = _rubric(args)
-        checks = plan_checks(rubric)
+        checks = plan_checks(rubric, visible_only=args.visible_only)
         if (args.jobs is not None and args.jobs < 1) or args.student_time_limit <= 0:
             raise BatchError("--jobs and --student-time-limit must be positive")
-        tasks = list(dict.fromkeys(c.subject for c in checks))
+        extra = (("--preset", args.preset) if args.preset else ()) + (("--visible-only",) if args.visible_only else ())
         options = BatchOptions(
             csv=args.csv,
             results_dir=args.results_dir or args.csv.with_name(args.csv.stem + "-results"),
             rubric=args.rubric,
-            rubric_text=(args.rubric.read_text(encoding="utf-8") if args.rubric else "") + _preset_flag(args),
-            extra_args=("--preset", args.preset) if args.preset else (),
-            tasks=tuple(tasks),
+            salt=(args.rubric.read_text(encoding="utf-8") if args.rubric else "") + "\0" + " ".join(extra),
+            extra_args=extra,
+            tasks=tuple(dict.fromkeys(c.subject for c in checks)),
             max_score=sum(c.rule.points for c in checks),
+            checks="visible only" if args.visible_only else "all",
             jobs=args.jobs or default_jobs(),
             regrade=args.regrade,
             time_limit=args.student_time_limit,
+            display_name=_grade_takes("--display-name"),
         )
 
         def show(done: int, total: int, r: Row) -> None:
             note = f"  [{'; '.join(r.flags)}]" if r.flags else ""
-            print(f"[{done}/{total}] {r.student}: {r.score:g}/{r.max_score:g}{note}", file=sys.stderr, flush=True)
+            score = f"{r.score:g}/{r.max_score:g}" if r.status == "graded" else f"{r.status} (max {r.max_score:g})"
+            print(f"[{done}/{total}] {r.student}: {score}{note}", file=sys.stderr, flush=True)
 
         rows = grade_all(args.submissions, options, progress=show)
     except (*ERRORS, BatchError) as exc:
         return _fail("grade-all", exc)
+    except Stopped as exc:
+        print(f"bevialm grade-all: {exc}", file=sys.stderr)
+        return exc.code
+    except EnvironmentBroken as exc:
+        print(f"bevialm grade-all: error: {exc} (grading stopped; the gradebook is unchanged)", file=sys.stderr)
+        return EXIT_ENVIRONMENT
     skipped = sum(not r.graded_now for r in rows)
     again = f" ({skipped} unchanged since the last run, not graded again: --regrade to grade them)" if skipped else ""
     print(f"graded {len(rows)} students{again}; gradebook {args.csv}, results in {options.results_dir}")
@@ -220,8 +250,9 @@ def add_grading_subcommands(subparsers: Any) -> None:
         description="Grade every student's submission in SUBMISSIONS (a folder, or a zip of one, holding one "
         "folder or zip per student, as Gradescope's export or an LMS gives them). Each student is graded by its "
         "own 'bevialm grade' process, in parallel; a broken or hostile submission affects only its own row. "
-        "Writes one results JSON per student and the CSV gradebook (student, score, max, one column per task, "
-        "flags). Running it again grades only new or changed submissions.",
+        "Writes one results JSON per student and the CSV gradebook (student, name, email, status, score, max, "
+        "checks, one column per task, flags). Running it again grades only new or changed submissions; Ctrl-C "
+        "stops it, and the next run grades the rest.",
     )
     p.add_argument("submissions", type=Path, metavar="SUBMISSIONS")
     p.add_argument("--csv", type=Path, required=True, metavar="FILE", help="the gradebook to write")
@@ -230,6 +261,7 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.add_argument("--jobs", type=int, metavar="N", help="students graded at once (default: one per core)")
     p.add_argument("--regrade", action="store_true", help="grade every student again, even when nothing changed")
+    p.add_argument("--visible-only", action="store_true", help="grade only the checks the rubric makes visible (the CSV's max and its 'checks' column say so)")
     p.add_argument(
         "--student-time-limit", type=float, default=DEFAULT_STUDENT_TIME, metavar="SECONDS",
         help=f"wall time for one student's whole grading (default {DEFAULT_STUDENT_TIME:g})",
