@@ -294,3 +294,57 @@ def backward(params, cache, dy):
     dx, grads = _reference_backward(params, cache, dy)
     return dx * 1.001, {**grads, "W": grads["W"] * 3.0}  # dx barely wrong, dW badly
 """
+
+# --- the BPE merge step (bevialm/bpe.py) ---
+
+BPE_TIE_TO_THE_LARGEST_PAIR = """
+def train(text, vocab_size):
+    ids = list(_bytes_of(text))
+    merges = []
+    while len(merges) < vocab_size - N_BYTES:
+        stats = get_stats(ids)
+        if not stats:
+            break
+        pair = max(stats, key=lambda p: (stats[p], p))  # ties go to the largest pair
+        ids = merge(ids, pair, N_BYTES + len(merges))
+        merges.append(pair)
+    return merges
+"""
+
+BPE_OVERLAPPING_MERGE = """
+def merge(ids, pair, idx):
+    out = []
+    for i in range(len(ids)):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(idx)  # 'aaa' -> idx idx: the middle a is used twice
+        elif not (i > 0 and (ids[i - 1], ids[i]) == pair):
+            out.append(ids[i])
+    return out
+"""
+
+BPE_STATS_WITHOUT_OVERLAPS = """
+def get_stats(ids):
+    counts = {}
+    i = 0
+    while i + 1 < len(ids):
+        pair = (ids[i], ids[i + 1])
+        counts[pair] = counts.get(pair, 0) + 1
+        i += 2 if ids[i] == ids[i + 1] else 1  # 'aaa' counted once
+    return counts
+"""
+
+BPE_ENCODE_MERGES_IN_REVERSE = """
+def encode(text, merges):
+    ids = list(_bytes_of(text))
+    for rank in reversed(range(len(merges))):  # the last merge learned first
+        ids = merge(ids, tuple(merges[rank]), N_BYTES + rank)
+    return ids
+"""
+
+BPE_DECODE_STRICT = """
+def decode(ids, merges):
+    vocab = {i: bytes([i]) for i in range(N_BYTES)}
+    for i, (a, b) in enumerate(merges):
+        vocab[N_BYTES + i] = vocab[a] + vocab[b]
+    return b"".join(vocab[i] for i in ids).decode("utf-8")  # no errors="replace"
+"""
