@@ -194,10 +194,20 @@ def judge(kind: str, cases: BpeCases, obs: Observation) -> Verdict:
     want = plain(kind, c.answer)
     what = "got" if not (isinstance(got, str) and got.startswith("returned ")) or kind == "decode" else ""
     yours = f"{what} {_show(kind, got)}".strip()
+    if kind == "stats" and isinstance(got, list):
+        return False, None, _stats_hint(got, want, c.label, len(wrong)), "\n".join(f"{w.label}: yours {_show(kind, g)}" for w, g in wrong)
     also = f"; also wrong: {len(wrong) - 1} more case{'s' if len(wrong) > 2 else ''}" if len(wrong) > 1 else ""
     hint = f"{FUNCTIONS[kind]} {yours}, the reference {_show(kind, want)} ({c.label}){also}"
     details = "\n".join(f"{w.label}: yours {_show(kind, g)}, reference {_show(kind, plain(kind, w.answer))}" for w, g in wrong)
     return False, None, hint, details
+
+
+def _stats_hint(got: list[list[int]], want: list[list[int]], label: str, n_wrong: int) -> str:
+    """``get_stats gave (97, 97): 2, the reference 4 (...)``: the first pair counted wrong."""
+    yours, theirs = ({(a, b): n for a, b, n in rows} for rows in (got, want))
+    pair = min(p for p in yours.keys() | theirs.keys() if yours.get(p) != theirs.get(p))
+    also = f"; also wrong: {n_wrong - 1} more case{'s' if n_wrong > 2 else ''}" if n_wrong > 1 else ""
+    return f"get_stats gave {pair}: {yours.get(pair, 'nothing')}, the reference {theirs.get(pair, 'nothing')} ({label}){also}"
 
 
 def case_label(kind: str, cases: BpeCases, i: int) -> str:
