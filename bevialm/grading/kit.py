@@ -179,7 +179,9 @@ gradient checker the checks use: no solutions. The full BeviaLLM is not needed t
 
 
 def readme(plan: Mapping[str, Any]) -> str:
-    rows = "\n".join(f"- `{c['id']}` ({kit_check._num(c['points'])} points): {c['title'].split(': ', 1)[1]}" for c in plan["checks"])
+    rows = "\n".join(
+        f"- `{c['id']}` ({kit_check._num(c['points'])} point{'' if c['points'] == 1 else 's'}): {c['title'].split(': ', 1)[1]}" for c in plan["checks"]
+    )
     total = kit_check._num(sum(c["points"] for c in plan["checks"]))
     return (
         "# Your BeviaLLM assignment\n\n"
@@ -195,8 +197,8 @@ def readme(plan: Mapping[str, Any]) -> str:
         "contract (a forward or backward that changes its inputs, grads not shaped like the\n"
         "params, float32 in but not float32 out). `gradcheck` compares your backward with finite\n"
         "differences of your own forward: when `forward` passes and `gradcheck` fails, the\n"
-        "gradient it names is wrong. Numbers pass within `|yours - reference| <= "
-        f"{kit_check.DEFAULT.atol:g} +\n{kit_check.DEFAULT.rtol:g} |reference|`; tokens and texts must match exactly.\n\n"
+        "gradient it names is wrong. Numbers pass within\n"
+        f"`|yours - reference| <= {kit_check.DEFAULT.atol:g} + {kit_check.DEFAULT.rtol:g} |reference|`; tokens and texts must match exactly.\n\n"
         "Import your own modules relatively (`from . import linear`). Hand in the folder\n"
         f"`{PACKAGE}` as your instructor says. The folder `bevialm/` here holds only the helpers\n"
         "your package imports and the gradient checker, not BeviaLLM itself.\n"
