@@ -207,3 +207,20 @@ def test_the_kit_runs_with_numpy_only(numpy_only_python: Path, kit: Path, soluti
     done = subprocess.run([str(numpy_only_python), "-m", "check", str(mine)], cwd=kit, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert "score 133/135" in done.stdout and "bpe.decode" in done.stdout and "UnicodeDecodeError" in done.stdout
+
+
+def test_the_guides_kit_command_runs(tmp_path: Path) -> None:
+    import re
+    import shlex
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "grading-instructors.md").read_text(encoding="utf-8")
+    (line,) = re.findall(r"^ {4}(bevialm student-kit .*)$", page, re.MULTILINE)
+    done = subprocess.run([sys.executable, "-m", "bevialm.cli", *shlex.split(line)[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    kit = tmp_path / "student_kit"
+    for name in ("my_pkg", "check/checks.py", "check/expected.npz", "bevialm/gradcheck.py", "README.md"):
+        assert (kit / name).exists(), name
+    students = (Path(__file__).resolve().parent.parent / "docs" / "grading-students.md").read_text(encoding="utf-8")
+    assert "$ cd student_kit && python -m check" in students
+    checked = subprocess.run([sys.executable, "-m", "check"], cwd=kit, capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0 and "score 0/12 (visible checks only)" in checked.stdout, checked.stderr

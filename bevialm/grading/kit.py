@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ def write_kit(out: Path, rubric: Rubric, preset_hint: str = "") -> list[Path]:
     check = out / "check"
     check.mkdir(parents=True, exist_ok=True)
     (check / "cases.json").write_text(json.dumps(plan), encoding="utf-8")
-    np.savez_compressed(check / "expected.npz", **{f"a{i}": a for i, a in enumerate(arrays)})
+    _save(check / "expected.npz", arrays)
     shutil.copyfile(Path(kit_check.__file__), check / "checks.py")
     (check / "__init__.py").write_text('"""The visible checks of your assignment: run ``python -m check`` here."""\n', encoding="utf-8")
     (check / "__main__.py").write_text(MAIN, encoding="utf-8")
@@ -161,6 +162,15 @@ def write_kit(out: Path, rubric: Rubric, preset_hint: str = "") -> list[Path]:
     files += [Path("check", n) for n in ("cases.json", "expected.npz", "checks.py", "__init__.py", "__main__.py")]
     files += [Path("bevialm", f"{n}.py") for n in (*SHARED, "__init__")] + [Path("README.md")]
     return files
+
+
+def _save(path: Path, arrays: list[np.ndarray]) -> None:
+    """An ``.npz`` of ``a0``, ``a1``, ...: written with ``allow_pickle=False``, so an array that
+    would need pickle (an object array) stops the kit instead of entering it."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i, array in enumerate(arrays):
+            with archive.open(f"a{i}.npy", "w") as member:
+                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
 
 
 MAIN = '''"""``python -m check [PACKAGE_FOLDER]``: the visible checks on your package (default: my_pkg)."""

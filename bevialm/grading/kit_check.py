@@ -28,6 +28,8 @@ import numpy as np
 
 from bevialm.gradcheck import DEFAULT, purity_problems, structure_problems, vjp_check
 
+__all__ = ["DEFAULT", "KitError", "check_package", "main", "plain", "report"]
+
 Verdict = tuple[bool, str]
 """``(passed, hint)`` of one check."""
 
@@ -159,7 +161,8 @@ class Student:
         found = getattr(importlib.import_module(f"{self.package}.{module}" if module else self.package), name, None)
         if not callable(found):
             raise AttributeError(f"{module.replace('.', '/')}.py has no function {name}")
-        return found
+        function: Callable[..., Any] = found
+        return function
 
 
 Bind = tuple[Callable[[Any, Any], Any], Callable[[Any, Any, Any], Any]]
