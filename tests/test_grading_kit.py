@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 
 from bevialm.grading import kit_check
-from bevialm.grading.student import forget_package
 from bevialm.grading.cli import main as grading_main
 from bevialm.grading.grade import Options, format_report, grade
 from bevialm.grading.kit import PACKAGE, write_kit
 from bevialm.grading.rubric import PRESETS, default_rubric, parse
+from bevialm.grading.student import forget_package
 from bevialm.registry import TASKS
 
 from . import planted

@@ -14,7 +14,7 @@ alphabet (so pairs repeat and ties are common).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from bevialm import bpe
 from bevialm.grading.compare import Verdict
+from bevialm.grading.kit_check import plain
 from bevialm.grading.rubric import Settings
 from bevialm.grading.tasks import Observation
 
@@ -131,37 +132,6 @@ def bpe_cases(settings: Settings) -> BpeCases:
 # --- the student's side ---------------------------------------------------------------------------
 
 
-def plain(kind: str, value: Any) -> Any:
-    """A returned value in the form answers are compared in (JSON-able), or ``"returned a T"``."""
-    try:
-        if kind == "decode":
-            if isinstance(value, str):
-                return value
-        elif kind == "stats":
-            if isinstance(value, Mapping):
-                return sorted([*_pair(k), _int(v)] for k, v in value.items())
-        elif kind == "train":
-            if isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
-                return [_pair(p) for p in value]
-        elif isinstance(value, Sequence | np.ndarray) and not isinstance(value, str):
-            return [_int(i) for i in value]
-    except (TypeError, ValueError):
-        pass
-    return f"returned {type(value).__name__}"
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError("not an integer")
-    return int(value)
-
-
-def _pair(value: Any) -> list[int]:
-    if isinstance(value, str) or len(value) != 2:
-        raise ValueError("not a pair")
-    return [_int(value[0]), _int(value[1])]
-
-
 def run(kind: str, cases: BpeCases, call: Call, obs: Observation) -> None:
     """Call the student's function on every case of ``kind``; record what came back."""
     answers: list[Any] = []
@@ -208,6 +178,16 @@ def _stats_hint(got: list[list[int]], want: list[list[int]], label: str, n_wrong
     pair = min(p for p in yours.keys() | theirs.keys() if yours.get(p) != theirs.get(p))
     also = f"; also wrong: {n_wrong - 1} more case{'s' if n_wrong > 2 else ''}" if n_wrong > 1 else ""
     return f"get_stats gave {pair}: {yours.get(pair, 'nothing')}, the reference {theirs.get(pair, 'nothing')} ({label}){also}"
+
+
+def runner(kind: str) -> Callable[[Any, Call, Observation, Any], None]:
+    """``kind``'s runner in :data:`bevialm.grading.training.RUNNERS`' shape (the cases hold ``.bpe``)."""
+    return lambda cases, call, obs, case: run(kind, cases.bpe, call, obs)
+
+
+def judge_of(kind: str) -> Callable[[Any, Observation], Verdict]:
+    """``kind``'s judge in :data:`bevialm.grading.training.JUDGES`' shape."""
+    return lambda cases, obs: judge(kind, cases.bpe, obs)
 
 
 def case_label(kind: str, cases: BpeCases, i: int) -> str:

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from bevialm.grading import bpe_task, kit_check
 from bevialm.grading import cases as reference
+from bevialm.grading import kit_check
 from bevialm.grading import training as beyond_pairs
 from bevialm.grading.plan import Check, plan_checks
 from bevialm.grading.rubric import Rubric, Settings

@@ -352,7 +352,7 @@ RUNNERS: dict[tuple[str, str], Callable[[TrainingCases, Call, Observation, Calla
     ("schedule", "key_points"): _run_schedule,
     ("clipping", "global_norm"): _run_global_norm,
     ("clipping", "clip"): _run_clip,
-    **{("bpe", k): (lambda k: lambda c, call, obs, case: bpe_task.run(k, c.bpe, call, obs))(k) for k in bpe_task.KINDS},
+    **{("bpe", k): bpe_task.runner(k) for k in bpe_task.KINDS},
 }
 
 
@@ -541,7 +541,7 @@ JUDGES: dict[tuple[str, str], Callable[[TrainingCases, Observation], Verdict]] =
     ("schedule", "key_points"): _judge_schedule,
     ("clipping", "global_norm"): _judge_global_norm,
     ("clipping", "clip"): _judge_clip,
-    **{("bpe", k): (lambda k: lambda c, obs: bpe_task.judge(k, c.bpe, obs))(k) for k in bpe_task.KINDS},
+    **{("bpe", k): bpe_task.judge_of(k) for k in bpe_task.KINDS},
 }
 
 
