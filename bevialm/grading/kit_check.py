@@ -388,7 +388,8 @@ def check_package(kit: Path, package_dir: Path) -> list[tuple[Mapping[str, Any],
     sys.path.insert(0, str(package_dir.resolve().parent))
     try:
         student, decode = Student(package_dir.resolve().name), Decoder(arrays, package_dir.resolve().name)
-        return [(c, run_check(c, student, decode, plan["gradcheck_entries"])) for c in plan["checks"]]
+        with np.errstate(all="ignore"):  # overflow in a naive softmax fails its check; no warnings in the table
+            return [(c, run_check(c, student, decode, plan["gradcheck_entries"])) for c in plan["checks"]]
     finally:
         sys.path.remove(str(package_dir.resolve().parent))
 
