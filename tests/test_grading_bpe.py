@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bevialm import bpe
-from bevialm.grading import bpe_task
+from bevialm.grading import bpe_task, kit_check
 from bevialm.grading.grade import Options, format_report, grade
 from bevialm.grading.rubric import PRESETS, Settings, default_rubric, parse
 from bevialm.tokenizer import train_bpe
@@ -74,12 +74,12 @@ def test_the_cases_cover_what_the_issue_asks() -> None:
 
 
 def test_plain_describes_what_is_not_an_answer() -> None:
-    assert bpe_task.plain("encode", (1, 2)) == [1, 2]
-    assert bpe_task.plain("encode", "12") == "returned str"
-    assert bpe_task.plain("encode", [1.5]) == "returned list"
-    assert bpe_task.plain("train", [(1, 2, 3)]) == "returned list"
-    assert bpe_task.plain("stats", [1]) == "returned list"
-    assert bpe_task.plain("decode", b"x") == "returned bytes"
+    assert kit_check.plain("encode", (1, 2)) == [1, 2]
+    assert kit_check.plain("encode", "12") == "returned str"
+    assert kit_check.plain("encode", [1.5]) == "returned list"
+    assert kit_check.plain("train", [(1, 2, 3)]) == "returned list"
+    assert kit_check.plain("stats", [1]) == "returned list"
+    assert kit_check.plain("decode", b"x") == "returned bytes"
 
 
 def test_reference_passes_and_skeleton_fails_through_the_sandbox(solution: Path, tmp_path: Path) -> None:

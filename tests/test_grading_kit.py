@@ -181,6 +181,10 @@ def test_kit_bad_inputs(kit: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert kit_check.main(kit / "check", [str(tmp_path)]) == 1
     assert "no package in" in capsys.readouterr().err
     assert kit_check.main(kit / "check", ["--help"]) == 2
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy" / "__init__.py").write_text("")
+    assert kit_check.main(kit / "check", [str(tmp_path / "numpy")]) == 1
+    assert "clashes with a Python module" in capsys.readouterr().err
     assert kit_check.main(tmp_path, []) == 1
     assert "cannot read the kit's cases" in capsys.readouterr().err
 

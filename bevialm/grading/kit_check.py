@@ -385,6 +385,10 @@ def check_package(kit: Path, package_dir: Path) -> list[tuple[Mapping[str, Any],
     plan, arrays = load(kit)
     if not (package_dir / "__init__.py").is_file():
         raise KitError(f"no package in {package_dir} (a folder with an __init__.py): pass the folder of your package")
+    name = package_dir.resolve().name
+    loaded = sys.modules.get(name)
+    if not name.isidentifier() or (loaded is not None and Path(getattr(loaded, "__file__", "") or "").parent != package_dir.resolve()):
+        raise KitError(f"your package's folder name {name!r} clashes with a Python module: rename the folder (e.g. my_pkg)")
     sys.path.insert(0, str(package_dir.resolve().parent))
     try:
         student, decode = Student(package_dir.resolve().name), Decoder(arrays, package_dir.resolve().name)
