@@ -117,3 +117,18 @@ def test_planted_mistake_loses_the_check_that_names_it(mistake: str, solution: P
 def test_reference_passes_in_process(solution: Path) -> None:
     report = grade_here(solution, only=("bpe",))
     assert failing(report) == set() and len(report.results) == 5, format_report(report)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_the_reference_passes_on_cases_drawn_from_any_seed(seed: int) -> None:
+    from bevialm.grading.tasks import Observation
+
+    cases = bpe_task.bpe_cases(Settings(seed=seed))
+    for kind in bpe_task.KINDS:
+        obs = Observation()
+        bpe_task.run(kind, cases, lambda module, function, *args: getattr(bpe, function)(*args), obs)
+        assert bpe_task.judge(kind, cases, obs) == (True, None, "ok", "")
+        obs.meta["cases"]["answers"][-1] = "returned NoneType"  # one wrong answer fails the check
+        passed, _, hint, _ = bpe_task.judge(kind, cases, obs)
+        assert not passed and cases.by_kind[kind][-1].label in hint
