@@ -128,11 +128,12 @@ def kit_verdicts(kit: Path, folder: Path) -> dict[str, bool]:
 
 
 SANDBOXED = {
-    "reference", "DECAY_RULE_WITHOUT_THE_EMBEDDING_EXEMPTION", "COTANGENT_DOUBLED_IN_PLACE", "BIAS_GRADIENT_AVERAGED",
-    "POS_EMB_GRADIENT_AVERAGED", "ADAMW_WITHOUT_BIAS_CORRECTION", "NAIVE_CROSS_ENTROPY", "BPE_OVERLAPPING_MERGE",
+    "reference", "DECAY_RULE_WITHOUT_THE_EMBEDDING_EXEMPTION", "COTANGENT_DOUBLED_IN_PLACE", "POS_EMB_GRADIENT_AVERAGED",
+    "BPE_OVERLAPPING_MERGE",
 }  # fmt: skip
 """Mistakes compared with the real, sandboxed ``bevialm grade --visible-only`` (about 9 s each on an
-idle machine): the reference, one per file, and the two where grading in process differs. In
+idle machine): the reference, a mutated argument (the sandbox copies it back), the model, the BPE
+task's pair counts (which cross the sandbox's wire) and the one where grading in process differs. In
 process, the student's ``step`` is handed the reference's ``AdamWConfig``, whose ``decays`` is the
 reference's rule; in the sandbox (and in the kit) it is the student's own class and rule. The
 other mistakes are compared with in-process grading (2 s each)."""
