@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from bevialm import losses, model, optim
+from bevialm import bpe, losses, model, optim
 from bevialm.gradcheck import Backward, Forward, avoid_kinks
 from bevialm.layers import attention, block, dropout, embedding, gelu, layernorm, linear, mlp, relu, softmax
 from bevialm.types import Array, Grads, Params
@@ -524,6 +524,12 @@ def _clipping_example() -> object:
     return optim.global_norm(grads), optim.clip_by_global_norm(grads, 1.0)
 
 
+def _bpe_example() -> object:
+    merges = bpe.train("aaabdaaabac", 259)
+    ids = bpe.encode("aaabdaaabac", merges)
+    return bpe.get_stats(ids), bpe.merge(ids, (100, 256), 259), bpe.decode(ids, merges)
+
+
 PAIR_TASKS: tuple[TaskSpec, ...] = tuple(
     TaskSpec(spec.name, spec.module, spec.functions, _pair_example(spec), spec) for spec in PAIRS
 )
@@ -536,6 +542,8 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec("adamw", optim, ("decays", "step"), _adamw_example),
     TaskSpec("schedule", optim, ("lr_at",), _schedule_example),
     TaskSpec("clipping", optim, ("global_norm", "clip_by_global_norm"), _clipping_example),
+    # the tokenizer's merge step (docs/tokenizer.md), in minbpe's exercise shape
+    TaskSpec("bpe", bpe, ("get_stats", "merge", "train", "encode", "decode"), _bpe_example),
 )
 """Everything the grader grades and the skeleton hands out, pairs first."""
 

@@ -294,3 +294,98 @@ def backward(params, cache, dy):
     dx, grads = _reference_backward(params, cache, dy)
     return dx * 1.001, {**grads, "W": grads["W"] * 3.0}  # dx barely wrong, dW badly
 """
+
+# --- the BPE merge step (bevialm/bpe.py) ---
+
+BPE_TIE_TO_THE_LARGEST_PAIR = """
+def train(text, vocab_size):
+    ids = list(_bytes_of(text))
+    merges = []
+    while len(merges) < vocab_size - N_BYTES:
+        stats = get_stats(ids)
+        if not stats:
+            break
+        pair = max(stats, key=lambda p: (stats[p], p))  # ties go to the largest pair
+        ids = merge(ids, pair, N_BYTES + len(merges))
+        merges.append(pair)
+    return merges
+"""
+
+BPE_OVERLAPPING_MERGE = """
+def merge(ids, pair, idx):
+    out = []
+    for i in range(len(ids)):
+        if i + 1 < len(ids) and (ids[i], ids[i + 1]) == pair:
+            out.append(idx)  # 'aaa' -> idx idx: the middle a is used twice
+        elif not (i > 0 and (ids[i - 1], ids[i]) == pair):
+            out.append(ids[i])
+    return out
+"""
+
+BPE_STATS_WITHOUT_OVERLAPS = """
+def get_stats(ids):
+    counts = {}
+    i = 0
+    while i + 1 < len(ids):
+        pair = (ids[i], ids[i + 1])
+        counts[pair] = counts.get(pair, 0) + 1
+        i += 2 if ids[i] == ids[i + 1] else 1  # 'aaa' counted once
+    return counts
+"""
+
+BPE_ENCODE_MERGES_IN_REVERSE = """
+def encode(text, merges):
+    ids = list(_bytes_of(text))
+    for rank in reversed(range(len(merges))):  # the last merge learned first
+        ids = merge(ids, tuple(merges[rank]), N_BYTES + rank)
+    return ids
+"""
+
+BPE_DECODE_STRICT = """
+def decode(ids, merges):
+    vocab = {i: bytes([i]) for i in range(N_BYTES)}
+    for i, (a, b) in enumerate(merges):
+        vocab[N_BYTES + i] = vocab[a] + vocab[b]
+    return b"".join(vocab[i] for i in ids).decode("utf-8")  # no errors="replace"
+"""
+
+
+PLANTED_IN: dict[str, str] = {
+    "NAIVE_SOFTMAX": "layers/softmax.py",
+    "NAIVE_CROSS_ENTROPY": "losses.py",
+    "EPS_OUTSIDE_THE_SQUARE_ROOT": "layers/layernorm.py",
+    "SQUEEZED_BATCH": "layers/linear.py",
+    "MASK_HIDES_THE_DIAGONAL": "layers/attention.py",
+    "BIAS_GRADIENT_AVERAGED": "layers/linear.py",
+    "WEIGHT_GRADIENT_TRANSPOSED": "layers/linear.py",
+    "MASK_FORGOTTEN_IN_ATTEND_BACKWARD": "layers/attention.py",
+    "EMBEDDING_ROWS_OVERWRITTEN": "layers/embedding.py",
+    "LAYERNORM_MEAN_TERM_MISSING": "layers/layernorm.py",
+    "SOFTMAX_BACKWARD_WITHOUT_ROW_SUM": "layers/softmax.py",
+    "LAYERNORM_EPS_REPLACED_BY_ONE": "layers/layernorm.py",
+    "COTANGENT_DOUBLED_IN_PLACE": "layers/gelu.py",
+    "INIT_WITHOUT_BETA_IN_FLOAT64": "layers/layernorm.py",
+    "POS_EMB_GRADIENT_AVERAGED": "model.py",
+    "POSITIONS_FOR_THE_WHOLE_CONTEXT": "model.py",
+    "ADAMW_WITHOUT_BIAS_CORRECTION": "optim.py",
+    "ADAMW_WITH_L2_INSTEAD_OF_DECOUPLED_DECAY": "optim.py",
+    "ADAMW_DECAYING_EVERY_PARAMETER": "optim.py",
+    "DECAY_RULE_WITHOUT_THE_EMBEDDING_EXEMPTION": "optim.py",
+    "SCHEDULE_WARMUP_OFF_BY_ONE": "optim.py",
+    "SCHEDULE_COSINE_OFF_BY_ONE": "optim.py",
+    "PER_TENSOR_CLIPPING": "optim.py",
+    "GLOBAL_NORM_AS_A_SUM_OF_NORMS": "optim.py",
+    "SPLIT_HEADS_IN_THE_WRONG_ORDER": "layers/attention.py",
+    "MERGE_HEADS_WITHOUT_THE_TRANSPOSE": "layers/attention.py",
+    "VALUE_PROJECTION_GRADIENT_DOUBLED": "layers/attention.py",
+    "GARBAGE_FROM_THE_OPTIMIZER": "optim.py",
+    "GARBAGE_FROM_THE_MODEL": "model.py",
+    "TWO_GRADIENTS_WRONG_BY_DIFFERENT_AMOUNTS": "layers/linear.py",
+    "BPE_TIE_TO_THE_LARGEST_PAIR": "bpe.py",
+    "BPE_OVERLAPPING_MERGE": "bpe.py",
+    "BPE_STATS_WITHOUT_OVERLAPS": "bpe.py",
+    "BPE_ENCODE_MERGES_IN_REVERSE": "bpe.py",
+    "BPE_DECODE_STRICT": "bpe.py",
+}
+"""The file of the package each planted mistake above goes into (every one of them: the student
+kit's tests plant each and compare the kit's verdicts with the grader's)."""

@@ -44,7 +44,7 @@ def test_instructor_guide_commands_work(tmp_path: Path) -> None:
         assert done.returncode == 0, f"{argv}: {done.stderr}"
         outputs.append(done.stdout)
     assert "In one call of the example" in (tmp_path / "student_pkg_shapes" / "layers" / "linear.py").read_text()
-    assert "score 128/128" in outputs[3]  # the reference gets full marks (built-in rubric)
+    assert "score 140/140" in outputs[3]  # the reference gets full marks (built-in rubric)
     assert "attention.backward" in outputs[4]
     assert "score 0/" in outputs[5] and (tmp_path / "results.json").is_file()
     assert (tmp_path / "autograder.zip").is_file()

@@ -189,6 +189,8 @@ def encode(value: Any, arrays: list[np.ndarray], objects: Objects, depth: int = 
         return {"__t": items} if isinstance(value, tuple) else items
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return {"__d": {k: encode(v, arrays, objects, depth + 1) for k, v in value.items()}}
+    if isinstance(value, dict) and all(isinstance(k, tuple) for k in value):  # pair counts: {(a, b): n}
+        return {"__p": [[encode(k, arrays, objects, depth + 1), encode(v, arrays, objects, depth + 1)] for k, v in value.items()]}
     out: dict[str, Any] = {"__o": type(value).__name__[:MAX_TEXT], "h": objects.handle(value)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         fields = {f.name: getattr(value, f.name, None) for f in dataclasses.fields(value)}

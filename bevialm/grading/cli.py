@@ -279,6 +279,10 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.set_defaults(handler=cmd_autograder)
 
+    from bevialm.grading import kit  # noqa: PLC0415 - the kit's command lives with the kit
+
+    kit.add_subcommand(subparsers)
+
 
 add_subcommands = add_grading_subcommands
 """The name ``bevialm.cli``'s plugin hook calls."""

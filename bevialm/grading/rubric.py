@@ -41,6 +41,7 @@ TASK_KINDS: dict[str, tuple[str, ...]] = {
     "adamw": ("decays", "step"),
     "schedule": ("key_points",),
     "clipping": ("global_norm", "clip"),
+    "bpe": ("stats", "merge", "train", "encode", "decode"),
 }
 """Every graded task (:data:`bevialm.registry.TASKS`) with its kinds of check, in order."""
 
@@ -52,6 +53,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "attention": ("softmax", "attention"),
     "model-optimizer": ("model", "adamw", "schedule", "clipping"),
     "optimizer": ("adamw", "schedule", "clipping"),
+    "tokenizer": ("bpe",),
 }
 """Ready assignments: the tasks students write. Every other task is handed out filled in."""
 
@@ -67,6 +69,11 @@ KIND_TITLES = {
     "key_points": "the learning rate at the schedule's key points (warmup, cosine, floor)",
     "global_norm": "the global norm over every gradient tensor",
     "clip": "clipping by the global norm (below, at, above the threshold; one huge tensor)",
+    "stats": "get_stats counts every pair of adjacent tokens (overlaps included)",
+    "merge": "merge replaces a pair left to right, never overlapping ('aaa')",
+    "train": "train learns the reference's merges (ties to the smallest pair)",
+    "encode": "encode applies the merges by rank",
+    "decode": "decode joins the bytes and decodes them with errors='replace'",
 }
 
 VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
@@ -75,10 +82,10 @@ VISIBILITIES = ("visible", "hidden", "after_due_date", "after_published")
 DEFAULT_RUBRIC = """\
 # BeviaLLM grading rubric. Every key is optional: a missing one takes the value shown here.
 # Checks are named SUBJECT.KIND: SUBJECT a task (a pair such as linear, ..., block; model;
-# adamw, schedule, clipping), KIND one of its kinds ('bevialm grade --list-checks').
+# adamw, schedule, clipping; bpe), KIND one of its kinds ('bevialm grade --list-checks').
 
 [assignment]
-preset = "all"           # the tasks students write: all, layers, attention, model-optimizer, optimizer
+preset = "all"           # the tasks students write: all, layers, attention, model-optimizer, optimizer, tokenizer
 # tasks = ["softmax", "attention"]   # or name them (overrides preset); the rest is handed out filled in
 
 [settings]
@@ -134,6 +141,26 @@ visibility = "visible"
 
 [kinds.clip]
 points = 3
+visibility = "visible"
+
+[kinds.stats]
+points = 2
+visibility = "visible"
+
+[kinds.merge]
+points = 2
+visibility = "visible"
+
+[kinds.train]
+points = 3
+visibility = "visible"
+
+[kinds.encode]
+points = 3
+visibility = "visible"
+
+[kinds.decode]
+points = 2
 visibility = "visible"
 
 # The model's own forward and backward (when students write the model) weigh more than a pair's.

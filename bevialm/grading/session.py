@@ -149,6 +149,8 @@ class Session:
                 return tuple(self._decode(v, arrays, depth + 1) for v in value["__t"])
             if "__d" in value:
                 return {str(k): self._decode(v, arrays, depth + 1) for k, v in value["__d"].items()}
+            if "__p" in value:  # a dict keyed by tuples (pair counts)
+                return {self._decode(k, arrays, depth + 1): self._decode(v, arrays, depth + 1) for k, v in value["__p"]}
             if "__o" in value:
                 fields = value.get("f")
                 decoded = {str(k): self._decode(v, arrays, depth + 1) for k, v in fields.items()} if isinstance(fields, dict) else None

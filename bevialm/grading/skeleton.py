@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from bevialm.gradcheck import DEFAULT
 from bevialm.registry import TASKS, TaskSpec
 
 ROOT = "bevialm"
@@ -372,9 +373,19 @@ def _readme(modules: list[SourceModule], preset_hint: str, first: str) -> str:
         "now); keep the names, signatures, configs and caches as they are.\n\n"
         f"{rows}\n\n"
         + (f"Handed out filled in (not graded in this assignment; the grader uses its own copy): {given}.\n\n" if given else "")
-        + "Check your work as you go (see the student guide, `docs/grading-students.md`):\n\n"
+        + "Check your work as you go. With the student kit your instructor hands out (this folder\n"
+        "inside it), you need only NumPy: in the kit's folder, run\n\n"
+        "    python -m check\n\n"
+        "With BeviaLLM installed, run the grader itself in this folder:\n\n"
         f"    bevialm grade .{preset_hint} --visible-only\n"
-        f"    bevialm grade .{preset_hint} --only {first}\n"
+        f"    bevialm grade .{preset_hint} --only {first}\n\n"
+        "Each check passes or fails: `forward` and `backward` compare your numbers with the\n"
+        f"reference's (within `|yours - reference| <= {DEFAULT.atol:g} + {DEFAULT.rtol:g} |reference|`); `gradcheck` compares\n"
+        "your backward with finite differences of your own forward (when `forward` passes and\n"
+        "`gradcheck` fails, the gradient it names is wrong); `purity` fails when a function changes\n"
+        "its inputs, returns grads not shaped like the params, or turns float32 into float64.\n"
+        "Tokens and texts (the BPE task) must match exactly. Import your own modules relatively\n"
+        "(`from . import linear`), never from `bevialm.layers`.\n"
     )
 
 

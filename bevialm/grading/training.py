@@ -31,6 +31,7 @@ import numpy as np
 
 from bevialm import model, optim
 from bevialm.gradcheck import away_from_init
+from bevialm.grading import bpe_task
 from bevialm.grading import cases as pair_cases
 from bevialm.grading.compare import Comparison, Verdict, array_of, compare, summarise, tensor_name
 from bevialm.grading.rubric import Settings
@@ -113,6 +114,7 @@ class TrainingCases:
     schedule: tuple[SchedulePoint, ...]
     norms: tuple[tuple[str, dict[str, Array], float], ...]
     clips: tuple[ClipCase, ...]
+    bpe: bpe_task.BpeCases
 
 
 def _model_case(label: str, cfg: model.ModelConfig, params: dict[str, Array], idx: IntArray, rng: np.random.Generator) -> ModelCase:
@@ -249,6 +251,7 @@ def reference_cases(settings: Settings) -> TrainingCases:
         schedule_points(),
         norms,
         clips,
+        bpe_task.bpe_cases(settings),
     )
 
 
@@ -349,6 +352,7 @@ RUNNERS: dict[tuple[str, str], Callable[[TrainingCases, Call, Observation, Calla
     ("schedule", "key_points"): _run_schedule,
     ("clipping", "global_norm"): _run_global_norm,
     ("clipping", "clip"): _run_clip,
+    **{("bpe", k): bpe_task.runner(k) for k in bpe_task.KINDS},
 }
 
 
@@ -374,6 +378,8 @@ def case_label(subject: str, kind: str, cases: TrainingCases, i: int) -> str:
         "schedule": [p.label for p in cases.schedule],
         "clipping": [n[0] for n in cases.norms] if kind == "global_norm" else [c.label for c in cases.clips],
     }
+    if subject == "bpe":
+        return bpe_task.case_label(kind, cases.bpe, i)
     found = labels.get(subject, [])
     return found[i] if 0 <= i < len(found) else ""
 
@@ -535,6 +541,7 @@ JUDGES: dict[tuple[str, str], Callable[[TrainingCases, Observation], Verdict]] =
     ("schedule", "key_points"): _judge_schedule,
     ("clipping", "global_norm"): _judge_global_norm,
     ("clipping", "clip"): _judge_clip,
+    **{("bpe", k): bpe_task.judge_of(k) for k in bpe_task.KINDS},
 }
 
 
