@@ -535,8 +535,13 @@ def _wrote(path: str, size: tuple[int, int], what: str) -> None:
     print(f"wrote {what} to {path}{dims}", flush=True)
 
 
+def _note(line: str | None) -> None:
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _run_plot(args: argparse.Namespace) -> int:
-    from bevialm import viz
+    from bevialm import metrics, viz
 
     viz.require_matplotlib()
     if not args.runs:
@@ -548,6 +553,8 @@ def _run_plot(args: argparse.Namespace) -> int:
         args.runs = [os.path.dirname(newest)]
     output = args.output or os.path.join(args.runs[0], "loss.png")
     runs = [viz.read_metrics(run) for run in args.runs]
+    for run in runs:
+        _note(metrics.skipped_note(os.path.join(run.name, viz.METRICS), run.skipped))
     viz.check_output(output)
     _wrote(output, viz.save_figure(viz.loss_figure(runs), output), "loss curves")
     return EXIT_OK
