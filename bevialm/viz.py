@@ -177,7 +177,7 @@ def read_metrics(run: str) -> RunMetrics:
         if r["kind"] == "eval"
     ]
     if not train and not evals and found.skipped:
-        raise VizError(f"'{path}' holds no metrics records: its {found.skipped} lines are not records this reads")
+        raise VizError(f"'{path}' holds no metrics: none of its {found.skipped} lines is a metrics record")
     if not train and not evals:
         raise VizError(f"'{path}' holds no metrics yet (a run writes its first line at its first log or evaluation)")
     t = np.array(train, dtype=np.float64).reshape(-1, 3)

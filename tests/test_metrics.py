@@ -86,4 +86,4 @@ def test_plot_of_only_foreign_records_is_one_error_line(tmp_path: Path) -> None:
     (run / "metrics.jsonl").write_text("".join(MALFORMED[:3]), encoding="utf-8")
     proc = subprocess.run([*CLI, "plot", str(run)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr == f"error: '{run}/metrics.jsonl' holds no metrics records: its 3 lines are not records this reads\n"
+    assert proc.stderr == f"error: '{run}/metrics.jsonl' holds no metrics: none of its 3 lines is a metrics record\n"
