@@ -71,6 +71,12 @@ KINDS = ("char", "bpe")
 DEFAULT_BPE_VOCAB = 512
 """``--vocab_size`` when ``--tokenizer bpe`` is given without it."""
 
+MAX_DECODED_BYTES = 1 << 28
+"""The most bytes a BPE's tokens may stand for together (256 MiB): loading builds every token's
+bytes, so merges that double a token's length each time (58 KB of them reach 2 GB) are refused
+from their lengths, counted before anything is built. Each token of a trained BPE occurs in its
+training text, so this is far above what training on any text that fits in memory builds in practice."""
+
 _UNRANKED = 1 << 62
 """The rank of a pair that is not a merge: above every real rank."""
 
@@ -204,6 +210,36 @@ def pre_split(text: str, rule: str = "gpt2") -> list[str]:
     return pattern.findall(text)
 
 
+def _check_merges(merges: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], int]:
+    """Each merge's rank, once every merge is checked to be a new pair of earlier tokens and
+    the tokens' bytes, counted arithmetically, are known to fit :data:`MAX_DECODED_BYTES`."""
+    ranks: dict[tuple[int, int], int] = {}
+    lengths = [1] * N_BYTES
+    total = N_BYTES
+    for i, pair in enumerate(merges):
+        if (
+            not isinstance(pair, tuple)
+            or len(pair) != 2
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in pair)
+        ):
+            raise DataError(f"BPE: merge {i} must be a pair of token ids, got {pair!r}")
+        a, b = pair
+        if not (0 <= a < N_BYTES + i and 0 <= b < N_BYTES + i):
+            raise DataError(f"BPE: merge {i} is {pair}, but only tokens 0..{N_BYTES + i - 1} exist before it")
+        if pair in ranks:
+            raise DataError(f"BPE: merge {i} repeats merge {ranks[pair]} {pair}")
+        ranks[pair] = i
+        lengths.append(lengths[a] + lengths[b])
+        total += lengths[-1]
+        if total > MAX_DECODED_BYTES:  # stop counting here: the numbers can grow without end
+            raise DataError(
+                f"BPE: merge {i} makes token {N_BYTES + i} of {lengths[-1]:,} bytes and the tokens "
+                f"{total:,} bytes in all, over the {MAX_DECODED_BYTES:,} a tokenizer may hold: "
+                "these merges build ever longer tokens, as training on a text never does"
+            )
+    return ranks
+
+
 @dataclass(frozen=True)
 class BPETokenizer:
     """A byte-level BPE: 256 byte tokens, then token ``256 + i`` = ``merges[i]`` joined.
@@ -225,29 +261,17 @@ class BPETokenizer:
             raise DataError(f"BPE: pre-split must be one of {sorted(PRE_SPLITS)}, got {self.pre_split!r}")
         if not isinstance(self.merges, tuple):
             raise DataError("BPE: merges must be a tuple of pairs of token ids")
-        ranks: dict[tuple[int, int], int] = {}
+        ranks = _check_merges(self.merges)
         pieces = [bytes([b]) for b in range(N_BYTES)]
-        for i, pair in enumerate(self.merges):
-            if (
-                not isinstance(pair, tuple)
-                or len(pair) != 2
-                or not all(isinstance(t, int) and not isinstance(t, bool) for t in pair)
-            ):
-                raise DataError(f"BPE: merge {i} must be a pair of token ids, got {pair!r}")
-            a, b = pair
-            if not (0 <= a < N_BYTES + i and 0 <= b < N_BYTES + i):
-                raise DataError(
-                    f"BPE: merge {i} is {pair}, but only tokens 0..{N_BYTES + i - 1} exist before it"
-                )
-            if pair in ranks:
-                raise DataError(f"BPE: merge {i} repeats merge {ranks[pair]} {pair}")
-            ranks[pair] = i
+        for a, b in self.merges:
             pieces.append(pieces[a] + pieces[b])
         object.__setattr__(self, "_ranks", ranks)
         object.__setattr__(self, "_bytes", tuple(pieces))
         object.__setattr__(self, "_cache", {})
         # characters starting in each token: its bytes that are not UTF-8 continuation bytes (10xxxxxx)
-        starts = [sum((c & 0xC0) != 0x80 for c in p) for p in pieces]
+        starts = [int((b & 0xC0) != 0x80) for b in range(N_BYTES)]
+        for a, b in self.merges:
+            starts.append(starts[a] + starts[b])
         object.__setattr__(self, "_starts", np.array(starts, dtype=np.int64))
 
     @property
