@@ -341,6 +341,7 @@ class _Run:
         self.stale_removed = 0
         self.adamw = optim.AdamWConfig(lr=cfg.lr, beta2=cfg.beta2, weight_decay=cfg.wd)
         self.metrics: IO[str] | None = None
+        self.lock = runs.RunLock("", -1, None)  # held from prepare() to the end of run()
         self.start_time = time.perf_counter()
 
     def path(self, name: str) -> str:
@@ -363,6 +364,7 @@ class _Run:
         self._check_memory()
         created = self._claim_folder()
         try:
+            self.lock = runs.lock_run_folder(self.out)  # one process per run folder, until run() ends
             self.stale_removed = runs.remove_stale_temp_files(self.out)
             if self.cfg.resume:
                 self._restore()
@@ -372,6 +374,7 @@ class _Run:
         except BaseException:
             if self.metrics is not None:
                 self.metrics.close()
+            self.lock.release()
             if created is not None:
                 _remove_created(self.out, created)
             raise
@@ -614,6 +617,7 @@ class _Run:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
+            self.lock.release()
         last, best = self.last_eval, self.snap.best_val
         return TrainResult(
             self.snap.step,
