@@ -275,6 +275,12 @@ def _add_sample_only_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num_samples", type=positive_int, default=1, help="number of samples, drawn as one batch (default: %(default)s)"
     )
+    p.add_argument(
+        "--unseen_tokens",
+        action="store_true",
+        help="also draw tokens that never occur in the run's training text (by default they are never drawn: "
+        "a byte-level BPE has byte tokens an ASCII text never uses, such as the pieces of 'é')",
+    )
 
 
 def _add_layer_and_head(p: argparse._ActionsContainer) -> None:
@@ -502,6 +508,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             rng=generate.sampling_rng(args.seed),
             sampling=sampling,
             recorder=recorder,
+            allowed=None if args.unseen_tokens else loaded.seen,
         )
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     for i, text in enumerate(texts):

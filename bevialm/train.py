@@ -324,6 +324,7 @@ class _Run:
         self.given_out = cfg.out  # None: a new numbered folder (or, with --resume, the newest run)
         self.out = cfg.out or ""  # the run folder, once prepare() has chosen it
         self.tokenizer: tokenizers.Tokenizer
+        self.seen: Array  # the tokens of the data file
         self.tokenizer_seconds = 0.0
         self.text_chars = 0
         self.val_chars = 0  # characters of the validation text, for bits per character
@@ -386,6 +387,7 @@ class _Run:
         self.tokenizer = tokenizers.build(text, cfg.tokenizer, cfg.vocab_size)
         self.tokenizer_seconds = time.perf_counter() - start
         ids = self.tokenizer.encode(text, what=f"data file '{cfg.data}'")
+        self.seen = generate.seen_tokens(ids, self.tokenizer.vocab_size)  # what samples may draw
         self.text_chars = len(text)
         self.train_data, self.val_data = split(ids, cfg.val_fraction)
         self.val_chars = self.tokenizer.count_chars(self.val_data)
@@ -740,6 +742,7 @@ class _Run:
             self.cfg.sample_len,
             rng=generate.sampling_rng(self.cfg.seed, step),
             sampling=self.cfg.sampling,
+            allowed=self.seen,
         )[0]
         self.say(f"----- sample at step {step} -----\n{text[len(prompt):]}\n-----")
 
@@ -774,6 +777,7 @@ class _Run:
                 "grad_norm": snap.grad_norm if math.isfinite(snap.grad_norm) else None,
                 "best_step": snap.best_step,
                 "elapsed": self.elapsed(),
+                checkpoint.SEEN_TOKENS: checkpoint.pack_seen(self.seen),
             },
         )
         path = self.path(name)
