@@ -51,6 +51,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bevialm import bpe_long
 from bevialm.data import DataError, Vocab, read_bytes
 from bevialm.types import IntArray
 
@@ -380,18 +381,47 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
     Merges the most frequent pair of adjacent tokens (ties: the smallest pair)
     until ``vocab_size - 256`` merges are made or no pair is left (every chunk is
     a single token): the result's ``vocab_size`` is then smaller than asked.
+    Chunks of :data:`bevialm.bpe_long.LONG_CHUNK` bytes or more are merged in place
+    by :class:`bevialm.bpe_long.LongChunks`, so time and memory stay linear in the text.
     """
     vocab_size = check_bpe_vocab_size(vocab_size)
     if not text:
         raise DataError("BPE: cannot train on an empty text")
     chunks = Counter(pre_split(text, pre_split_rule))
-    words = [list(_utf8(c, text, "BPE training text")) for c in chunks]
-    freqs = list(chunks.values())
+    raw = [_utf8(c, text, "BPE training text") for c in chunks]
+    is_long = [len(r) >= bpe_long.LONG_CHUNK for r in raw]
+    words = [list(r) for r, long in zip(raw, is_long, strict=True) if not long]
+    freqs = [f for f, long in zip(chunks.values(), is_long, strict=True) if not long]
+    longs = bpe_long.LongChunks(
+        [r for r, long in zip(raw, is_long, strict=True) if long],
+        [f for f, long in zip(chunks.values(), is_long, strict=True) if long],
+    )
     counts, where = _pair_counts(words, freqs)
+    for pair, c in longs.initial_counts().items():
+        counts[pair] = counts.get(pair, 0) + c
+    merges = _merge_loop(words, freqs, longs, counts, where, vocab_size - N_BYTES)
+    tokenizer = BPETokenizer(tuple(merges), pre_split_rule)
+    if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
+        final = iter(words), iter(longs.tokens())
+        tokens = (next(final[long]) for long in is_long)
+        tokenizer._cache.update(islice(zip(chunks, tokens), _CACHE_LIMIT))
+    return tokenizer
+
+
+def _merge_loop(
+    words: list[list[int]],
+    freqs: list[int],
+    longs: bpe_long.LongChunks,
+    counts: dict[tuple[int, int], int],
+    where: dict[tuple[int, int], set[int]],
+    n_merges: int,
+) -> list[tuple[int, int]]:
+    """Up to ``n_merges`` merges, each of the most frequent pair (a heap with lazy deletion),
+    rewriting only the words that hold it and merging in place in the long chunks."""
     heap = [(-c, a, b) for (a, b), c in counts.items()]
     heapq.heapify(heap)
     merges: list[tuple[int, int]] = []
-    while len(merges) < vocab_size - N_BYTES:
+    while len(merges) < n_merges:
         while heap and counts.get((heap[0][1], heap[0][2])) != -heap[0][0]:
             heapq.heappop(heap)  # stale: the pair's count changed since this entry was pushed
         if not heap:
@@ -400,23 +430,9 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
         new = N_BYTES + len(merges)
         merges.append((a, b))
         delta: dict[tuple[int, int], int] = {}
-        for w in where.pop((a, b)):
-            word, f = words[w], freqs[w]
-            merged = _merge_pair(word, a, b, new)
-            words[w] = merged
-            old_pairs = list(zip(word, word[1:]))  # noqa: B905
-            new_pairs = list(zip(merged, merged[1:]))  # noqa: B905
-            for pair in old_pairs:
-                delta[pair] = delta.get(pair, 0) - f
-            for pair in new_pairs:
-                delta[pair] = delta.get(pair, 0) + f
-            kept = set(new_pairs)
-            for pair in set(old_pairs) - kept:
-                holders = where.get(pair)
-                if holders is not None:
-                    holders.discard(w)
-            for pair in kept:
-                where.setdefault(pair, set()).add(w)
+        for w in where.pop((a, b), ()):
+            _rewrite_word(words, freqs, where, w, (a, b, new), delta)
+        longs.merge(a, b, new, delta)
         for pair, d in delta.items():
             if d:
                 c = counts.get(pair, 0) + d
@@ -426,11 +442,37 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
                 else:
                     counts.pop(pair, None)
                     where.pop(pair, None)
+                    longs.forget(pair)
         counts.pop((a, b), None)
-    tokenizer = BPETokenizer(tuple(merges), pre_split_rule)
-    if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
-        tokenizer._cache.update(islice(zip(chunks, words, strict=True), _CACHE_LIMIT))
-    return tokenizer
+    return merges
+
+
+def _rewrite_word(
+    words: list[list[int]],
+    freqs: list[int],
+    where: dict[tuple[int, int], set[int]],
+    w: int,
+    merge: tuple[int, int, int],
+    delta: dict[tuple[int, int], int],
+) -> None:
+    """Merge ``a, b`` into ``new`` in word ``w``; add the pairs' changes of count to ``delta``."""
+    a, b, new = merge
+    word, f = words[w], freqs[w]
+    merged = _merge_pair(word, a, b, new)
+    words[w] = merged
+    old_pairs = list(zip(word, word[1:]))  # noqa: B905
+    new_pairs = list(zip(merged, merged[1:]))  # noqa: B905
+    for pair in old_pairs:
+        delta[pair] = delta.get(pair, 0) - f
+    for pair in new_pairs:
+        delta[pair] = delta.get(pair, 0) + f
+    kept = set(new_pairs)
+    for pair in set(old_pairs) - kept:
+        holders = where.get(pair)
+        if holders is not None:
+            holders.discard(w)
+    for pair in kept:
+        where.setdefault(pair, set()).add(w)
 
 
 # --- building, saving and loading ----------------------------------------------------------------
