@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from bevialm.data import DataError
 from bevialm.types import IntArray
 
 LONG_CHUNK = 256
@@ -30,6 +31,12 @@ _DEAD = -1  # the token of a position merged into its left neighbour
 _SHIFT = 32  # a pair (a, b) as one int64: a << 32 | b (token ids are far below 2**31)
 
 Pair = tuple[int, int]
+
+
+def _unique(x: IntArray) -> IntArray:
+    """``x`` sorted, without repeats (sorting: NumPy's hashing ``np.unique`` is slower on these)."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if x.size else x
 
 
 def _codes(left: IntArray, right: IntArray) -> IntArray:
@@ -42,10 +49,13 @@ class LongChunks:
     def __init__(self, chunks: Sequence[bytes], freqs: Sequence[int]) -> None:
         lengths = np.fromiter(map(len, chunks), dtype=np.int64, count=len(chunks))
         n = int(lengths.sum())
+        if n >= 1 << 31:
+            raise DataError(f"BPE: {n:,} bytes of long chunks is more than this trainer holds (under 2 GiB)")
         self.tok = np.frombuffer(b"".join(chunks), dtype=np.uint8).astype(np.int32)
-        self.weight = np.repeat(np.asarray(freqs, dtype=np.int64), lengths)
-        self.nxt = np.arange(1, n + 1, dtype=np.int64)
-        self.prv = np.arange(-1, n - 1, dtype=np.int64)
+        # int32 positions and weights: half the memory of int64 (a text under 2 GB, checked by the caller)
+        self.weight = np.repeat(np.asarray(freqs, dtype=np.int32), lengths)
+        self.nxt = np.arange(1, n + 1, dtype=np.int32)
+        self.prv = np.arange(-1, n - 1, dtype=np.int32)
         ends = np.cumsum(lengths)
         self.nxt[ends - 1] = -1  # no pair crosses the end of a chunk
         self.prv[ends[:-1]] = -1
@@ -54,7 +64,7 @@ class LongChunks:
 
     def initial_counts(self) -> dict[Pair, int]:
         """Every adjacent pair's weighted count; fills the position index."""
-        pos = np.flatnonzero(self.nxt >= 0)
+        pos = np.flatnonzero(self.nxt >= 0).astype(np.int32)
         # byte pairs fit 16 bits, which NumPy's stable sort orders by radix, in linear time
         small = (self.tok[pos] << 8 | self.tok[pos + 1]).astype(np.uint16)
         order = np.argsort(small, kind="stable")
@@ -64,7 +74,7 @@ class LongChunks:
         for group in np.split(pos, cut) if pos.size else []:
             code = int(self.tok[group[0]]), int(self.tok[group[0] + 1])
             self.where[code] = [group]
-            counts[code] = int(self.weight[group].sum())
+            counts[code] = int(self.weight[group].sum(dtype=np.int64))
         return counts
 
     def forget(self, pair: Pair) -> None:
@@ -75,8 +85,8 @@ class LongChunks:
         """Where ``a, b`` starts now, left to right, overlaps (``a == b``) resolved as a left-to-right rewrite would."""
         parts = self.where.pop((a, b), None)
         if parts is None:
-            return np.zeros(0, dtype=np.int64)
-        pos = np.unique(np.concatenate(parts))
+            return np.zeros(0, dtype=np.int32)
+        pos = _unique(np.concatenate(parts))
         nxt = self.nxt[pos]
         ok = (self.tok[pos] == a) & (nxt >= 0)
         pos, nxt = pos[ok], nxt[ok]
@@ -91,7 +101,7 @@ class LongChunks:
 
     def _pairs_at(self, pos: IntArray) -> tuple[IntArray, IntArray]:
         """The pair codes starting at ``pos`` (each with a right neighbour) and their weights."""
-        return _codes(self.tok[pos], self.tok[self.nxt[pos]]), self.weight[pos]
+        return _codes(self.tok[pos], self.tok[self.nxt[pos]]), self.weight[pos].astype(np.int64)
 
     def merge(self, a: int, b: int, new: int, delta: dict[Pair, int]) -> None:
         """Replace every ``a, b`` by ``new``; add each pair's change of count to ``delta``."""
@@ -101,7 +111,7 @@ class LongChunks:
         right = self.nxt[left]
         before, after = self.prv[left], self.nxt[right]
         # the pairs that start at a merged position or just before one: their counts before ...
-        old = np.unique(np.concatenate([left, right[after >= 0], before[before >= 0]]))
+        old = _unique(np.concatenate([left, right[after >= 0], before[before >= 0]]))
         old_codes, old_w = self._pairs_at(old)
         self.tok[left] = new
         self.tok[right] = _DEAD
@@ -109,12 +119,15 @@ class LongChunks:
         self.prv[after[after >= 0]] = left[after >= 0]
         # ... and after (a neighbour before may itself have been merged away)
         before = before[before >= 0]
-        new_pos = np.unique(np.concatenate([left[after >= 0], before[self.tok[before] != _DEAD]]))
+        new_pos = _unique(np.concatenate([left[after >= 0], before[self.tok[before] != _DEAD]]))
         new_codes, new_w = self._pairs_at(new_pos)
-        codes, inverse = np.unique(np.concatenate([old_codes, new_codes]), return_inverse=True)
-        change = np.bincount(inverse, weights=np.concatenate([-old_w, new_w]), minlength=codes.size)
+        codes = np.concatenate([old_codes, new_codes])
+        order = np.argsort(codes)
+        codes, weights = codes[order], np.concatenate([-old_w, new_w])[order]
+        first = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        change = np.add.reduceat(weights, first)  # each pair's change of count, exact integers
         mask = (1 << _SHIFT) - 1
-        for code, d in zip(codes.tolist(), np.rint(change).astype(np.int64).tolist(), strict=True):
+        for code, d in zip(codes[first].tolist(), change.tolist(), strict=True):
             if d:
                 pair = (code >> _SHIFT, code & mask)
                 delta[pair] = delta.get(pair, 0) + d
