@@ -77,10 +77,6 @@ class LongChunks:
             counts[code] = int(self.weight[group].sum(dtype=np.int64))
         return counts
 
-    def forget(self, pair: Pair) -> None:
-        """``pair`` no longer occurs: drop its positions."""
-        self.where.pop(pair, None)
-
     def _occurrences(self, a: int, b: int) -> IntArray:
         """Where ``a, b`` starts now, left to right, overlaps (``a == b``) resolved as a left-to-right rewrite would."""
         parts = self.where.pop((a, b), None)

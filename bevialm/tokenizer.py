@@ -431,8 +431,24 @@ def _merge_loop(
         merges.append((a, b))
         delta: dict[tuple[int, int], int] = {}
         for w in where.pop((a, b), ()):
-            _rewrite_word(words, freqs, where, w, (a, b, new), delta)
-        longs.merge(a, b, new, delta)
+            word, f = words[w], freqs[w]
+            merged = _merge_pair(word, a, b, new)
+            words[w] = merged
+            old_pairs = list(zip(word, word[1:]))  # noqa: B905
+            new_pairs = list(zip(merged, merged[1:]))  # noqa: B905
+            for pair in old_pairs:
+                delta[pair] = delta.get(pair, 0) - f
+            for pair in new_pairs:
+                delta[pair] = delta.get(pair, 0) + f
+            kept = set(new_pairs)
+            for pair in set(old_pairs) - kept:
+                holders = where.get(pair)
+                if holders is not None:
+                    holders.discard(w)
+            for pair in kept:
+                where.setdefault(pair, set()).add(w)
+        if longs.where:
+            longs.merge(a, b, new, delta)
         for pair, d in delta.items():
             if d:
                 c = counts.get(pair, 0) + d
@@ -442,37 +458,9 @@ def _merge_loop(
                 else:
                     counts.pop(pair, None)
                     where.pop(pair, None)
-                    longs.forget(pair)
+                    longs.where.pop(pair, None)
         counts.pop((a, b), None)
     return merges
-
-
-def _rewrite_word(
-    words: list[list[int]],
-    freqs: list[int],
-    where: dict[tuple[int, int], set[int]],
-    w: int,
-    merge: tuple[int, int, int],
-    delta: dict[tuple[int, int], int],
-) -> None:
-    """Merge ``a, b`` into ``new`` in word ``w``; add the pairs' changes of count to ``delta``."""
-    a, b, new = merge
-    word, f = words[w], freqs[w]
-    merged = _merge_pair(word, a, b, new)
-    words[w] = merged
-    old_pairs = list(zip(word, word[1:]))  # noqa: B905
-    new_pairs = list(zip(merged, merged[1:]))  # noqa: B905
-    for pair in old_pairs:
-        delta[pair] = delta.get(pair, 0) - f
-    for pair in new_pairs:
-        delta[pair] = delta.get(pair, 0) + f
-    kept = set(new_pairs)
-    for pair in set(old_pairs) - kept:
-        holders = where.get(pair)
-        if holders is not None:
-            holders.discard(w)
-    for pair in kept:
-        where.setdefault(pair, set()).add(w)
 
 
 # --- building, saving and loading ----------------------------------------------------------------
