@@ -87,13 +87,14 @@ class LongChunks:
         ok = (self.tok[pos] == a) & (nxt >= 0)
         pos, nxt = pos[ok], nxt[ok]
         pos = pos[self.tok[nxt] == b]
+        out: IntArray = pos
         if a == b and pos.size > 1:  # in a run a a a ..., take the 1st, 3rd, ... pair of each run
             start = np.ones(pos.size, dtype=bool)
             start[1:] = self.nxt[pos[:-1]] != pos[1:]
             first = np.flatnonzero(start)
             offset = np.arange(pos.size) - first[np.cumsum(start) - 1]
-            pos = pos[offset % 2 == 0]
-        return pos
+            out = pos[offset % 2 == 0]
+        return out
 
     def _pairs_at(self, pos: IntArray) -> tuple[IntArray, IntArray]:
         """The pair codes starting at ``pos`` (each with a right neighbour) and their weights."""

@@ -404,7 +404,7 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
     if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
         final = iter(words), iter(longs.tokens())
         tokens = (next(final[long]) for long in is_long)
-        tokenizer._cache.update(islice(zip(chunks, tokens), _CACHE_LIMIT))
+        tokenizer._cache.update(islice(zip(chunks, tokens, strict=True), _CACHE_LIMIT))
     return tokenizer
 
 

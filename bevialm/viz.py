@@ -27,7 +27,6 @@ shows spaces and line breaks as glyphs.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import textwrap

@@ -97,7 +97,7 @@ def test_other_flock_failures_are_not_hidden(tmp_path: Path, monkeypatch: pytest
 
 def test_a_lock_file_removed_while_locking_is_locked_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The holder removes the file as we lock it: our lock is on a file no one else sees, so try again."""
-    real, calls = fcntl.flock, []
+    real, calls = fcntl.flock, list[int]()
 
     def remove_on_first(fd: int, op: int) -> None:
         real(fd, op)

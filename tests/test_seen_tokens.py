@@ -15,6 +15,7 @@ import pytest
 
 from bevialm import checkpoint, generate, model, tokenizer
 from bevialm.checkpoint import load_checkpoint, save_checkpoint
+from bevialm.types import Array
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data.txt"
@@ -40,7 +41,7 @@ def test_a_bad_mask_is_refused(field: object, problem: str) -> None:
         checkpoint.unpack_seen(field, 3)
 
 
-def random_model(vocab: int) -> tuple[dict[str, np.ndarray], model.ModelConfig]:  # type: ignore[type-arg]
+def random_model(vocab: int) -> tuple[dict[str, Array], model.ModelConfig]:
     cfg = model.ModelConfig(vocab_size=vocab, ctx=16, dim=16, mlp_hidden=32)
     params = model.init_params(cfg, np.random.default_rng(0))
     params["lm_head.W"] = params["lm_head.W"] * 200  # far from uniform, so masked tokens would be drawn often
