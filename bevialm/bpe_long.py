@@ -151,3 +151,19 @@ class LongChunks:
         part = self.tok[start:end]
         out: list[int] = part[part != _DEAD].tolist()
         return out
+
+
+def encode(raw: bytes, merges: Sequence[Pair]) -> list[int]:
+    """The tokens of one long chunk: each merge applied in rank order, in place.
+
+    The same as merging the lowest-ranked pair present first, repeatedly: a merge's
+    token only ever pairs into later merges, so the ranks applied only ever increase.
+    """
+    chunk = LongChunks([raw], [1])
+    chunk.initial_counts()  # fills the index; the counts (and the changes below) are not needed
+    scratch: dict[Pair, int] = {}
+    for rank, (a, b) in enumerate(merges):
+        if (a, b) in chunk.where:
+            chunk.merge(a, b, 256 + rank, scratch)
+            scratch.clear()
+    return chunk.tokens()[0]

@@ -21,7 +21,8 @@ the unique chunks are counted once, and the pair counts are kept weighted by
 chunk frequency together with an index pair -> chunks holding it. A merge then
 rewrites only the chunks in its index entry and corrects the counts of the
 pairs those chunks lose and gain. The most frequent pair comes from a heap with
-lazy deletion. **Ties** between equally frequent pairs go to the smallest pair
+lazy deletion. Chunks of 256 bytes or more (a text without spaces is one chunk) are
+merged in place instead (:mod:`bevialm.bpe_long`). **Ties** between equally frequent pairs go to the smallest pair
 ``(a, b)`` of token ids (compared as tuples: the smaller first id, then the
 smaller second id), so the same text always gives the same merges.
 
@@ -34,6 +35,10 @@ bytes that are not whole characters: an incomplete character at the very end
 (a generation that stopped inside a multi-byte character) is dropped; any other
 invalid byte becomes U+FFFD. Encoding never produces either, and sampling never
 produces the second (:class:`Utf8Guard`).
+
+(Over 500 lines: the trainer shares the pre-split, the merge rewrite and :class:`BPETokenizer`
+with the rest, and :func:`build` calls it, so a module of its own would import this one and be
+imported by it; its long-chunk part is :mod:`bevialm.bpe_long`.)
 """
 
 from __future__ import annotations
@@ -284,6 +289,8 @@ class BPETokenizer:
         return self._bytes[token]
 
     def _encode_chunk(self, raw: bytes) -> list[int]:
+        if len(raw) >= bpe_long.LONG_CHUNK:  # merge by merge in place: linear, however long the chunk
+            return bpe_long.encode(raw, self.merges)
         tokens = list(raw)
         ranks = self._ranks
         while len(tokens) > 1:

@@ -69,3 +69,16 @@ def test_the_trainer_makes_the_references_merges(text: str, extra: int, rule: st
 def test_long_repeats_and_runs_match_the_reference(text: str) -> None:
     """Runs of one token (overlapping pairs) and periodic text: the cases a rewrite resolves left to right."""
     assert list(tokenizer.train_bpe(text, 300).merges) == reference_bpe(text, 300, "gpt2")
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=texts(), extra=st.integers(0, 60))
+def test_long_chunks_encode_as_the_rank_loop_does(text: str, extra: int) -> None:
+    """Encoding a long chunk in place, merge by merge, gives the tokens of the lowest-rank-first loop."""
+    bpe = tokenizer.train_bpe(text * 3, 256 + extra, pre_split_rule="none")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bpe_long, "LONG_CHUNK", 1 << 30)  # never in place: the rank loop
+        expected = tokenizer.from_json(bpe.to_json()).encode(text).tolist()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bpe_long, "LONG_CHUNK", 1)  # always in place
+        assert tokenizer.from_json(bpe.to_json()).encode(text).tolist() == expected
