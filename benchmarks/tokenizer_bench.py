@@ -5,7 +5,10 @@ Measures, on ``data/tinyshakespeare.txt`` (1.1 MB):
 - training a 512-token and a 4,096-token vocabulary (seconds);
 - encoding the whole text with the 4,096-token tokenizer: cold (a freshly loaded
   tokenizer, nothing cached) and warm (its chunk cache filled), in MB/s of UTF-8;
-- decoding it back (MB/s), and checking the round trip is exact.
+- decoding it back (MB/s), and checking the round trip is exact;
+- training on a 10 MB single line that the pre-split cannot break (random ``ACGT``, as
+  DNA: one chunk of 10 million bytes) to the same vocabularies, in seconds per MB next
+  to Tiny Shakespeare's; the target is within 3x of Tiny Shakespeare per MB.
 
 When Hugging Face ``tokenizers`` is installed (the ``bench`` extra), its byte-level BPE
 trainer and encoder run on the same text in the same process, side by side, as a ratio
@@ -29,10 +32,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
+
 from bevialm import tokenizer  # noqa: E402
 
 TEXT = ROOT / "data" / "tinyshakespeare.txt"
 TRAIN_TARGET_S, ENCODE_TARGET_MBS = 10.0, 2.0
+SINGLE_LINE_BYTES, SINGLE_LINE_TARGET = 10_000_000, 3.0
 
 
 CPU: dict[str, float] = {}
@@ -89,6 +95,17 @@ def ours(text: str, sizes: list[int], repeats: int) -> dict[str, Any]:
     return out
 
 
+def single_line(n_bytes: int, sizes: list[int], repeats: int) -> dict[str, Any]:
+    """Training on ``n_bytes`` of one unbroken line (seeded random ``ACGT``): seconds per size."""
+    rng = np.random.default_rng(0)
+    text = np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, n_bytes)].tobytes().decode("ascii")
+    out: dict[str, Any] = {"megabytes": n_bytes / 1e6, "train_s": {}}
+    for size in sizes:
+        seconds, _ = median_seconds(lambda size=size: tokenizer.train_bpe(text, size), repeats, f"ours line {size}")  # type: ignore[misc]
+        out["train_s"][str(size)] = seconds
+    return out
+
+
 def hugging_face(text: str, sizes: list[int], repeats: int) -> dict[str, Any] | None:
     try:
         from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -142,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"byte-level BPE on {TEXT.name}: {mb:.2f} MB, {len(text):,} characters; median of {repeats} run(s)")
 
     mine = ours(text, sizes, repeats)
+    line = single_line(SINGLE_LINE_BYTES // 50 if args.quick else SINGLE_LINE_BYTES, sizes, repeats)
     theirs = None if args.no_hf else hugging_face(text, sizes, repeats)
     big = str(sizes[-1])
 
@@ -175,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
               f"({rate(CPU['hf encode lines']).strip():>9})")  # fmt: skip
     print(f"{'encode again (chunk cache warm)':34}{rate(mine['encode_warm_s']):>16}")
     print(f"{'decode':34}{rate(mine['decode_s']):>16}")
+    line_mb = line["megabytes"]
+    print(f"one unbroken line of {line_mb:g} MB (random ACGT, a single chunk), seconds per MB: wall (CPU)")
+    for size in sizes:
+        ours_s, line_s = mine["train_s"][str(size)] / mb, line["train_s"][str(size)] / line_mb
+        ratio, cpu_ratio = line_s / ours_s, CPU[f"ours line {size}"] / line_mb / (CPU[f"ours train {size}"] / mb)
+        line[f"per_mb_ratio_{size}"] = ratio
+        verdict = f"target <= {SINGLE_LINE_TARGET:g}x: {'met' if ratio <= SINGLE_LINE_TARGET else 'MISSED'}"
+        print(f"  train to {size:,}: {line_s:.2f} s/MB against {ours_s:.2f} s/MB on {TEXT.name}: "
+              f"{ratio:.1f}x ({cpu_ratio:.1f}x); {verdict}")  # fmt: skip
     tokens = f"{mine['tokens']:,} tokens ({mine['chars_per_token']:.2f} characters per token)"
     print(f"{sizes[-1]:,}-token vocabulary: {tokens}; round trip exact")
     if theirs:
@@ -198,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "bevialm": mine,
+        "single_line": line,
         "hugging_face": theirs,
     }
     Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

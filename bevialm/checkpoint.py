@@ -69,6 +69,30 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, corrupt, truncated or mismatched (one line)."""
 
 
+SEEN_TOKENS = "seen_tokens"
+"""The ``extra`` field naming the tokens of the run's data file: a bit per token, hex
+(:func:`pack_seen`). Checkpoints written before it have none; they still load."""
+
+
+def pack_seen(seen: Array) -> str:
+    """The token mask ``seen`` as :data:`SEEN_TOKENS` stores it: its bits, 8 to a byte, in hex."""
+    return np.packbits(seen).tobytes().hex()
+
+
+def unpack_seen(field: object, vocab_size: int) -> Array:
+    """The mask :func:`pack_seen` wrote for ``vocab_size`` tokens; ValueError for anything else."""
+    if not isinstance(field, str) or len(field) != 2 * -(-vocab_size // 8):
+        raise ValueError(f"'{SEEN_TOKENS}' must be {2 * -(-vocab_size // 8)} hex digits for {vocab_size} tokens")
+    try:
+        raw = bytes.fromhex(field)
+    except ValueError:
+        raise ValueError(f"'{SEEN_TOKENS}' must be hex digits") from None
+    mask: Array = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:vocab_size].astype(bool)
+    if not mask.any():
+        raise ValueError(f"'{SEEN_TOKENS}' names no token")
+    return mask
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A loaded checkpoint: parameters, the full header and the optimizer state (or None).

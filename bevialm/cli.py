@@ -283,6 +283,12 @@ def _add_sample_only_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--num_samples", type=positive_int, default=1, help="number of samples, drawn as one batch (default: %(default)s)"
     )
+    p.add_argument(
+        "--unseen_tokens",
+        action="store_true",
+        help="also draw tokens that never occur in the run's training text (by default they are never drawn: "
+        "a byte-level BPE has byte tokens an ASCII text never uses, such as the pieces of 'é')",
+    )
 
 
 def _add_layer_and_head(p: argparse._ActionsContainer) -> None:
@@ -525,6 +531,7 @@ def _run_sample(args: argparse.Namespace) -> int:
             rng=generate.sampling_rng(args.seed),
             sampling=sampling,
             recorder=recorder,
+            allowed=None if args.unseen_tokens else loaded.seen,
         )
     color = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
     for i, text in enumerate(texts):
@@ -558,8 +565,13 @@ def _wrote(path: str, size: tuple[int, int], what: str) -> None:
     print(f"wrote {what} to {path}{dims}", flush=True)
 
 
+def _note(line: str | None) -> None:
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+
+
 def _run_plot(args: argparse.Namespace) -> int:
-    from bevialm import viz
+    from bevialm import metrics, viz
 
     viz.require_matplotlib()
     if not args.runs:
@@ -571,6 +583,8 @@ def _run_plot(args: argparse.Namespace) -> int:
         args.runs = [os.path.dirname(newest)]
     output = args.output or os.path.join(args.runs[0], "loss.png")
     runs = [viz.read_metrics(run) for run in args.runs]
+    for run in runs:
+        _note(metrics.skipped_note(os.path.join(run.name, viz.METRICS), run.skipped))
     if args.bpc:
         runs = [viz.in_bits_per_char(m, viz.bits_per_char_factor(run)) for m, run in zip(runs, args.runs, strict=True)]
     viz.check_output(output)

@@ -342,6 +342,13 @@ def sampling_rng(seed: int, step: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, SAMPLE_STREAM, step])
 
 
+def seen_tokens(ids: IntArray, vocab_size: int) -> Array:
+    """A boolean mask of the ``vocab_size`` tokens: True for those that occur in ``ids``."""
+    seen = np.zeros(vocab_size, dtype=bool)
+    seen[np.asarray(ids, dtype=np.int64)] = True
+    return seen
+
+
 def default_prompt(tokenizer: tokenizers.Tokenizer) -> str:
     """What a sample starts from when no prompt is given: a newline if the tokenizer
     can encode one (a fresh line), otherwise the text of token 0."""
@@ -363,6 +370,7 @@ def sample_text(
     rng: np.random.Generator | None = None,
     sampling: SamplingConfig = SamplingConfig(),
     recorder: AttentionRecorder | None = None,
+    allowed: Array | None = None,
 ) -> list[str]:
     """``num_samples`` texts, each the prompt followed by ``length`` generated tokens
     (characters, with a character tokenizer).
@@ -373,7 +381,8 @@ def sample_text(
     together, as one batch; a ``recorder`` keeps their attention. With a
     byte-level tokenizer only tokens that keep each text valid UTF-8 are drawn
     (:class:`bevialm.tokenizer.Utf8Guard`), and a character cut by the end of
-    generation is left out (its decode rule).
+    generation is left out (its decode rule). ``allowed``, a boolean mask of
+    the vocabulary (:func:`seen_tokens`), keeps every other token from being drawn.
     """
     if num_samples < 1:
         raise ValueError(f"{LAYER}: num_samples must be positive, got {num_samples}")
@@ -384,9 +393,13 @@ def sample_text(
     guard = tokenizers.utf8_guard(tokenizer, num_samples)
 
     def pick(logits: Array) -> IntArray:
+        masked = logits if allowed is None else np.where(allowed, logits, -np.inf)
         if guard is None:
-            return pick_tokens(logits, sampling, rng)
-        chosen = pick_tokens(guard.allow(logits), sampling, rng)
+            return pick_tokens(masked, sampling, rng)
+        fits = guard.allow(masked)
+        # a row whose allowed tokens all break UTF-8 (no text made that state) draws from all that fit
+        stuck = ~np.isfinite(fits).any(axis=1, keepdims=True)
+        chosen = pick_tokens(np.where(stuck, guard.allow(logits), fits), sampling, rng)
         guard.advance(chosen)
         return chosen
 
@@ -402,6 +415,8 @@ class LoadedModel:
     cfg: ModelConfig
     tokenizer: tokenizers.Tokenizer
     step: int
+    seen: Array | None = None
+    """The tokens of the run's data file (:func:`seen_tokens`); None for a checkpoint from before it was kept."""
 
 
 def load_model(path: str | os.PathLike[str]) -> LoadedModel:
@@ -431,7 +446,12 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         names = ", ".join(sorted(str(d) for d in dtypes))
         raise checkpoint.CheckpointError(f"checkpoint '{name}' parameters must share one float dtype, got {names}")
     checkpoint.require_finite(ckpt, name)
-    return LoadedModel(ckpt.params, cfg, tokenizer, ckpt.step)
+    seen = ckpt.extra.get(checkpoint.SEEN_TOKENS)
+    try:
+        mask = None if seen is None else checkpoint.unpack_seen(seen, cfg.vocab_size)
+    except ValueError as e:
+        raise checkpoint.CheckpointError(f"checkpoint '{name}': header field 'extra' is invalid ({e})") from None
+    return LoadedModel(ckpt.params, cfg, tokenizer, ckpt.step, mask)
 
 
 def default_checkpoint(out: str | os.PathLike[str]) -> str:

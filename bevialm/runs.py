@@ -11,13 +11,25 @@ different folders, and "newest" never depends on a clock.
 A checkpoint write that was killed (``kill -9``, a power cut) can leave its temporary
 file ``.last.npz.<random>.tmp`` behind; :func:`remove_stale_temp_files` clears them
 when a run starts in the folder again.
+
+One process at a time trains in a run folder: :func:`lock_run_folder` takes an
+exclusive ``fcntl.flock`` on the folder's ``train.lock`` (which names the holder's
+pid and host, for the message a second process gets) and :meth:`RunLock.release`
+removes it when the run ends, Ctrl-C and SIGTERM included. The kernel drops a
+``flock`` when its process dies, so the file a ``kill -9`` left behind is stale and
+the next run takes it over; where a filesystem has no ``flock``, the named pid is
+checked instead (alive, or on another host: refused; gone: taken over).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import re
+import socket
+from dataclasses import dataclass
 
 RUNS = "runs"
 """The folder, relative to the working directory, that holds the numbered runs."""
@@ -25,6 +37,12 @@ RUNS = "runs"
 _NUMBERED = re.compile(r"run-(\d+)\Z")
 _DIGITS = 3
 _STALE_TEMP = re.compile(r"\.(last|best)\.npz\..+\.tmp\Z")
+LOCK = "train.lock"
+"""The file in a run folder that says a process is training there (only while it is)."""
+
+
+class RunFolderBusy(ValueError):
+    """Another live process trains in the run folder: one line naming it."""
 
 
 def _numbered(root: str) -> list[tuple[int, str]]:
@@ -84,3 +102,100 @@ def remove_stale_temp_files(folder: str) -> int:
                     os.remove(os.path.join(folder, name))
                     removed += 1
     return removed
+
+
+def _owner(fd: int) -> tuple[int, str] | None:
+    """``(pid, host)`` written in the lock file, or None if it names nobody."""
+    with contextlib.suppress(OSError, ValueError, UnicodeDecodeError):
+        pid, host = os.pread(fd, 4096, 0).decode("utf-8").split(maxsplit=1)
+        return int(pid), host.strip()
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _busy(folder: str, owner: tuple[int, str] | None) -> RunFolderBusy:
+    who = "another process" if owner is None else f"process {owner[0]} on host '{owner[1]}'"
+    return RunFolderBusy(
+        f"run folder '{folder}' is in use: {who} is training there (it holds {os.path.join(folder, LOCK)}); "
+        "wait for it to finish or stop it, or train in another --out"
+    )
+
+
+def _flock(fd: int, folder: str) -> bool:
+    """Lock ``fd``; False if this filesystem has no flock (the pid check decides then)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(folder, _owner(fd)) from None
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise
+    return True
+
+
+@dataclass
+class RunLock:
+    """This process's hold on a run folder; :meth:`release` ends it (also as a context manager)."""
+
+    path: str
+    fd: int
+    taken_over: tuple[int, str] | None
+    """The dead process whose stale lock this took over, if any."""
+
+    def release(self) -> None:
+        """Remove the lock file, then let go of it (removed first, so no one locks a file on its way out)."""
+        if self.fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.remove(self.path)
+        os.close(self.fd)
+        self.fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run_folder(folder: str) -> RunLock:
+    """Hold ``folder`` for this process; :class:`RunFolderBusy` if a live process holds it.
+
+    Raises ``OSError`` if the lock file cannot be written.
+    """
+    path, me = os.path.join(folder, LOCK), (os.getpid(), socket.gethostname())
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            locked = _flock(fd, folder)
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # the holder removed the file as we locked it: lock the one there now
+    previous = _owner(fd)
+    if not locked and previous is not None and previous != me and (previous[1] != me[1] or _alive(previous[0])):
+        os.close(fd)  # without flock, only a pid on this host can be seen to be gone
+        raise _busy(folder, previous)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{me[0]} {me[1]}\n".encode(), 0)
+    return RunLock(path, fd, previous if previous not in (None, me) else None)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (it may have been removed meanwhile)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False

@@ -21,7 +21,8 @@ the unique chunks are counted once, and the pair counts are kept weighted by
 chunk frequency together with an index pair -> chunks holding it. A merge then
 rewrites only the chunks in its index entry and corrects the counts of the
 pairs those chunks lose and gain. The most frequent pair comes from a heap with
-lazy deletion. **Ties** between equally frequent pairs go to the smallest pair
+lazy deletion. Chunks of 256 bytes or more (a text without spaces is one chunk) are
+merged in place instead (:mod:`bevialm.bpe_long`). **Ties** between equally frequent pairs go to the smallest pair
 ``(a, b)`` of token ids (compared as tuples: the smaller first id, then the
 smaller second id), so the same text always gives the same merges.
 
@@ -34,6 +35,10 @@ bytes that are not whole characters: an incomplete character at the very end
 (a generation that stopped inside a multi-byte character) is dropped; any other
 invalid byte becomes U+FFFD. Encoding never produces either, and sampling never
 produces the second (:class:`Utf8Guard`).
+
+(Over 500 lines: the trainer shares the pre-split, the merge rewrite and :class:`BPETokenizer`
+with the rest, and :func:`build` calls it, so a module of its own would import this one and be
+imported by it; its long-chunk part is :mod:`bevialm.bpe_long`.)
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from bevialm import bpe_long
 from bevialm.data import DataError, Vocab, read_bytes
 from bevialm.types import IntArray
 
@@ -70,6 +76,12 @@ KINDS = ("char", "bpe")
 
 DEFAULT_BPE_VOCAB = 512
 """``--vocab_size`` when ``--tokenizer bpe`` is given without it."""
+
+MAX_DECODED_BYTES = 1 << 28
+"""The most bytes a BPE's tokens may stand for together (256 MiB): loading builds every token's
+bytes, so merges that double a token's length each time (58 KB of them reach 2 GB) are refused
+from their lengths, counted before anything is built. Each token of a trained BPE occurs in its
+training text, so this is far above what training on any text that fits in memory builds in practice."""
 
 _UNRANKED = 1 << 62
 """The rank of a pair that is not a merge: above every real rank."""
@@ -204,6 +216,36 @@ def pre_split(text: str, rule: str = "gpt2") -> list[str]:
     return pattern.findall(text)
 
 
+def _check_merges(merges: tuple[tuple[int, int], ...]) -> dict[tuple[int, int], int]:
+    """Each merge's rank, once every merge is checked to be a new pair of earlier tokens and
+    the tokens' bytes, counted arithmetically, are known to fit :data:`MAX_DECODED_BYTES`."""
+    ranks: dict[tuple[int, int], int] = {}
+    lengths = [1] * N_BYTES
+    total = N_BYTES
+    for i, pair in enumerate(merges):
+        if (
+            not isinstance(pair, tuple)
+            or len(pair) != 2
+            or not all(isinstance(t, int) and not isinstance(t, bool) for t in pair)
+        ):
+            raise DataError(f"BPE: merge {i} must be a pair of token ids, got {pair!r}")
+        a, b = pair
+        if not (0 <= a < N_BYTES + i and 0 <= b < N_BYTES + i):
+            raise DataError(f"BPE: merge {i} is {pair}, but only tokens 0..{N_BYTES + i - 1} exist before it")
+        if pair in ranks:
+            raise DataError(f"BPE: merge {i} repeats merge {ranks[pair]} {pair}")
+        ranks[pair] = i
+        lengths.append(lengths[a] + lengths[b])
+        total += lengths[-1]
+        if total > MAX_DECODED_BYTES:  # stop counting here: the numbers can grow without end
+            raise DataError(
+                f"BPE: merge {i} makes token {N_BYTES + i} of {lengths[-1]:,} bytes and the tokens "
+                f"{total:,} bytes in all, over the {MAX_DECODED_BYTES:,} a tokenizer may hold: "
+                "these merges build ever longer tokens, as training on a text never does"
+            )
+    return ranks
+
+
 @dataclass(frozen=True)
 class BPETokenizer:
     """A byte-level BPE: 256 byte tokens, then token ``256 + i`` = ``merges[i]`` joined.
@@ -225,29 +267,17 @@ class BPETokenizer:
             raise DataError(f"BPE: pre-split must be one of {sorted(PRE_SPLITS)}, got {self.pre_split!r}")
         if not isinstance(self.merges, tuple):
             raise DataError("BPE: merges must be a tuple of pairs of token ids")
-        ranks: dict[tuple[int, int], int] = {}
+        ranks = _check_merges(self.merges)
         pieces = [bytes([b]) for b in range(N_BYTES)]
-        for i, pair in enumerate(self.merges):
-            if (
-                not isinstance(pair, tuple)
-                or len(pair) != 2
-                or not all(isinstance(t, int) and not isinstance(t, bool) for t in pair)
-            ):
-                raise DataError(f"BPE: merge {i} must be a pair of token ids, got {pair!r}")
-            a, b = pair
-            if not (0 <= a < N_BYTES + i and 0 <= b < N_BYTES + i):
-                raise DataError(
-                    f"BPE: merge {i} is {pair}, but only tokens 0..{N_BYTES + i - 1} exist before it"
-                )
-            if pair in ranks:
-                raise DataError(f"BPE: merge {i} repeats merge {ranks[pair]} {pair}")
-            ranks[pair] = i
+        for a, b in self.merges:
             pieces.append(pieces[a] + pieces[b])
         object.__setattr__(self, "_ranks", ranks)
         object.__setattr__(self, "_bytes", tuple(pieces))
         object.__setattr__(self, "_cache", {})
         # characters starting in each token: its bytes that are not UTF-8 continuation bytes (10xxxxxx)
-        starts = [sum((c & 0xC0) != 0x80 for c in p) for p in pieces]
+        starts = [int((b & 0xC0) != 0x80) for b in range(N_BYTES)]
+        for a, b in self.merges:
+            starts.append(starts[a] + starts[b])
         object.__setattr__(self, "_starts", np.array(starts, dtype=np.int64))
 
     @property
@@ -259,6 +289,8 @@ class BPETokenizer:
         return self._bytes[token]
 
     def _encode_chunk(self, raw: bytes) -> list[int]:
+        if len(raw) >= bpe_long.LONG_CHUNK:  # merge by merge in place: linear, however long the chunk
+            return bpe_long.encode(raw, self.merges)
         tokens = list(raw)
         ranks = self._ranks
         while len(tokens) > 1:
@@ -356,18 +388,47 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
     Merges the most frequent pair of adjacent tokens (ties: the smallest pair)
     until ``vocab_size - 256`` merges are made or no pair is left (every chunk is
     a single token): the result's ``vocab_size`` is then smaller than asked.
+    Chunks of :data:`bevialm.bpe_long.LONG_CHUNK` bytes or more are merged in place
+    by :class:`bevialm.bpe_long.LongChunks`, so time and memory stay linear in the text.
     """
     vocab_size = check_bpe_vocab_size(vocab_size)
     if not text:
         raise DataError("BPE: cannot train on an empty text")
     chunks = Counter(pre_split(text, pre_split_rule))
-    words = [list(_utf8(c, text, "BPE training text")) for c in chunks]
-    freqs = list(chunks.values())
+    raw = [_utf8(c, text, "BPE training text") for c in chunks]
+    is_long = [len(r) >= bpe_long.LONG_CHUNK for r in raw]
+    words = [list(r) for r, long in zip(raw, is_long, strict=True) if not long]
+    freqs = [f for f, long in zip(chunks.values(), is_long, strict=True) if not long]
+    longs = bpe_long.LongChunks(
+        [r for r, long in zip(raw, is_long, strict=True) if long],
+        [f for f, long in zip(chunks.values(), is_long, strict=True) if long],
+    )
     counts, where = _pair_counts(words, freqs)
+    for pair, c in longs.initial_counts().items():
+        counts[pair] = counts.get(pair, 0) + c
+    merges = _merge_loop(words, freqs, longs, counts, where, vocab_size - N_BYTES)
+    tokenizer = BPETokenizer(tuple(merges), pre_split_rule)
+    if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
+        final = iter(words), iter(longs.tokens())
+        tokens = (next(final[long]) for long in is_long)
+        tokenizer._cache.update(islice(zip(chunks, tokens, strict=True), _CACHE_LIMIT))
+    return tokenizer
+
+
+def _merge_loop(
+    words: list[list[int]],
+    freqs: list[int],
+    longs: bpe_long.LongChunks,
+    counts: dict[tuple[int, int], int],
+    where: dict[tuple[int, int], set[int]],
+    n_merges: int,
+) -> list[tuple[int, int]]:
+    """Up to ``n_merges`` merges, each of the most frequent pair (a heap with lazy deletion),
+    rewriting only the words that hold it and merging in place in the long chunks."""
     heap = [(-c, a, b) for (a, b), c in counts.items()]
     heapq.heapify(heap)
     merges: list[tuple[int, int]] = []
-    while len(merges) < vocab_size - N_BYTES:
+    while len(merges) < n_merges:
         while heap and counts.get((heap[0][1], heap[0][2])) != -heap[0][0]:
             heapq.heappop(heap)  # stale: the pair's count changed since this entry was pushed
         if not heap:
@@ -376,7 +437,7 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
         new = N_BYTES + len(merges)
         merges.append((a, b))
         delta: dict[tuple[int, int], int] = {}
-        for w in where.pop((a, b)):
+        for w in where.pop((a, b), ()):
             word, f = words[w], freqs[w]
             merged = _merge_pair(word, a, b, new)
             words[w] = merged
@@ -393,6 +454,8 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
                     holders.discard(w)
             for pair in kept:
                 where.setdefault(pair, set()).add(w)
+        if longs.where:
+            longs.merge(a, b, new, delta)
         for pair, d in delta.items():
             if d:
                 c = counts.get(pair, 0) + d
@@ -402,11 +465,9 @@ def train_bpe(text: str, vocab_size: int, *, pre_split_rule: str = "gpt2") -> BP
                 else:
                     counts.pop(pair, None)
                     where.pop(pair, None)
+                    longs.where.pop(pair, None)
         counts.pop((a, b), None)
-    tokenizer = BPETokenizer(tuple(merges), pre_split_rule)
-    if pre_split_rule != "none":  # the chunks' final tokens are their encodings: encoding the text is then warm
-        tokenizer._cache.update(islice(zip(chunks, words, strict=True), _CACHE_LIMIT))
-    return tokenizer
+    return merges
 
 
 # --- building, saving and loading ----------------------------------------------------------------

@@ -330,6 +330,7 @@ class _Run:
         self.given_out = cfg.out  # None: a new numbered folder (or, with --resume, the newest run)
         self.out = cfg.out or ""  # the run folder, once prepare() has chosen it
         self.tokenizer: tokenizers.Tokenizer
+        self.seen: Array  # the tokens of the data file
         self.tokenizer_seconds = 0.0
         self.text_chars = 0
         self.val_chars = 0  # characters of the validation text, for bits per character
@@ -347,6 +348,7 @@ class _Run:
         self.stale_removed = 0
         self.adamw = optim.AdamWConfig(lr=cfg.lr, beta2=cfg.beta2, weight_decay=cfg.wd)
         self.metrics: IO[str] | None = None
+        self.lock = runs.RunLock("", -1, None)  # held from prepare() to the end of run()
         self.start_time = time.perf_counter()
 
     def path(self, name: str) -> str:
@@ -387,6 +389,7 @@ class _Run:
     def _start_run(self) -> None:
         created = self._claim_folder()
         try:
+            self.lock = runs.lock_run_folder(self.out)  # one process per run folder, until run() ends
             self.stale_removed = runs.remove_stale_temp_files(self.out)
             if self.cfg.resume:
                 self._restore()
@@ -396,6 +399,7 @@ class _Run:
         except BaseException:
             if self.metrics is not None:
                 self.metrics.close()
+            self.lock.release()
             if created is not None:
                 _remove_created(self.out, created)
             raise
@@ -407,6 +411,7 @@ class _Run:
         self.tokenizer = tokenizers.build(text, cfg.tokenizer, cfg.vocab_size)
         self.tokenizer_seconds = time.perf_counter() - start
         ids = self.tokenizer.encode(text, what=f"data file '{cfg.data}'")
+        self.seen = generate.seen_tokens(ids, self.tokenizer.vocab_size)  # what samples may draw
         self.text_chars = len(text)
         self.train_data, self.val_data = split(ids, cfg.val_fraction)
         self.val_chars = self.tokenizer.count_chars(self.val_data)
@@ -641,6 +646,7 @@ class _Run:
         finally:
             if self.metrics is not None:
                 self.metrics.close()
+            self.lock.release()
         last, best = self.last_eval, self.snap.best_val
         return TrainResult(
             self.snap.step,
@@ -775,6 +781,7 @@ class _Run:
             self.cfg.sample_len,
             rng=generate.sampling_rng(self.cfg.seed, step),
             sampling=self.cfg.sampling,
+            allowed=self.seen,
         )[0]
         self.say(f"----- sample at step {step} -----\n{text[len(prompt):]}\n-----")
 
@@ -811,6 +818,7 @@ class _Run:
                 "grad_norm": snap.grad_norm if math.isfinite(snap.grad_norm) else None,
                 "best_step": snap.best_step,
                 "elapsed": self.elapsed(),
+                checkpoint.SEEN_TOKENS: checkpoint.pack_seen(self.seen),
             },
         )
         path = self.path(name)

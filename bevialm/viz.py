@@ -32,7 +32,6 @@ label and layout helpers above them, and splitting the module would split those.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import textwrap
@@ -42,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from bevialm import metrics
 from bevialm.types import Array
 
 if TYPE_CHECKING:
@@ -155,40 +155,40 @@ class RunMetrics:
     eval_train: Array
     eval_val: Array
     eval_lr: Array
+    skipped: int = 0
+    """Lines of the file that are not metrics records (:mod:`bevialm.metrics`), left out."""
 
 
 def read_metrics(run: str) -> RunMetrics:
     """The metrics of run folder ``run`` (or of a ``metrics.jsonl`` named directly).
 
-    A run still training is fine: a last line cut short is skipped. A missing
-    folder or file, or one without a single record, raises :class:`VizError`.
+    A run still training is fine: a last line cut short is skipped. Lines that are not
+    records (garbage, a record without ``step``, a string for a number) are skipped and
+    counted in ``skipped`` (:mod:`bevialm.metrics`). A missing folder or file, or one
+    without a single record, raises :class:`VizError`.
     """
     path = run if os.path.isfile(run) else os.path.join(run, METRICS)
     if not os.path.exists(run):
         raise VizError(f"run folder '{run}' does not exist")
     if not os.path.isfile(path):
         raise VizError(f"run folder '{run}' has no {METRICS} (is it a run folder?)")
-    train: list[tuple[float, float, float]] = []
-    evals: list[tuple[float, float, float, float]] = []
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line being written right now, or cut short by a crash
-            if not isinstance(r, dict):
-                continue
-            nan = math.nan
-            if r.get("kind") == "train" and "loss" in r:
-                train.append((r["step"], r["loss"], r.get("lr", nan)))
-            elif r.get("kind") == "eval":
-                evals.append((r["step"], r.get("train_loss", nan), r.get("val_loss", nan), r.get("lr", nan)))
+        found = metrics.read_records(f)
+    nan = math.nan
+    train = [(r["step"], r["loss"], r.get("lr", nan)) for r in found.records if r["kind"] == "train"]
+    evals = [
+        (r["step"], r.get("train_loss", nan), r.get("val_loss", nan), r.get("lr", nan))
+        for r in found.records
+        if r["kind"] == "eval"
+    ]
+    if not train and not evals and found.skipped:
+        raise VizError(f"'{path}' holds no metrics: none of its {found.skipped} lines is a metrics record")
     if not train and not evals:
         raise VizError(f"'{path}' holds no metrics yet (a run writes its first line at its first log or evaluation)")
     t = np.array(train, dtype=np.float64).reshape(-1, 3)
     e = np.array(evals, dtype=np.float64).reshape(-1, 4)
     name = os.path.normpath(os.path.dirname(run) or ".") if path == run else os.path.normpath(run)
-    return RunMetrics(name, t[:, 0], t[:, 1], t[:, 2], e[:, 0], e[:, 1], e[:, 2], e[:, 3])
+    return RunMetrics(name, t[:, 0], t[:, 1], t[:, 2], e[:, 0], e[:, 1], e[:, 2], e[:, 3], found.skipped)
 
 
 def run_tokenizer(run: str) -> str | None:
