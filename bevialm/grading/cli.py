@@ -5,7 +5,8 @@
 them on their own. Every handler returns the exit code: 0 whenever its job was
 done (for ``grade``: whatever the score), 1 with one ``error:`` line on standard
 error when it could not be (a missing folder, a bad rubric), as for every
-``bevialm`` command; argparse's usage errors are 2.
+``bevialm`` command; argparse's usage errors are 2. ``grade`` exits 3, with one line, when
+the environment is broken (:mod:`bevialm.grading.canary`): ``grade-all`` stops on it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 from bevialm.cli import OneLineParser
 from bevialm.grading.batch import DEFAULT_STUDENT_TIME, BatchError, BatchOptions, Row, default_jobs, grade_all
-from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
+from bevialm.grading.canary import EXIT_GRADING_FAILED
+from bevialm.grading.grade import CheckResult, GradeError, GradingFailure, Options, format_report, grade, plan_checks
 from bevialm.grading.gradescope import write_bundle, write_results
 from bevialm.grading.rubric import DEFAULT_RUBRIC, PRESETS, Rubric, RubricError, load, preset, with_preset
 from bevialm.grading.skeleton import DOCSTRINGS, SkeletonError, plan, write_skeleton
@@ -100,7 +102,8 @@ def _grade(args: argparse.Namespace) -> int:
         checks = plan_checks(rubric, visible_only=args.visible_only, only=only)
         if args.list_checks:
             for c in checks:
-                print(f"{c.number:>5}  {c.id:<26} {c.rule.points:>5g} pts  {c.rule.visibility:<15} {c.title.split(': ', 1)[1]}")
+                unit = "pt " if c.rule.points == 1 else "pts"
+                print(f"{c.number:>5}  {c.id:<26} {c.rule.points:>5g} {unit}  {c.rule.visibility:<15} {c.title.split(': ', 1)[1]}")
             return 0
         if args.submission is None:
             raise GradeError("give the SUBMISSION folder to grade")
@@ -114,12 +117,18 @@ def _grade(args: argparse.Namespace) -> int:
             sandbox=not args.no_sandbox,
             jobs=args.jobs,
             time_limit=args.time_limit,
+            display_name=args.display_name,
         )
         report = grade(args.submission, options, progress=_progress(len(checks)))
         print(format_report(report))
+        for note in report.notes:  # the instructor's, on standard error: never in a student's results
+            print(note, file=sys.stderr)
         if args.results is not None:
             write_results(report, args.results)
             print(f"results written to {args.results}")
+    except GradingFailure as exc:  # the environment, not the submission: no scores written
+        _fail("grade", exc)
+        return EXIT_GRADING_FAILED
     except ERRORS as exc:
         return _fail("grade", exc)
     return 0
@@ -199,7 +208,8 @@ def add_grading_subcommands(subparsers: Any) -> None:
         "grade",
         help="grade a student's package against the reference",
         description="Grade a student's package (a filled-in skeleton) against the reference. Exit code 0 "
-        "whenever grading ran, whatever the score; 1 when it could not run.",
+        "whenever grading ran, whatever the score; 1 when it could not run (bad input); 3 when the "
+        "environment is broken (the reference's own solution fails in the sandbox: no scores are written).",
     )
     p.add_argument("submission", type=Path, nargs="?", metavar="SUBMISSION", help="the package folder (or a folder holding it)")
     p.add_argument("--results", type=Path, metavar="FILE", help="also write Gradescope's results.json here")
@@ -212,6 +222,7 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall time per check (default: the rubric's)")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="checks run at once (default 1)")
     p.add_argument("--no-sandbox", action="store_true", help="run your code in this process (faster, debugger-friendly; no limits: only for your own code)")
+    p.add_argument("--display-name", metavar="NAME", help="the name the report shows for the submission (default: its folder's name)")
     p.set_defaults(handler=cmd_grade)
 
     p = subparsers.add_parser(

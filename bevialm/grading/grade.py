@@ -37,6 +37,7 @@ from pathlib import Path
 import bevialm
 from bevialm.grading import cases as reference
 from bevialm.grading import training as training_checks
+from bevialm.grading.canary import GradingFailure, run_canary
 from bevialm.grading.compare import Comparison, compare, tensor_name
 from bevialm.grading.judge import CheckResult, _cross_reference, _judge, pair_dependencies
 from bevialm.grading.plan import MODEL, Check, GradeError, given_modules, plan_checks
@@ -57,6 +58,7 @@ __all__ = [
     "Comparison",
     "GradeError",
     "GradeReport",
+    "GradingFailure",
     "Options",
     "compare",
     "format_rel",
@@ -80,6 +82,8 @@ class Options:
     package: str = PACKAGE
     as_root: bool | None = None
     """Run the checks with root's protections (a uid of their own); None: when the grader is root."""
+    display_name: str | None = None
+    """The submission's name in the report (default: its folder's name)."""
 
 
 def grade(submission: Path, options: Options = Options(), progress: Callable[[CheckResult], None] | None = None) -> GradeReport:
@@ -122,6 +126,8 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     # (to hide an import of the reference) before a later scan.
     reference_uses, missing = reference_imports(root), missing_files(root)
     given = given_modules(rubric.tasks)
+    if options.sandbox:  # the environment first: a broken one stops here, with no scores at all
+        run_canary(limits, settings, options.as_root)
     runner = Sandbox(root, options.package, given, limits, as_root=options.as_root, jobs=options.jobs) if options.sandbox else InProcess(root, options.package, given)
     results = []
     attempts: list[str] = []
@@ -136,6 +142,8 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
                     progress(result)
     finally:
         runner.close()  # every process of every check is gone before anything is reported
+    if options.sandbox and _same_failure_to_the_end(results):
+        run_canary(limits, settings, options.as_root, again=True)
     return GradeReport(
         submission,
         root,
@@ -148,7 +156,16 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
         options.sandbox,
         attempts,
         _protections(runner, rubric),
+        options.display_name or "",
     )
+
+
+def _same_failure_to_the_end(results: list[CheckResult]) -> bool:
+    """Whether the last checks (two or more) all failed the same way without a wrong number:
+    the mark of an environment that broke midway, or of a submission that breaks every
+    check alike. The canary, run again, tells the two apart."""
+    tail = [r for r in results[-2:] if not r.passed and r.reason != "mismatch"]
+    return len(tail) == 2 and tail[0].cause == tail[1].cause
 
 
 def _protections(runner: Sandbox | InProcess, rubric: Rubric) -> list[str]:

@@ -67,6 +67,9 @@ class CheckResult:
     reason: str = "mismatch"
     """Why it failed: ``mismatch`` (wrong numbers or shapes), ``error`` (an exception) or
     ``sandbox`` (a hang, crash, exit or flood)."""
+    cause: str = ""
+    """For ``error`` and ``sandbox``: what happened, without where (the exception's type and
+    message, or how the child ended), to tell one cause failing every check."""
 
     @property
     def score(self) -> float:
@@ -235,7 +238,8 @@ def _judge(
     printed = f"\nit printed ({outcome.output_bytes} bytes):\n{outcome.output[:2000]}" if outcome.output_bytes else ""
     failure = _failure(outcome, limits)
     if failure is not None or outcome.observation is None:
-        return CheckResult(check, False, failure or "no result", None, f"{failure}{printed}", outcome.seconds, "sandbox")
+        cause = f"{outcome.status}: {outcome.detail}"
+        return CheckResult(check, False, failure or "no result", None, f"{failure}{printed}", outcome.seconds, "sandbox", cause)
     obs = outcome.observation
     if obs.meta["error"]:
         case = obs.meta.get("case")
@@ -243,7 +247,8 @@ def _judge(
         if others is not None and isinstance(case, int) and (check.subject, check.kind) in beyond_pairs.JUDGES:
             label = beyond_pairs.case_label(check.subject, check.kind, others, case)
         hint = _error_hint(obs.meta["error"], label)
-        return CheckResult(check, False, hint, None, f"{hint}{printed}", outcome.seconds, "error")
+        error = obs.meta["error"]
+        return CheckResult(check, False, hint, None, f"{hint}{printed}", outcome.seconds, "error", f"{error['type']}: {error['message']}")
     if (check.subject, check.kind) in beyond_pairs.JUDGES:
         assert others is not None
         verdict = beyond_pairs.judge(check.subject, check.kind, others, obs)
