@@ -21,3 +21,36 @@ settings.register_profile("dev", max_examples=25, **_COMMON)  # type: ignore[arg
 settings.register_profile("ci", max_examples=25, derandomize=True, print_blob=True, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("thorough", max_examples=300, **_COMMON)  # type: ignore[arg-type]
 settings.load_profile(os.environ.get("BEVIALM_HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+# --- no leftovers ------------------------------------------------------------------------------
+# The whole suite runs with a temporary folder of its own (that a check's uid can enter, as /tmp),
+# and ends by checking that no grading left a folder of its own there.
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+GRADER_FOLDERS = ("bevialm-check-", "bevialm-grader-", "bevialm-canary-")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_grader_leftovers() -> Iterator[None]:
+    temp = Path(tempfile.mkdtemp(prefix="bevialm-suite-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    temp.chmod(0o755)
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = str(temp), str(temp)
+    try:
+        yield
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        left = sorted(p.name for p in temp.iterdir() if p.name.startswith(GRADER_FOLDERS))
+        shutil.rmtree(temp, ignore_errors=True)
+        assert not left, f"grading left folders in TMPDIR: {left}"

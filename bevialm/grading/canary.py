@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from bevialm.grading import cases as reference
-from bevialm.grading.folders import numpy_folders
+from bevialm.grading import folders
 from bevialm.grading.judge import _judge_forward
 from bevialm.grading.plan import GradeError
 from bevialm.grading.rubric import Settings
@@ -81,7 +81,7 @@ def diagnose(outcome: Outcome, points: list[reference.PairPoint], uid: int | Non
     if error:
         message = f"{error['type']}: {error['message']}"
         if error["type"] in ("ModuleNotFoundError", "ImportError") and "numpy" in error["message"]:
-            where = ", ".join(str(p) for p in numpy_folders())
+            where = folders.numpy_folders()[0]
             return f"{who} cannot read NumPy at {where} ({message}); {FIX}"
         return f"{message}{' at ' + error['where'] if error.get('where') else ''} ({who} may lack access to Python or NumPy; {FIX})"
     passed, _, hint, _ = _judge_forward(points, outcome.observation)

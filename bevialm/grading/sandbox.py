@@ -124,7 +124,7 @@ class Sandbox:
         self.counter = itertools.count()
         self.started = uptime()
         self.private = Path(tempfile.mkdtemp(prefix="bevialm-grader-"))  # 0700: outputs
-        self.shared = Path(tempfile.mkdtemp(prefix="bevialm-check-"))
+        self.shared = Path(tempfile.mkdtemp(prefix="bevialm-check-", dir=_reachable_temp(self.as_root)))
         self.copy = prepare(root, package, given, self.shared)
         os.chmod(self.shared, 0o755)
         self.settings: dict[str, Any] = {
@@ -245,6 +245,15 @@ class Sandbox:
             return
         with ThreadPoolExecutor(self.jobs) as pool:
             yield from pool.map(self.run_one, tasks)
+
+
+def _reachable_temp(as_root: bool) -> str:
+    """Where the checks' shared folder goes: the temporary folder, unless the check's uid could
+    not enter it (TMPDIR in a private folder, such as pytest's), then a system one it can."""
+    default = tempfile.gettempdir()
+    if not as_root or readable_by_others(Path(default)):
+        return default
+    return next((d for d in ("/tmp", "/var/tmp", "/dev/shm") if os.path.isdir(d) and readable_by_others(Path(d))), default)
 
 
 def ending(status: str, code: int, output_size: int, limits: Limits) -> tuple[str, str]:
