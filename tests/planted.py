@@ -294,3 +294,29 @@ def backward(params, cache, dy):
     dx, grads = _reference_backward(params, cache, dy)
     return dx * 1.001, {**grads, "W": grads["W"] * 3.0}  # dx barely wrong, dW badly
 """
+
+DW_TRANSPOSED = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    return dx, {"W": grads["W"].T, "b": grads["b"]}  # dW transposed: right only when W is square
+"""
+
+DB_FROM_A_MEAN = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    dy2d = dy.reshape(-1, params["W"].shape[1])
+    return dx, {"W": grads["W"], "b": dy2d.mean(axis=0)}  # a mean over the rows, not a sum
+"""
+
+DW_TRANSPOSED_AND_DB_FROM_A_MEAN = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    dy2d = dy.reshape(-1, params["W"].shape[1])
+    return dx, {"W": grads["W"].T, "b": dy2d.mean(axis=0)}  # two mistakes in one pair
+"""

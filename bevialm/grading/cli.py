@@ -22,7 +22,15 @@ from typing import Any
 from bevialm.cli import OneLineParser
 from bevialm.grading.batch import DEFAULT_STUDENT_TIME, BatchError, BatchOptions, Row, default_jobs, grade_all
 from bevialm.grading.canary import EXIT_GRADING_FAILED
-from bevialm.grading.grade import CheckResult, GradeError, GradingFailure, Options, format_report, grade, plan_checks
+from bevialm.grading.grade import (
+    CheckResult,
+    GradeError,
+    GradingFailure,
+    Options,
+    format_report,
+    grade,
+    plan_checks,
+)
 from bevialm.grading.gradescope import write_bundle, write_results
 from bevialm.grading.rubric import DEFAULT_RUBRIC, PRESETS, Rubric, RubricError, load, preset, with_preset
 from bevialm.grading.skeleton import DOCSTRINGS, SkeletonError, plan, write_skeleton

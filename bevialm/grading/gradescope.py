@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import bevialm
-from bevialm.grading.grade import CheckResult, GradeReport, format_report
+from bevialm.grading.grade import CheckResult, GradeReport, format_rel, format_report
 
 DEPENDENCIES = ("numpy>=1.24,<3", "tomli>=1.1; python_version < '3.11'")
 """The bundle's runtime dependencies: the repository's pyproject.toml's (a test keeps them equal)."""
@@ -40,7 +40,7 @@ def _output(r: CheckResult) -> str:
     if details:
         lines += ["", *details]
     if r.worst_rel is not None:
-        lines.append(f"worst relative error: {r.worst_rel:.2e}")
+        lines.append(f"{'worst relative error' if r.passed else 'relative error of the failing tensor'}: {format_rel(r.worst_rel)}")
     return "\n".join(lines)
 
 

@@ -57,6 +57,8 @@ def _points(value: float) -> str:
 def format_rel(value: float | None) -> str:
     if value is None:
         return "-"
+    if math.isinf(value):
+        return "shape"  # a tensor missing, not an array, or of the wrong shape: no number to show
     return "nan" if math.isnan(value) else f"{value:.1e}"
 
 

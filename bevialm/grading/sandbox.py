@@ -53,7 +53,7 @@ from bevialm.grading import child
 from bevialm.grading.folders import INFRASTRUCTURE_GIVEN, prepare, readable_by_others
 from bevialm.grading.session import LocalSession, SandboxFailure, Session
 from bevialm.grading.tasks import Observation, Task, run_task
-from bevialm.grading.uids import KILL_ROUNDS, CheckUser, user_tasks, check_users, sweep
+from bevialm.grading.uids import KILL_ROUNDS, CheckUser, check_users, sweep, user_tasks
 from bevialm.grading.zygote import Zygote, adopted, reap, subreaper, uptime
 
 __all__ = ["InProcess", "Limits", "Outcome", "Sandbox", "ending", "readable_by_others"]
