@@ -169,17 +169,23 @@ def _same_failure_to_the_end(results: list[CheckResult]) -> bool:
 
 
 def _protections(runner: Sandbox | InProcess, rubric: Rubric) -> list[str]:
-    """One line on what isolation this run had, when it lacked root's."""
+    """The instructor's notes on what isolation this run lacked (never shown to students)."""
     if isinstance(runner, InProcess):
         return []
+    notes = []
+    if not runner.network_closed:
+        notes.append(
+            "note: the checks could use the network (this system allows no network namespace here): "
+            "student code could send out what it is given; grade as root, as on Gradescope, to close it"
+        )
     if not runner.as_root:
-        return [
+        return notes + [
             "note: not running as root, so each check runs as you: time, memory, output and process "
             "limits apply, but a separate uid (which also keeps your files, the rubric and the grader "
             "out of the checks' reach) applies only when grading as root, as on Gradescope"
         ]
     exposed = [Path(bevialm.__file__).parent, *([Path(rubric.source)] if Path(rubric.source).is_file() else [])]
-    return [
+    return notes + [
         f"note: {path} is readable by every user, so the checks could read it: install as the autograder's setup.sh does"
         for path in exposed
         if readable_by_others(path)

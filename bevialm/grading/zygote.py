@@ -112,3 +112,18 @@ class Zygote:
 
 ZYGOTE_TIMEOUT = 120.0
 """Seconds the grader waits for the zygote (its first answer waits for NumPy's import)."""
+
+
+def can_isolate_network() -> bool:
+    """Whether a check's child can cut itself off the network here (:func:`child.isolate_network`,
+    tried in a forked process that then exits)."""
+    from bevialm.grading import child
+
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the forked probe (coverage cannot see it)
+        try:
+            os._exit(0 if child.isolate_network() else 1)
+        finally:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
