@@ -23,6 +23,7 @@ from bevialm.cli import OneLineParser
 from bevialm.grading.batch import DEFAULT_STUDENT_TIME, BatchError, BatchOptions, Row, default_jobs, grade_all
 from bevialm.grading.canary import EXIT_GRADING_FAILED
 from bevialm.grading.grade import (
+    DEFAULT_TOTAL_TIME,
     CheckResult,
     GradeError,
     GradingFailure,
@@ -115,8 +116,8 @@ def _grade(args: argparse.Namespace) -> int:
             return 0
         if args.submission is None:
             raise GradeError("give the SUBMISSION folder to grade")
-        if args.jobs < 1 or (args.time_limit is not None and args.time_limit <= 0):
-            raise GradeError("--jobs and --time-limit must be positive")
+        if args.jobs < 1 or (args.time_limit is not None and args.time_limit <= 0) or not args.total_time_limit > 0:
+            raise GradeError("--jobs, --time-limit and --total-time-limit must be positive")
         options = Options(
             rubric=rubric,
             seed=args.seed,
@@ -125,6 +126,7 @@ def _grade(args: argparse.Namespace) -> int:
             sandbox=not args.no_sandbox,
             jobs=args.jobs,
             time_limit=args.time_limit,
+            total_time_limit=args.total_time_limit,
             display_name=args.display_name,
         )
         report = grade(args.submission, options, progress=_progress(len(checks)))
@@ -228,6 +230,10 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--only", action="append", default=[], metavar="CHECKS", help="only these checks: ids, pair names, kinds or globs, comma-separated (e.g. linear,*.backward)")
     p.add_argument("--list-checks", action="store_true", help="list the checks with their points and stop")
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall time per check (default: the rubric's)")
+    p.add_argument(
+        "--total-time-limit", type=float, default=DEFAULT_TOTAL_TIME, metavar="SECONDS",
+        help=f"wall time for the whole grading: checks not done by then are reported as timed out (default {DEFAULT_TOTAL_TIME:g})",
+    )  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="checks run at once (default 1)")
     p.add_argument("--no-sandbox", action="store_true", help="run your code in this process (faster, debugger-friendly; no limits: only for your own code)")
     p.add_argument("--display-name", metavar="NAME", help="the name the report shows for the submission (default: its folder's name)")

@@ -49,6 +49,11 @@ from bevialm.grading.student import PACKAGE, find_package_root, missing_files, r
 from bevialm.grading.tasks import ModelTask, PairTask, Task, TrainingTask
 from bevialm.registry import BY_NAME, PAIRS
 
+DEFAULT_TOTAL_TIME = 600.0
+"""Seconds one grading may take in all (``--total-time-limit``): ten times a whole grading of the
+reference on a loaded machine, and less than ``grade-all``'s limit for one student (900 s), so a
+stalled submission still gets a result for every check."""
+
 COMPOSED = frozenset(f"{MODEL}.{kind}" for kind in COMPOSED_KINDS)
 """The model checks that need the reference model's point (``loss_and_grads``, ``training``)."""
 
@@ -79,6 +84,8 @@ class Options:
     sandbox: bool = True
     jobs: int = 1
     time_limit: float | None = None
+    total_time_limit: float = DEFAULT_TOTAL_TIME
+    """Seconds for the whole grading (see :attr:`Limits.total_time`)."""
     package: str = PACKAGE
     as_root: bool | None = None
     """Run the checks with root's protections (a uid of their own); None: when the grader is root."""
@@ -99,6 +106,7 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
         options.time_limit if options.time_limit is not None else settings.time_limit,
         settings.memory_limit_mb,
         settings.output_limit_kb,
+        options.total_time_limit,
     )
 
     # The reference runs first, before any student code, so nothing the student does can change it.

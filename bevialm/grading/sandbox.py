@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import shutil
 import signal
@@ -70,6 +71,10 @@ class Limits:
     time_limit: float = 60.0
     memory_limit_mb: int = 1024
     output_limit_kb: int = 256
+    total_time: float = math.inf
+    """Seconds for the whole grading: checks still running then are stopped, and those not yet
+    started are not run, each reported as timed out (so a submission that stalls every check
+    ends in bounded time, with a result for every check)."""
 
     @property
     def output_limit(self) -> int:
@@ -125,6 +130,7 @@ class Sandbox:
         self.lock = threading.Lock()
         self.counter = itertools.count()
         self.started = uptime()
+        self.deadline = time.monotonic() + limits.total_time
         self.private = Path(tempfile.mkdtemp(prefix="bevialm-grader-"))  # 0700: outputs
         self.shared = Path(tempfile.mkdtemp(prefix="bevialm-check-", dir=_reachable_temp(self.as_root)))
         self.copy = prepare(root, package, given, self.shared)
@@ -186,7 +192,7 @@ class Sandbox:
             for fd in (requests_r, answers_w, out):
                 os.close(fd)
         started = time.monotonic()
-        session = Session(requests_w, answers_r, started + self.limits.time_limit, self.copy)
+        session = Session(requests_w, answers_r, min(started + self.limits.time_limit, self.deadline), self.copy)
         start = {"workdir": str(workdir), "uid": user.uid if user else None, "gid": user.gid if user else None}
         with contextlib.suppress(OSError, TimeoutError):
             child.send(session.requests, start, [], session.deadline)
@@ -218,9 +224,13 @@ class Sandbox:
         run.output.unlink(missing_ok=True)
         shutil.rmtree(run.workdir, ignore_errors=True)
         status, detail = ending(status, -signal.SIGKILL if code is None else code, size, self.limits)
+        if status == "timeout" and run.session.deadline >= self.deadline:
+            detail = f"stopped: the grading's time limit ({self.limits.total_time:g} s) ran out"
         return status, detail, output, size
 
     def run_one(self, task: Task) -> Outcome:
+        if time.monotonic() >= self.deadline:
+            return Outcome("timeout", detail=f"not run: the grading's time limit ({self.limits.total_time:g} s) ran out first")
         with self.lock:
             user = self.free_users.pop() if self.users else None
         try:
