@@ -113,7 +113,7 @@ def test_bundle_declares_the_repository_dependencies_and_tests_venv_creation() -
     declared = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
     assert list(gradescope.DEPENDENCIES) == declared
     assert tomllib.loads(gradescope.pyproject())["project"]["dependencies"] == declared
-    assert "venv --help" not in gradescope.SETUP_SH and 'if ! python3 -m venv "$AUTOGRADER/venv"' in gradescope.SETUP_SH
+    assert "if ! python3 -m venv --help" not in gradescope.SETUP_SH and 'if ! python3 -m venv "$AUTOGRADER/venv"' in gradescope.SETUP_SH
     assert "-m bevialm.grading.canary" in gradescope.SETUP_SH
 
 
