@@ -141,6 +141,7 @@ class Sandbox:
             "path": [str(self.shared / "pkg"), str(self.shared / "lib")],
             "given_dir": str(self.shared / "given" / "bevialm"),
             "given": list(INFRASTRUCTURE_GIVEN),
+            "folders": [str(self.shared), str(self.private)],  # the zygote removes them if the grader dies
             "limits": {
                 "time": limits.time_limit,
                 "memory": limits.memory_limit_mb * 2**20,
