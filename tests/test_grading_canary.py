@@ -16,6 +16,7 @@ from bevialm.grading import canary, folders
 from bevialm.grading import cli as grading_cli
 from bevialm.grading.canary import EXIT_GRADING_FAILED, GradingFailure, diagnose
 from bevialm.grading.grade import Options, grade
+from bevialm.grading.rubric import Settings
 from bevialm.grading.sandbox import Limits, Outcome
 from bevialm.grading.tasks import Observation
 
@@ -145,7 +146,7 @@ def test_canary_command_and_sandbox_that_cannot_start(monkeypatch: pytest.Monkey
         "the sandbox could not start (no unused uid for the checks)"
     )
     with pytest.raises(GradingFailure):
-        canary.run_canary(Limits(), canary.Settings(), None)
+        canary.run_canary(Limits(), Settings(), None)
 
 
 def test_no_sandbox_runs_no_canary(solution: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@ yet, and each test's output saying every thing once."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bevialm.grading import gradescope
@@ -52,7 +54,7 @@ def test_test_output_says_name_and_hint_once(report: GradeReport) -> None:
     assert tests["relu.forward"]["output"].startswith("ok")
 
 
-def _grade_cli(folder: object, *args: str) -> tuple[str, str, dict[str, object]]:
+def _grade_cli(folder: object, *args: str) -> tuple[str, str, dict[str, Any]]:
     import json
     import subprocess
     import sys
@@ -76,7 +78,7 @@ def test_students_see_no_grader_path_and_no_instructor_note(tmp_path_factory: py
     assert out.startswith("BeviaLLM grading of alice\n") and str(folder) not in out
     assert str(folder.parent) not in text and "/tmp" not in text and "note:" not in text
     assert "note:" not in out  # the instructor's notes go to standard error only
-    assert data["output"].startswith("BeviaLLM grading of alice\n")  # type: ignore[union-attr]
+    assert data["output"].startswith("BeviaLLM grading of alice\n")
     out, _, data = _grade_cli(folder)
     assert out.startswith("BeviaLLM grading of alice_pkg\n")  # the folder's name, never its path
 
@@ -86,7 +88,7 @@ def test_visible_only_says_one_total_everywhere(tmp_path_factory: pytest.TempPat
     rubric = folder.parent / "r.toml"
     rubric.write_text(RUBRIC)
     out, _, data = _grade_cli(folder, "--visible-only", "--rubric", str(rubric))
-    visible = sum(float(t["max_score"]) for t in data["tests"])  # type: ignore[union-attr]
+    visible = sum(float(t["max_score"]) for t in data["tests"])
     assert data["max_score"] == data["score"] == visible and data["scope"] == "visible checks only"
     assert f"score {visible:g}/{visible:g} (visible checks only)" in out
     assert f"score {visible:g}/{visible:g} (visible checks only)" in str(data["output"])

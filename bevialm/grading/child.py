@@ -358,14 +358,15 @@ CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 
 
-def isolate_network() -> bool:
+def isolate_network(libc: Any = None) -> bool:
     """Put this process in a network namespace of its own, with no interface up (not even
     loopback): nothing it sends can reach a listener anywhere, 127.0.0.1 included. Needs root
     (CAP_SYS_ADMIN), or a user namespace where the kernel lets users make one (then this
     process's uid is mapped to itself). Whether it worked."""
-    import ctypes
+    if libc is None:
+        import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNET) == 0:
         return True
     uid, gid = os.getuid(), os.getgid()

@@ -4,6 +4,7 @@ bookkeeping of the processes the checks leave behind (adopted orphans, zombies).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -114,15 +115,19 @@ ZYGOTE_TIMEOUT = 120.0
 """Seconds the grader waits for the zygote (its first answer waits for NumPy's import)."""
 
 
+@functools.cache
 def can_isolate_network() -> bool:
     """Whether a check's child can cut itself off the network here (:func:`child.isolate_network`,
-    tried in a forked process that then exits)."""
+    tried once in a forked process that then exits)."""
+    import ctypes
+
     from bevialm.grading import child
 
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork: the forked probe only calls it
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the forked probe (coverage cannot see it)
         try:
-            os._exit(0 if child.isolate_network() else 1)
+            os._exit(0 if child.isolate_network(libc) else 1)
         finally:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
