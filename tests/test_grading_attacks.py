@@ -74,3 +74,25 @@ def test_a_submission_that_stalls_every_check_ends_in_bounded_time_with_every_re
     assert len(tests) == 8 and all(t["status"] == "failed" and t["score"] == 0 for t in tests)
     assert any("the grading's time limit (5 s)" in t["output"] for t in tests), [t["output"] for t in tests]
     assert took < 5 + 25, took  # the limit, plus the canaries and the start (on a loaded machine)
+
+
+SHOWS_ITS_PATH = """
+def forward(params, x, cfg):
+    import os
+    print("I live in", __file__, os.getcwd())
+    raise ValueError(f"look: {__file__} in {os.getcwd()}")
+"""
+
+
+def test_what_a_check_prints_or_raises_shows_no_grader_folder(solution: Path, tmp_path: Path) -> None:
+    from bevialm.grading import gradescope
+    from bevialm.grading.grade import Options, grade
+
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    solution_copy(folder)
+    planted.plant(folder, "layers/linear.py", SHOWS_ITS_PATH)
+    report = grade(folder, Options(only=("linear.forward",)))
+    text = json.dumps(gradescope.results(report))
+    assert "look: layers/linear.py in <grader>" in text and "I live in layers/linear.py <grader>" in text, text
+    assert "bevialm-check-" not in text and "bevialm-grader-" not in text

@@ -222,12 +222,18 @@ class Sandbox:
                         os.waitpid(pid, 0)
         reap(run.since_boot)
         output, size = _read_output(run.output)
+        output = self.without_paths(output)
         run.output.unlink(missing_ok=True)
         shutil.rmtree(run.workdir, ignore_errors=True)
         status, detail = ending(status, -signal.SIGKILL if code is None else code, size, self.limits)
         if status == "timeout" and run.session.deadline >= self.deadline:
             detail = f"stopped: the grading's time limit ({self.limits.total_time:g} s) ran out"
         return status, detail, output, size
+
+    def without_paths(self, text: str) -> str:
+        """``text`` (what a check printed or raised) without the grader's folders: a student's
+        files by their place in the package, the rest as ``<grader>``."""
+        return text.replace(f"{self.copy}/", "").replace(str(self.shared), "<grader>").replace(str(self.private), "<grader>")
 
     def run_one(self, task: Task) -> Outcome:
         if time.monotonic() >= self.deadline:
@@ -249,6 +255,9 @@ class Sandbox:
             if user is not None:
                 with self.lock:
                     self.free_users.append(user)
+        if observation is not None and observation.meta["error"]:
+            error = observation.meta["error"]
+            error.update({k: self.without_paths(str(error.get(k, ""))) for k in ("message", "where")})
         return Outcome(status, observation if status == "ok" else None, output, size, detail, seconds, blocked)
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:
