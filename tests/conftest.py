@@ -37,6 +37,18 @@ import pytest  # noqa: E402
 GRADER_FOLDERS = ("bevialm-check-", "bevialm-grader-", "bevialm-canary-")
 
 
+def grader_leftovers(wait: float = 0.0) -> list[str]:
+    """The graders' folders in TMPDIR, once none is left or after ``wait`` seconds."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        left = sorted(p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(GRADER_FOLDERS))
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_grader_leftovers() -> Iterator[None]:
     temp = Path(tempfile.mkdtemp(prefix="bevialm-suite-", dir="/tmp" if os.path.isdir("/tmp") else None))
@@ -46,11 +58,11 @@ def no_grader_leftovers() -> Iterator[None]:
     try:
         yield
     finally:
+        left = grader_leftovers()
         if saved[0] is None:
             os.environ.pop("TMPDIR", None)
         else:
             os.environ["TMPDIR"] = saved[0]
         tempfile.tempdir = saved[1]
-        left = sorted(p.name for p in temp.iterdir() if p.name.startswith(GRADER_FOLDERS))
         shutil.rmtree(temp, ignore_errors=True)
         assert not left, f"grading left folders in TMPDIR: {left}"

@@ -37,6 +37,7 @@ from bevialm.grading.grade import Options, grade
 from bevialm.grading.rubric import load
 from bevialm.grading.skeleton import write_skeleton
 
+from .conftest import grader_leftovers
 from .planted import plant
 
 ROOT = os.geteuid() == 0
@@ -496,9 +497,4 @@ def test_a_grader_killed_mid_check_takes_its_checks_along(how: str, install: Ins
             break
         time.sleep(0.05)
     assert_all_dead(box)
-    for _ in range(100):  # the zygote removes the dead grader's folders too
-        left = [p.name for p in Path(tempfile.gettempdir()).iterdir() if p.name.startswith(("bevialm-check-", "bevialm-grader-", "bevialm-canary-"))]
-        if not left:
-            break
-        time.sleep(0.05)
-    assert left == []
+    assert grader_leftovers(wait=5.0) == []  # the zygote removes the dead grader's folders too

@@ -17,6 +17,9 @@ exception it raised. Every verdict is the grader's: nothing here judges.
 
 The grader also imports this module for the wire format (:func:`send`,
 :func:`receive`), so it holds no state of its own at import.
+
+(Over 500 lines on purpose: this file's source is the child's whole program, run with
+``python -I -S -c``, so it cannot import a sibling module.)
 """
 
 from __future__ import annotations
