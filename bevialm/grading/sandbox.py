@@ -18,7 +18,14 @@ Every child has:
   ``output_limit_kb`` (more is a *flood* and fails the check); the file is the
   grader's, the child only holds a descriptor to it;
 - its own session (a signal to its group never reaches the grader's), and a process limit;
-- nothing to write results to: it answers over a pipe, and the grader computes every verdict.
+- nothing to write results to: it answers over a pipe, and the grader computes every verdict;
+- a network namespace of its own with no interface up (as root; otherwise where the kernel
+  allows a user namespace, and the grader's report notes when it does not);
+- a share of the grading's overall time limit (``Limits.total_time``).
+
+The uids are chosen in :mod:`~bevialm.grading.uids`, the zygote is in
+:mod:`~bevialm.grading.zygote`, and the folders the child reads (with a readable copy of
+NumPy when the grader's is private) in :mod:`~bevialm.grading.folders`.
 
 As **root** (Gradescope, CI), each child also drops to a uid of its own that nothing
 else on the machine uses (:func:`check_users`), with no groups and no way back
