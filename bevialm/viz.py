@@ -213,15 +213,12 @@ def bits_per_char_factor(run: str) -> float:
     path = run if os.path.isfile(run) else os.path.join(run, METRICS)
     factor = None
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(r, dict) and r.get("kind") == "eval":
-                bpc, loss = r.get("val_bpc"), r.get("val_loss")
-                if isinstance(bpc, int | float) and isinstance(loss, int | float) and loss > 0 and math.isfinite(bpc / loss):
-                    factor = bpc / loss
+        records = metrics.read_records(f).records
+    for r in records:
+        if r["kind"] == "eval":
+            bpc, loss = r.get("val_bpc"), r.get("val_loss")
+            if isinstance(bpc, int | float) and isinstance(loss, int | float) and loss > 0 and math.isfinite(bpc / loss):
+                factor = bpc / loss
     if factor is None:
         raise VizError(f"'{path}' has no evaluation with bits per character yet: plot it without --bpc, or after its first evaluation")
     return float(factor)

@@ -295,6 +295,32 @@ def backward(params, cache, dy):
     return dx * 1.001, {**grads, "W": grads["W"] * 3.0}  # dx barely wrong, dW badly
 """
 
+DW_TRANSPOSED = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    return dx, {"W": grads["W"].T, "b": grads["b"]}  # dW transposed: right only when W is square
+"""
+
+DB_FROM_A_MEAN = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    dy2d = dy.reshape(-1, params["W"].shape[1])
+    return dx, {"W": grads["W"], "b": dy2d.mean(axis=0)}  # a mean over the rows, not a sum
+"""
+
+DW_TRANSPOSED_AND_DB_FROM_A_MEAN = """
+_reference_backward = backward
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    dy2d = dy.reshape(-1, params["W"].shape[1])
+    return dx, {"W": grads["W"].T, "b": dy2d.mean(axis=0)}  # two mistakes in one pair
+"""
+
 # --- the BPE merge step (bevialm/bpe.py) ---
 
 BPE_TIE_TO_THE_LARGEST_PAIR = """
@@ -381,6 +407,9 @@ PLANTED_IN: dict[str, str] = {
     "GARBAGE_FROM_THE_OPTIMIZER": "optim.py",
     "GARBAGE_FROM_THE_MODEL": "model.py",
     "TWO_GRADIENTS_WRONG_BY_DIFFERENT_AMOUNTS": "layers/linear.py",
+    "DW_TRANSPOSED": "layers/linear.py",
+    "DB_FROM_A_MEAN": "layers/linear.py",
+    "DW_TRANSPOSED_AND_DB_FROM_A_MEAN": "layers/linear.py",
     "BPE_TIE_TO_THE_LARGEST_PAIR": "bpe.py",
     "BPE_OVERLAPPING_MERGE": "bpe.py",
     "BPE_STATS_WITHOUT_OVERLAPS": "bpe.py",

@@ -37,6 +37,7 @@ from bevialm.grading.grade import Options, grade
 from bevialm.grading.rubric import load
 from bevialm.grading.skeleton import write_skeleton
 
+from .conftest import grader_leftovers
 from .planted import plant
 
 ROOT = os.geteuid() == 0
@@ -91,7 +92,7 @@ def submission(tmp_path: Path, box: Path, forward: str, *, solution: bool = Fals
     """A skeleton (bare: it deserves 0) whose ``linear.forward`` is ``forward``'s body."""
     folder = tmp_path / "submission"
     write_skeleton(folder, with_solutions=solution)
-    code = f"BOX = {str(box)!r}\n{NOTE}\n{GRADER_ARGUMENT}\n{extra}\n\ndef forward(params, x, cfg):\n{textwrap.indent(textwrap.dedent(forward), '    ')}"
+    code = f"BOX, SUBMISSION = {str(box)!r}, {str(folder)!r}\n{NOTE}\n{GRADER_ARGUMENT}\n{extra}\n\ndef forward(params, x, cfg):\n{textwrap.indent(textwrap.dedent(forward), '    ')}"
     plant(folder, "layers/linear.py", code)
     return folder
 
@@ -255,7 +256,7 @@ def _grader_argument(flag):
             argv = open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\\0")
         except OSError:
             continue
-        if flag in argv and "grade" in argv:
+        if flag in argv and "grade" in argv and SUBMISSION in argv:  # this test's grader, not another's
             return argv[argv.index(flag) + 1]
     raise LookupError(flag)
 """
@@ -496,3 +497,4 @@ def test_a_grader_killed_mid_check_takes_its_checks_along(how: str, install: Ins
             break
         time.sleep(0.05)
     assert_all_dead(box)
+    assert grader_leftovers(wait=5.0) == []  # the zygote removes the dead grader's folders too

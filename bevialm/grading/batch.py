@@ -21,7 +21,7 @@ is removed on the way out. Students graded before the stop keep their results;
 the next run grades the rest.
 
 A broken grading environment (``bevialm grade`` exits with
-:data:`EXIT_ENVIRONMENT`: its canary, the reference's own solution, did not get
+:data:`~bevialm.grading.canary.EXIT_GRADING_FAILED`: its canary, the reference's own solution, did not get
 full marks) stops the whole run at once: its one line is printed, and no row
 is written for the student it happened to, nor the gradebook rewritten.
 
@@ -52,6 +52,7 @@ from typing import Any
 from bevialm.grading.batch_csv import GRADED, NOT_RUN, TIMED_OUT, Row, check_writable, write_csv
 from bevialm.grading.batch_scan import Scan, SubmissionRefused, fingerprint, safe_extract, scan, stage
 from bevialm.grading.batch_students import ExportError, Student, find_students
+from bevialm.grading.canary import EXIT_GRADING_FAILED
 
 DEFAULT_STUDENT_TIME = 900.0
 """Wall time for one student's whole grading (every check has its own, shorter limit inside)."""
@@ -59,8 +60,6 @@ DEFAULT_STUDENT_TIME = 900.0
 GRADE_COMMAND: tuple[str, ...] = (sys.executable, "-m", "bevialm.cli", "grade")
 """How one student is graded (the tests put a fake grader here)."""
 
-EXIT_ENVIRONMENT = 3
-"""``bevialm grade``'s exit code when the grading environment itself is broken."""
 
 STOP_GRACE = 10.0
 """Seconds a stopped ``bevialm grade`` gets to end its checks (and their processes) itself."""
@@ -202,8 +201,6 @@ class BatchOptions:
     regrade: bool = False
     time_limit: float = DEFAULT_STUDENT_TIME
     extra_args: tuple[str, ...] = ()
-    display_name: bool = False
-    """Whether ``bevialm grade`` takes ``--display-name`` (the name its report shows)."""
 
 
 def grade_one(student: Student, found: Scan, options: BatchOptions, runner: Runner) -> dict[str, Any] | None:
@@ -234,7 +231,7 @@ def grade_one(student: Student, found: Scan, options: BatchOptions, runner: Runn
 def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: Runner) -> dict[str, Any] | None:
     results = folder.parent / "results.json"
     command = [*GRADE_COMMAND, str(folder), "--results", str(results), "--jobs", "1"]
-    command += [f"--display-name={student.display}"] if options.display_name else []  # "=": a name may start with "-"
+    command += [f"--display-name={student.display}"]  # "=": a name may start with "-"
     command += ["--rubric", str(options.rubric)] if options.rubric is not None else []
     command += list(options.extra_args)
     # The grader's own temporary folders go in grade-all's working folder: removed with it,
@@ -255,7 +252,7 @@ def _run_grader(student: Student, folder: Path, options: BatchOptions, runner: R
         return None
     lines = _tail(stderr).strip().splitlines()
     last = re.sub(r"^bevialm grade: (error: )?", "", lines[-1])[:500] if lines else ""
-    if process.returncode == EXIT_ENVIRONMENT:
+    if process.returncode == EXIT_GRADING_FAILED:
         runner.stopping.set()  # no other grader starts, nor writes a result, from now on
         raise EnvironmentBroken(last or "bevialm grade found the grading environment broken")
     if process.returncode != 0 or not results.is_file():

@@ -73,7 +73,18 @@ def point(spec: PairSpec, case: Case, label: str) -> PairPoint:
 
 
 def pair_points(spec: PairSpec, settings: Settings) -> list[PairPoint]:
-    return [point(spec, c, describe_case(i, c)) for i, c in enumerate(cases(spec, settings.seed, settings.drawn_cases))]
+    """The pair's points, the most telling first: cases whose parameters are not square and
+    whose input has several rows run before the others, so a transposed matrix shows as a wrong
+    shape before a square or 1x1 case can let it through (each keeps its case number)."""
+    points = [point(spec, c, describe_case(i, c)) for i, c in enumerate(cases(spec, settings.seed, settings.drawn_cases))]
+    return sorted(points, key=lambda p: not telling(p.input.params, p.input.x))
+
+
+def telling(params: dict[str, Array], x: Array) -> bool:
+    """Whether a transposed parameter or a mixed-up axis cannot go unseen: every matrix
+    parameter non-square, and an input of several rows."""
+    matrices = [v.shape for v in params.values() if np.ndim(v) >= 2]
+    return np.ndim(x) >= 2 and x.shape[0] > 1 and all(len(set(shape)) == len(shape) for shape in matrices)
 
 
 # --- the whole model ------------------------------------------------------------------------

@@ -17,6 +17,9 @@ exception it raised. Every verdict is the grader's: nothing here judges.
 
 The grader also imports this module for the wire format (:func:`send`,
 :func:`receive`), so it holds no state of its own at import.
+
+(Over 500 lines on purpose: this file's source is the child's whole program, run with
+``python -I -S -c``, so it cannot import a sibling module.)
 """
 
 from __future__ import annotations
@@ -356,6 +359,33 @@ def _libc() -> Any:  # pragma: no cover - runs in the child
     return ctypes.CDLL(None, use_errno=True)
 
 
+CLONE_NEWNET = 0x40000000
+CLONE_NEWUSER = 0x10000000
+
+
+def isolate_network(libc: Any = None) -> bool:
+    """Put this process in a network namespace of its own, with no interface up (not even
+    loopback): nothing it sends can reach a listener anywhere, 127.0.0.1 included. Needs root
+    (CAP_SYS_ADMIN), or a user namespace where the kernel lets users make one (then this
+    process's uid is mapped to itself). Whether it worked."""
+    if libc is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) == 0:
+        return True
+    uid, gid = os.getuid(), os.getgid()
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+        return False
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        try:
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+        except OSError:
+            pass  # unmapped, the process still reads files as its own uid
+    return True
+
+
 def warm_up(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the zygote
     """The import path, NumPy and the usual standard library: the slow part of a start, done
     once in the zygote that every check's child is forked from."""
@@ -396,6 +426,7 @@ def confine(settings: dict[str, Any], start: dict[str, Any]) -> Blocker:  # prag
     os.chdir(start["workdir"])
     os.environ.update(HOME=start["workdir"], TMPDIR=start["workdir"])
     uid = start["uid"]
+    isolated = isolate_network() if uid is not None else False  # as root: before the uid is given up
     if uid is not None:
         folders = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in stdlib if os.path.isdir(p)]
         os.setgroups([])
@@ -407,6 +438,8 @@ def confine(settings: dict[str, Any], start: dict[str, Any]) -> Blocker:  # prag
         libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: no setuid program gives root back
         libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: its own /proc/self/fd, for the folders below
         sys.path[:] = settings["path"] + [f"/proc/self/fd/{fd}" for fd in folders]
+    if not isolated:
+        isolate_network()  # as a user (or root without CAP_SYS_ADMIN): a user namespace, where allowed
     with open("/proc/self/statm") as f:
         base = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     cap = base + limits["memory"]
@@ -501,6 +534,10 @@ def zygote(settings: dict[str, Any]) -> None:  # pragma: no cover - runs in the 
             request = json.loads(message)
         except (OSError, ValueError):  # the grader is gone (killed, say): its checks go with it
             _stop_all(started)
+            import shutil
+
+            for folder in settings.get("folders", []):  # and the folders it would have removed
+                shutil.rmtree(folder, ignore_errors=True)
             os._exit(0)
         if request["op"] == "fork":
             pid = os.fork()

@@ -5,7 +5,8 @@
 them on their own. Every handler returns the exit code: 0 whenever its job was
 done (for ``grade``: whatever the score), 1 with one ``error:`` line on standard
 error when it could not be (a missing folder, a bad rubric), as for every
-``bevialm`` command; argparse's usage errors are 2.
+``bevialm`` command; argparse's usage errors are 2. ``grade`` exits 3, with one line, when
+the environment is broken (:mod:`bevialm.grading.canary`): ``grade-all`` stops on it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 from bevialm.cli import OneLineParser
 from bevialm.grading.batch import (
     DEFAULT_STUDENT_TIME,
-    EXIT_ENVIRONMENT,
     BatchError,
     BatchOptions,
     EnvironmentBroken,
@@ -30,7 +30,17 @@ from bevialm.grading.batch import (
     grade_all,
 )
 from bevialm.grading.batch_csv import Row
-from bevialm.grading.grade import CheckResult, GradeError, Options, format_report, grade, plan_checks
+from bevialm.grading.canary import EXIT_GRADING_FAILED
+from bevialm.grading.grade import (
+    DEFAULT_TOTAL_TIME,
+    CheckResult,
+    GradeError,
+    GradingFailure,
+    Options,
+    format_report,
+    grade,
+    plan_checks,
+)
 from bevialm.grading.gradescope import write_bundle, write_results
 from bevialm.grading.rubric import DEFAULT_RUBRIC, PRESETS, Rubric, RubricError, load, preset, with_preset
 from bevialm.grading.skeleton import DOCSTRINGS, SkeletonError, plan, write_skeleton
@@ -110,12 +120,13 @@ def _grade(args: argparse.Namespace) -> int:
         checks = plan_checks(rubric, visible_only=args.visible_only, only=only)
         if args.list_checks:
             for c in checks:
-                print(f"{c.number:>5}  {c.id:<26} {c.rule.points:>5g} pts  {c.rule.visibility:<15} {c.title.split(': ', 1)[1]}")
+                unit = "pt " if c.rule.points == 1 else "pts"
+                print(f"{c.number:>5}  {c.id:<26} {c.rule.points:>5g} {unit}  {c.rule.visibility:<15} {c.title.split(': ', 1)[1]}")
             return 0
         if args.submission is None:
             raise GradeError("give the SUBMISSION folder to grade")
-        if args.jobs < 1 or (args.time_limit is not None and args.time_limit <= 0):
-            raise GradeError("--jobs and --time-limit must be positive")
+        if args.jobs < 1 or (args.time_limit is not None and args.time_limit <= 0) or not args.total_time_limit > 0:
+            raise GradeError("--jobs, --time-limit and --total-time-limit must be positive")
         options = Options(
             rubric=rubric,
             seed=args.seed,
@@ -124,26 +135,22 @@ def _grade(args: argparse.Namespace) -> int:
             sandbox=not args.no_sandbox,
             jobs=args.jobs,
             time_limit=args.time_limit,
+            total_time_limit=args.total_time_limit,
+            display_name=args.display_name,
         )
         report = grade(args.submission, options, progress=_progress(len(checks)))
         print(format_report(report))
+        for note in report.notes:  # the instructor's, on standard error: never in a student's results
+            print(note, file=sys.stderr)
         if args.results is not None:
             write_results(report, args.results)
             print(f"results written to {args.results}")
+    except GradingFailure as exc:  # the environment, not the submission: no scores written
+        _fail("grade", exc)
+        return EXIT_GRADING_FAILED
     except ERRORS as exc:
         return _fail("grade", exc)
     return 0
-
-
-def _grade_takes(option: str) -> bool:
-    """Whether ``bevialm grade`` accepts ``option`` (grade-all passes only what it takes)."""
-    parser = OneLineParser(prog="bevialm")
-    add_grading_subcommands(parser.add_subparsers(dest="command"))
-    try:
-        _, unknown = parser.parse_known_args(["grade", option, "x"])
-    except SystemExit:  # pragma: no cover - argparse refusing the value
-        return False
-    return not unknown
 
 
 def cmd_grade_all(args: argparse.Namespace) -> int:
@@ -165,7 +172,6 @@ def cmd_grade_all(args: argparse.Namespace) -> int:
             jobs=args.jobs or default_jobs(),
             regrade=args.regrade,
             time_limit=args.student_time_limit,
-            display_name=_grade_takes("--display-name"),
         )
 
         def show(done: int, total: int, r: Row) -> None:
@@ -181,7 +187,7 @@ def cmd_grade_all(args: argparse.Namespace) -> int:
         return exc.code
     except EnvironmentBroken as exc:
         print(f"bevialm grade-all: error: {exc} (grading stopped; the gradebook is unchanged)", file=sys.stderr)
-        return EXIT_ENVIRONMENT
+        return EXIT_GRADING_FAILED
     skipped = sum(not r.graded_now for r in rows)
     again = f" ({skipped} unchanged since the last run, not graded again: --regrade to grade them)" if skipped else ""
     print(f"graded {len(rows)} students{again}; gradebook {args.csv}, results in {options.results_dir}")
@@ -229,7 +235,8 @@ def add_grading_subcommands(subparsers: Any) -> None:
         "grade",
         help="grade a student's package against the reference",
         description="Grade a student's package (a filled-in skeleton) against the reference. Exit code 0 "
-        "whenever grading ran, whatever the score; 1 when it could not run.",
+        "whenever grading ran, whatever the score; 1 when it could not run (bad input); 3 when the "
+        "environment is broken (the reference's own solution fails in the sandbox: no scores are written).",
     )
     p.add_argument("submission", type=Path, nargs="?", metavar="SUBMISSION", help="the package folder (or a folder holding it)")
     p.add_argument("--results", type=Path, metavar="FILE", help="also write Gradescope's results.json here")
@@ -240,8 +247,13 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--only", action="append", default=[], metavar="CHECKS", help="only these checks: ids, pair names, kinds or globs, comma-separated (e.g. linear,*.backward)")
     p.add_argument("--list-checks", action="store_true", help="list the checks with their points and stop")
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall time per check (default: the rubric's)")
+    p.add_argument(
+        "--total-time-limit", type=float, default=DEFAULT_TOTAL_TIME, metavar="SECONDS",
+        help=f"wall time for the whole grading: checks not done by then are reported as timed out (default {DEFAULT_TOTAL_TIME:g})",
+    )  # fmt: skip
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="checks run at once (default 1)")
     p.add_argument("--no-sandbox", action="store_true", help="run your code in this process (faster, debugger-friendly; no limits: only for your own code)")
+    p.add_argument("--display-name", metavar="NAME", help="the name the report shows for the submission (default: its folder's name)")
     p.set_defaults(handler=cmd_grade)
 
     p = subparsers.add_parser(

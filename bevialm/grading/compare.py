@@ -91,24 +91,45 @@ def _groups(comparisons: list[Comparison]) -> str:
     return f" [wrong: {', '.join(wrong)}; right: {', '.join(right)}]" if wrong and right else ""
 
 
+NOT_COMPARABLE = math.inf
+"""The relative error of a tensor that could not be compared: missing, not an array, or of the
+wrong shape (the report's rel-err column says ``shape``)."""
+
+
 def summarise(comparisons: list[Comparison], label: str) -> Verdict:
-    """(passed, worst_rel, hint, details) over the tensors of one check."""
-    rels = [c.worst_rel for c in comparisons if c.worst_rel is not None]
-    worst = max(rels, key=lambda v: (not math.isnan(v), v)) if rels else None
-    if any(math.isnan(v) for v in rels):
-        worst = math.nan
-    failed = sorted((c for c in comparisons if not c.passed), key=_badness, reverse=True)
+    """(passed, worst_rel, hint, details) over the tensors of one case."""
+    return judge_cases([(comparisons, label)])
+
+
+def judge_cases(cases: list[tuple[list[Comparison], str]], prefix: str = "") -> Verdict:
+    """(passed, worst_rel, hint, details) over every case of a check, each a list of tensor
+    comparisons and its label. Passed when every tensor matched in every case. Otherwise the
+    hint names the worst failure (a missing or misshapen tensor before any wrong number, then
+    the largest error, an earlier case first among equals), the other tensors wrong in *any*
+    case, and as matching only the tensors that matched in *every* case: a transposed ``dW``
+    that happens to fit a 1x1 case is not said to match. ``worst_rel`` is then the failing
+    tensor's error (:data:`NOT_COMPARABLE` for a shape), never a matching tensor's 0."""
+    everything = [c for comparisons, _ in cases for c in comparisons]
+    failed = sorted(
+        ((c, label) for comparisons, label in cases for c in comparisons if not c.passed),
+        key=lambda item: _badness(item[0]),
+        reverse=True,
+    )
     if not failed:
-        return True, worst, "ok", ""
+        rels = [c.worst_rel for c in everything if c.worst_rel is not None]
+        return True, (max(rels) if rels else None), "ok", ""
+    first, label = failed[0]
     names: list[str] = []
-    for c in failed:
+    for c, _ in failed:
         if c.name not in names:
             names.append(c.name)
-    fine = sorted({c.name for c in comparisons} - set(names))
+    fine = sorted({c.name for c in everything} - set(names))
     also = f"; also wrong: {listed(names[1:])}" if len(names) > 1 else ""
     suffix = f"; {', '.join(fine)} {'match' if len(fine) > 1 else 'matches'}" if fine and len(fine) <= 4 else ""
-    hint = f"{failed[0].problem} ({label}){also}{suffix}{_groups(comparisons)}"
-    return False, worst, hint, "\n".join(f"{c.problem}" for c in failed[:20])
+    hint = f"{prefix}{first.problem} ({label}){also}{suffix}{_groups(everything)}"
+    rel = NOT_COMPARABLE if first.worst_rel is None else first.worst_rel
+    details = [c.problem + (f" ({where})" if len(cases) > 1 else "") for c, where in failed[:20]]
+    return False, rel, hint, "\n".join(details)
 
 
 def array_of(obs: Observation, key: str) -> tuple[Array | None, str | None]:
@@ -116,15 +137,14 @@ def array_of(obs: Observation, key: str) -> tuple[Array | None, str | None]:
 
 
 def worst_case(verdicts: list[Verdict]) -> Verdict:
-    """Over a check's cases: passed when all did, else the hint of the case with the largest
-    relative error (a stress case that fails by far is named before a case that fails barely)."""
-    worst = worst_of([v[1] for v in verdicts if v[1] is not None])
+    """Over a check's cases judged one by one: passed when all did, else the hint and error of
+    the case that fails worst (a shape before any number; a stress case that fails by far
+    before a case that fails barely)."""
     failed = [v for v in verdicts if not v[0]]
     if not failed:
-        return True, worst, "ok", ""
+        return True, worst_of([v[1] for v in verdicts if v[1] is not None]), "ok", ""
     rank = [math.inf if v[1] is None or math.isnan(v[1]) else v[1] for v in failed]
-    _, _, hint, details = failed[rank.index(max(rank))]
-    return False, worst, hint, details
+    return failed[rank.index(max(rank))]
 
 
 def worst_of(values: list[float]) -> float | None:

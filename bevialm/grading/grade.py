@@ -37,6 +37,7 @@ from pathlib import Path
 import bevialm
 from bevialm.grading import cases as reference
 from bevialm.grading import training as training_checks
+from bevialm.grading.canary import GradingFailure, run_canary
 from bevialm.grading.compare import Comparison, compare, tensor_name
 from bevialm.grading.judge import CheckResult, _cross_reference, _judge, pair_dependencies
 from bevialm.grading.plan import MODEL, Check, GradeError, given_modules, plan_checks
@@ -48,6 +49,11 @@ from bevialm.grading.student import PACKAGE, find_package_root, missing_files, r
 from bevialm.grading.tasks import ModelTask, PairTask, Task, TrainingTask
 from bevialm.registry import BY_NAME, PAIRS
 
+DEFAULT_TOTAL_TIME = 600.0
+"""Seconds one grading may take in all (``--total-time-limit``): ten times a whole grading of the
+reference on a loaded machine, and less than ``grade-all``'s limit for one student (900 s), so a
+stalled submission still gets a result for every check."""
+
 COMPOSED = frozenset(f"{MODEL}.{kind}" for kind in COMPOSED_KINDS)
 """The model checks that need the reference model's point (``loss_and_grads``, ``training``)."""
 
@@ -57,6 +63,7 @@ __all__ = [
     "Comparison",
     "GradeError",
     "GradeReport",
+    "GradingFailure",
     "Options",
     "compare",
     "format_rel",
@@ -77,9 +84,13 @@ class Options:
     sandbox: bool = True
     jobs: int = 1
     time_limit: float | None = None
+    total_time_limit: float = DEFAULT_TOTAL_TIME
+    """Seconds for the whole grading (see :attr:`Limits.total_time`)."""
     package: str = PACKAGE
     as_root: bool | None = None
     """Run the checks with root's protections (a uid of their own); None: when the grader is root."""
+    display_name: str | None = None
+    """The submission's name in the report (default: its folder's name)."""
 
 
 def grade(submission: Path, options: Options = Options(), progress: Callable[[CheckResult], None] | None = None) -> GradeReport:
@@ -95,6 +106,7 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
         options.time_limit if options.time_limit is not None else settings.time_limit,
         settings.memory_limit_mb,
         settings.output_limit_kb,
+        options.total_time_limit,
     )
 
     # The reference runs first, before any student code, so nothing the student does can change it.
@@ -122,6 +134,8 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     # (to hide an import of the reference) before a later scan.
     reference_uses, missing = reference_imports(root), missing_files(root)
     given = given_modules(rubric.tasks)
+    if options.sandbox:  # the environment first: a broken one stops here, with no scores at all
+        run_canary(limits, settings, options.as_root)
     runner = Sandbox(root, options.package, given, limits, as_root=options.as_root, jobs=options.jobs) if options.sandbox else InProcess(root, options.package, given)
     results = []
     attempts: list[str] = []
@@ -136,6 +150,8 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
                     progress(result)
     finally:
         runner.close()  # every process of every check is gone before anything is reported
+    if options.sandbox and _same_failure_to_the_end(results):
+        run_canary(limits, settings, options.as_root, again=True)
     return GradeReport(
         submission,
         root,
@@ -148,21 +164,36 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
         options.sandbox,
         attempts,
         _protections(runner, rubric),
+        options.display_name or "",
     )
 
 
+def _same_failure_to_the_end(results: list[CheckResult]) -> bool:
+    """Whether the last checks (two or more) all failed the same way without a wrong number:
+    the mark of an environment that broke midway, or of a submission that breaks every
+    check alike. The canary, run again, tells the two apart."""
+    tail = [r for r in results[-2:] if not r.passed and r.reason != "mismatch"]
+    return len(tail) == 2 and tail[0].cause == tail[1].cause
+
+
 def _protections(runner: Sandbox | InProcess, rubric: Rubric) -> list[str]:
-    """One line on what isolation this run had, when it lacked root's."""
+    """The instructor's notes on what isolation this run lacked (never shown to students)."""
     if isinstance(runner, InProcess):
         return []
+    notes = []
+    if not runner.network_closed:
+        notes.append(
+            "note: the checks could use the network (this system allows no network namespace here): "
+            "student code could send out what it is given; grade as root, as on Gradescope, to close it"
+        )
     if not runner.as_root:
-        return [
+        return notes + [
             "note: not running as root, so each check runs as you: time, memory, output and process "
             "limits apply, but a separate uid (which also keeps your files, the rubric and the grader "
             "out of the checks' reach) applies only when grading as root, as on Gradescope"
         ]
     exposed = [Path(bevialm.__file__).parent, *([Path(rubric.source)] if Path(rubric.source).is_file() else [])]
-    return [
+    return notes + [
         f"note: {path} is readable by every user, so the checks could read it: install as the autograder's setup.sh does"
         for path in exposed
         if readable_by_others(path)

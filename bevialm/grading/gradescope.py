@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import bevialm
-from bevialm.grading.grade import CheckResult, GradeReport, format_report
+from bevialm.grading.grade import CheckResult, GradeReport, format_rel, format_report
+
+DEPENDENCIES = ("numpy>=1.24,<3", "tomli>=1.1; python_version < '3.11'")
+"""The bundle's runtime dependencies: the repository's pyproject.toml's (a test keeps them equal)."""
 
 MAX_OUTPUT = 8000
 """Characters of output per test (Gradescope shows them all; very long ones help nobody)."""
@@ -37,7 +40,7 @@ def _output(r: CheckResult) -> str:
     if details:
         lines += ["", *details]
     if r.worst_rel is not None:
-        lines.append(f"worst relative error: {r.worst_rel:.2e}")
+        lines.append(f"{'worst relative error' if r.passed else 'relative error of the failing tensor'}: {format_rel(r.worst_rel)}")
     return "\n".join(lines)
 
 
@@ -60,6 +63,8 @@ def results(report: GradeReport) -> dict[str, Any]:
     ]
     return {
         "score": report.score,
+        "max_score": report.max_score,
+        "scope": report.scope,
         "execution_time": round(report.seconds),
         "output": _clip(format_report(report, width=200, visible_rows_only=True), 20000),
         "output_format": "text",
@@ -91,11 +96,14 @@ SETUP_SH = """\
 set -euo pipefail
 AUTOGRADER="${AUTOGRADER:-/autograder}"
 export DEBIAN_FRONTEND=noninteractive
-if ! python3 -m venv --help > /dev/null 2>&1; then
+# Try to make the venv itself: on Debian and Ubuntu "python3 -m venv --help" works without
+# python3-venv, but creating one fails (no ensurepip) until it is installed.
+if ! python3 -m venv "$AUTOGRADER/venv" > /dev/null 2>&1; then
+    rm -rf "$AUTOGRADER/venv"
     apt-get update
     apt-get install -y --no-install-recommends python3 python3-venv python3-pip
+    python3 -m venv "$AUTOGRADER/venv"
 fi
-python3 -m venv "$AUTOGRADER/venv"
 "$AUTOGRADER/venv/bin/python" -m pip install --upgrade pip
 "$AUTOGRADER/venv/bin/python" -m pip install "$AUTOGRADER/source/bevialm-src"
 "$AUTOGRADER/venv/bin/bevialm" --help > /dev/null
@@ -110,24 +118,37 @@ chown -R root:root "$package" "$AUTOGRADER/source"
 chmod 0700 "$package" "$AUTOGRADER/source"
 mkdir -p "$AUTOGRADER/results"
 chmod 0755 "$AUTOGRADER/results"
+
+# The canary: the reference's own solution of one check, graded as the checks will be. If it
+# fails, no submission could pass: the build stops here, with one line saying why.
+"$AUTOGRADER/venv/bin/python" -m bevialm.grading.canary
 """
 
 RUN_AUTOGRADER = """\
 #!/usr/bin/env bash
 # Gradescope runs this for every submission, as root. bevialm grade writes results.json
 # whenever grading ran; when it could not (nothing to grade in the submission), it exits
-# non-zero with one line, and that line becomes the result the student sees.
+# 1 with one line, and that line becomes the result the student sees.
 set -uo pipefail
 AUTOGRADER="${AUTOGRADER:-/autograder}"
 mkdir -p "$AUTOGRADER/results"
 errors="$(mktemp)"
-if ! "$AUTOGRADER/venv/bin/bevialm" grade "$AUTOGRADER/submission" \\
-        --rubric "$AUTOGRADER/source/rubric.toml" \\
-        --results "$AUTOGRADER/results/results.json" 2> "$errors"; then
-    ERRORS="$errors" RESULTS="$AUTOGRADER/results/results.json" "$AUTOGRADER/venv/bin/python" - <<'PY'
+"$AUTOGRADER/venv/bin/bevialm" grade "$AUTOGRADER/submission" --display-name submission \\
+    --rubric "$AUTOGRADER/source/rubric.toml" \\
+    --results "$AUTOGRADER/results/results.json" 2> "$errors"
+code=$?
+if [ "$code" -ne 0 ]; then
+    # Exit code 3: the environment is broken (the canary failed), so there is no grade to give:
+    # results.json carries the message and no score, and it goes to the log the instructor reads.
+    CODE="$code" ERRORS="$errors" RESULTS="$AUTOGRADER/results/results.json" "$AUTOGRADER/venv/bin/python" - <<'PY'
 import json, os
 message = open(os.environ["ERRORS"], encoding="utf-8", errors="replace").read().strip()
-result = {"score": 0, "output": message or "grading could not run", "tests": []}
+if os.environ["CODE"] == "3":
+    message = "GRADING FAILED (this is not a grade; the instructor must fix the autograder): " + message
+    result = {"output": message, "tests": [], "stdout_visibility": "visible"}
+    print(message)
+else:
+    result = {"score": 0, "output": message or "grading could not run", "tests": []}
 json.dump(result, open(os.environ["RESULTS"], "w", encoding="utf-8"))
 PY
 fi
@@ -147,7 +168,7 @@ def pyproject() -> str:
         'name = "bevialm"\n'
         f'version = "{bevialm.__version__}"\n'
         'requires-python = ">=3.10"\n'
-        'dependencies = ["numpy>=1.24", "tomli>=1.1; python_version < \'3.11\'"]\n\n'
+        f"dependencies = {json.dumps(list(DEPENDENCIES))}\n\n"
         "[project.scripts]\n"
         'bevialm = "bevialm.cli:main"\n\n'
         "[tool.setuptools.packages.find]\n"

@@ -36,14 +36,15 @@ from bevialm.gradcheck import DEFAULT
 from bevialm.grading import cases as reference
 from bevialm.grading import training as beyond_pairs
 from bevialm.grading.compare import (
+    NOT_COMPARABLE,
     Comparison,
     array_of,
     at_index,
     compare,
+    judge_cases,
     listed,
     summarise,
     tensor_name,
-    worst_case,
     worst_of,
 )
 from bevialm.grading.plan import MODEL, Check
@@ -67,6 +68,9 @@ class CheckResult:
     reason: str = "mismatch"
     """Why it failed: ``mismatch`` (wrong numbers or shapes), ``error`` (an exception) or
     ``sandbox`` (a hang, crash, exit or flood)."""
+    cause: str = ""
+    """For ``error`` and ``sandbox``: what happened, without where (the exception's type and
+    message, or how the child ended), to tell one cause failing every check."""
 
     @property
     def score(self) -> float:
@@ -87,16 +91,15 @@ def _name_grads(problem: str) -> str:
 
 
 def _judge_forward(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
-    verdicts = []
+    cases = []
     for i, p in enumerate(points):
         got, kind = array_of(obs, f"{i}/y")
-        passed, rel, hint, details = summarise([compare("y", got, p.y, kind)], p.label)
-        verdicts.append((passed, rel, f"forward output {hint}", details))
-    return worst_case(verdicts)
+        cases.append(([compare("y", got, p.y, kind)], p.label))
+    return judge_cases(cases, prefix="forward output ")
 
 
 def _judge_backward(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
-    verdicts = []
+    cases = []
     for i, p in enumerate(points):
         comparisons = []
         if p.dx is not None:
@@ -115,8 +118,8 @@ def _judge_backward(points: list[reference.PairPoint], obs: Observation) -> tupl
         extra = sorted(keys - set(p.grads))
         if extra:
             comparisons.append(Comparison("grads", False, None, f"grads has unexpected keys {extra}"))
-        verdicts.append(summarise(comparisons, p.label))
-    return worst_case(verdicts)
+        cases.append((comparisons, p.label))
+    return judge_cases(cases)
 
 
 def _judge_gradcheck(points: list[reference.PairPoint], obs: Observation) -> tuple[bool, float | None, str, str]:
@@ -139,14 +142,15 @@ def _judge_gradcheck(points: list[reference.PairPoint], obs: Observation) -> tup
                 )
         problems = [_name_grads(p) for p in found.get("problems", [])]
         if failing or problems:
-            if failing:
-                name, detail = failing[0]
-                also = f"; also {listed([f[0] for f in failing[1:]])}" if len(failing) > 1 else ""
-                hint = f"your {name} disagrees with finite differences of your own forward ({detail}) ({p.label}){also}"
-            else:
-                hint = f"{problems[0]} ({p.label})"
             lines = [f"{name}: {detail}" for name, detail in failing]
-            return False, worst_of(worst), hint, "\n".join(lines + problems)
+            if problems:  # a wrong shape, key or dtype first: the numbers of such a gradient mean little
+                disagree = f"; also, {listed([f[0] for f in failing])} disagree{'s' if len(failing) == 1 else ''} with finite differences" if failing else ""
+                return False, NOT_COMPARABLE, f"{problems[0]} ({p.label}){disagree}", "\n".join(problems + lines)
+            name, detail = failing[0]
+            also = f"; also {listed([f[0] for f in failing[1:]])}" if len(failing) > 1 else ""
+            hint = f"your {name} disagrees with finite differences of your own forward ({detail}) ({p.label}){also}"
+            rels = [r for r in worst if not math.isnan(r)]
+            return False, (max(rels) if rels else math.nan), hint, "\n".join(lines)
     return True, worst_of(worst), "ok", ""
 
 
@@ -235,7 +239,8 @@ def _judge(
     printed = f"\nit printed ({outcome.output_bytes} bytes):\n{outcome.output[:2000]}" if outcome.output_bytes else ""
     failure = _failure(outcome, limits)
     if failure is not None or outcome.observation is None:
-        return CheckResult(check, False, failure or "no result", None, f"{failure}{printed}", outcome.seconds, "sandbox")
+        cause = f"{outcome.status}: {outcome.detail}"
+        return CheckResult(check, False, failure or "no result", None, f"{failure}{printed}", outcome.seconds, "sandbox", cause)
     obs = outcome.observation
     if obs.meta["error"]:
         case = obs.meta.get("case")
@@ -243,7 +248,8 @@ def _judge(
         if others is not None and isinstance(case, int) and (check.subject, check.kind) in beyond_pairs.JUDGES:
             label = beyond_pairs.case_label(check.subject, check.kind, others, case)
         hint = _error_hint(obs.meta["error"], label)
-        return CheckResult(check, False, hint, None, f"{hint}{printed}", outcome.seconds, "error")
+        error = obs.meta["error"]
+        return CheckResult(check, False, hint, None, f"{hint}{printed}", outcome.seconds, "error", f"{error['type']}: {error['message']}")
     if (check.subject, check.kind) in beyond_pairs.JUDGES:
         assert others is not None
         verdict = beyond_pairs.judge(check.subject, check.kind, others, obs)
@@ -262,6 +268,8 @@ def _judge(
         assert training is not None
         verdict = _judge_training(training, obs)
     passed, worst, hint, details = verdict
+    if not passed and worst == 0.0:
+        worst = None  # a failed check never shows a relative error of 0
     if not passed and check.subject in BY_NAME:
         hint += _probe_hint(BY_NAME[check.subject], obs)
     return CheckResult(check, passed, hint, worst, f"{details}{printed}".strip(), outcome.seconds)

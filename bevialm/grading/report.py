@@ -26,7 +26,20 @@ class GradeReport:
     import_attempts: list[str] = field(default_factory=list)
     """Imports of the reference (or the grader) that the student's code tried while it ran, and that failed."""
     notes: list[str] = field(default_factory=list)
-    """Lines about the run itself (which protections applied)."""
+    """Lines about the run itself (which protections applied): for the instructor, never in
+    what a student sees (:func:`format_report` leaves them out unless asked)."""
+    display_name: str = ""
+    """The submission's name in the report's header (``--display-name``; default: its folder's
+    name, never the path, which may be a grader's temporary folder)."""
+
+    @property
+    def name(self) -> str:
+        return self.display_name or self.submission.resolve().name or str(self.submission)
+
+    @property
+    def scope(self) -> str:
+        """Which total :attr:`max_score` is: of every check, or of the visible ones only."""
+        return "visible checks only" if self.visible_only else "all checks"
 
     @property
     def score(self) -> float:
@@ -44,6 +57,8 @@ def _points(value: float) -> str:
 def format_rel(value: float | None) -> str:
     if value is None:
         return "-"
+    if math.isinf(value):
+        return "shape"  # a tensor missing, not an array, or of the wrong shape: no number to show
     return "nan" if math.isnan(value) else f"{value:.1e}"
 
 
@@ -67,11 +82,12 @@ def _not_shown(results: Iterable[CheckResult]) -> list[str]:
     ]
 
 
-def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: bool = False) -> str:
+def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: bool = False, notes: bool = False) -> str:
     """The terminal table. ``visible_rows_only`` leaves out checks the rubric does not make
-    ``visible`` (and their points), for output students see before grades are published."""
+    ``visible`` (and their points), for output students see before grades are published;
+    ``notes`` adds the instructor's notes on the run (never in what students see)."""
     shown = [r for r in report.results if not visible_rows_only or r.check.rule.visibility == "visible"]
-    lines = [f"BeviaLLM grading of {report.root}" + ("" if report.sandboxed else " (in-process: no sandbox)")]
+    lines = [f"BeviaLLM grading of {report.name}" + ("" if report.sandboxed else " (in-process: no sandbox)")]
     if report.missing:
         lines.append(f"note: the package lacks {', '.join(report.missing)}")
     id_width = max([len(r.check.id) for r in shown] + [5])
@@ -98,5 +114,6 @@ def format_report(report: GradeReport, width: int = 140, *, visible_rows_only: b
     if report.import_attempts:
         lines.append("FLAGGED: while it ran, this package tried to import the reference implementation (the imports failed):")
         lines += [f"  {u}" for u in report.import_attempts[:20]]
-    lines += report.notes
+    if notes:
+        lines += report.notes
     return "\n".join(lines)

@@ -173,11 +173,17 @@ def _forward(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[i
 
 
 def _backward(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[int], None]) -> None:
+    """Every case's forward first, then the backwards in the reverse order, each given its own
+    case's cache: a backward that works from state its module kept from the last forward (a
+    global) instead of from the cache it is given gets every case but the last one wrong."""
+    caches = []
     for i, p in enumerate(task.points):
         case(i)
-        bound = spec.bind(p.case)
-        _, cache = bound.forward(p.params, p.x)
-        dx, grads = bound.backward(p.params, cache, p.dy)
+        caches.append(spec.bind(p.case).forward(p.params, p.x)[1])
+    for i in reversed(range(len(task.points))):
+        p = task.points[i]
+        case(i)
+        dx, grads = spec.bind(p.case).backward(p.params, caches[i], p.dy)
         store(obs, f"{i}/dx", dx)
         if not isinstance(grads, Mapping):
             obs.meta["types"][f"{i}/grads"] = type(grads).__name__

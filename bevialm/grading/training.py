@@ -33,7 +33,15 @@ from bevialm import model, optim
 from bevialm.gradcheck import away_from_init
 from bevialm.grading import bpe_task
 from bevialm.grading import cases as pair_cases
-from bevialm.grading.compare import Comparison, Verdict, array_of, compare, summarise, tensor_name
+from bevialm.grading.compare import (
+    Comparison,
+    Verdict,
+    array_of,
+    compare,
+    judge_cases,
+    summarise,
+    tensor_name,
+)
 from bevialm.grading.rubric import Settings
 from bevialm.grading.session import RemoteObject
 from bevialm.grading.tasks import Observation, store
@@ -416,19 +424,19 @@ def _first_failure(verdicts: list[Verdict]) -> Verdict:
     top = None if not worst else (math.nan if any(math.isnan(w) for w in worst) else max(worst))
     for v in verdicts:
         if not v[0]:
-            return False, top, v[2], v[3]
+            return v  # its own error: the failing tensor's, never the largest of those that match
     return True, top, "ok", ""
 
 
 def _judge_model(kind: str, cases: TrainingCases, obs: Observation) -> Verdict:
-    verdicts: list[Verdict] = []
+    judged: list[tuple[list[Comparison], str]] = []
     for i, c in enumerate(cases.model):
         if kind == "forward":
             got, got_kind = array_of(obs, f"{i}/logits")
-            verdicts.append(summarise([compare("logits", got, c.logits, got_kind)], c.label))
+            judged.append(([compare("logits", got, c.logits, got_kind)], c.label))
         else:
-            verdicts.append(summarise(_mapping(obs, f"{i}/grads", c.grads, tensor_name), c.label))
-    return _first_failure(verdicts)
+            judged.append((_mapping(obs, f"{i}/grads", c.grads, tensor_name), c.label))
+    return judge_cases(judged)
 
 
 def _decay_note(name: str, cfg: optim.AdamWConfig) -> str:

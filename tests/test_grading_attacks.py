@@ -1,0 +1,98 @@
+"""Attacks on the grader's core, written before the defences: a backward that works from state
+kept since the last forward instead of its cache, and a submission that stalls every check."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from . import planted
+from .test_grading import grade_here, solution_copy
+
+STASHED_CACHE = """
+_STASH = {}
+_reference_forward = forward
+_reference_backward = backward
+
+def forward(params, x, cfg):
+    y, cache = _reference_forward(params, x, cfg)
+    _STASH["cache"] = cache  # kept in a global ...
+    return y, None  # ... and no cache handed back
+
+def backward(params, cache, dy):
+    return _reference_backward(params, _STASH["cache"], dy)
+"""
+
+STALLS = """
+def forward(params, x, cfg):
+    import time
+    time.sleep(1000)
+
+def backward(params, cache, dy):
+    import time
+    time.sleep(1000)
+"""
+
+
+@pytest.fixture(scope="module")
+def solution(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return solution_copy(tmp_path_factory.mktemp("solution") / "pkg")
+
+
+def test_a_backward_from_a_stashed_cache_gets_no_credit(solution: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    solution_copy(folder)
+    planted.plant(folder, "layers/linear.py", STASHED_CACHE)
+    report = grade_here(folder, only=("linear.forward", "linear.backward"))
+    forward, backward = report.results
+    assert forward.passed and not backward.passed, backward.hint
+    assert backward.score == 0 and "case" in backward.hint
+
+
+def test_a_submission_that_stalls_every_check_ends_in_bounded_time_with_every_result(solution: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    solution_copy(folder)
+    planted.plant(folder, "layers/linear.py", STALLS)
+    planted.plant(folder, "layers/relu.py", STALLS)
+    results = tmp_path / "results.json"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "bevialm", "grade", str(folder), "--only", "linear,relu", "--time-limit", "3",
+         "--total-time-limit", "5", "--results", str(results)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    took = time.monotonic() - start
+    assert done.returncode == 0, done.stderr
+    tests = json.loads(results.read_text())["tests"]
+    assert len(tests) == 8 and all(t["status"] == "failed" and t["score"] == 0 for t in tests)
+    assert any("the grading's time limit (5 s)" in t["output"] for t in tests), [t["output"] for t in tests]
+    assert took < 5 + 25, took  # the limit, plus the canaries and the start (on a loaded machine)
+
+
+SHOWS_ITS_PATH = """
+def forward(params, x, cfg):
+    import os
+    print("I live in", __file__, os.getcwd())
+    raise ValueError(f"look: {__file__} in {os.getcwd()}")
+"""
+
+
+def test_what_a_check_prints_or_raises_shows_no_grader_folder(solution: Path, tmp_path: Path) -> None:
+    from bevialm.grading import gradescope
+    from bevialm.grading.grade import Options, grade
+
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    solution_copy(folder)
+    planted.plant(folder, "layers/linear.py", SHOWS_ITS_PATH)
+    report = grade(folder, Options(only=("linear.forward",)))
+    text = json.dumps(gradescope.results(report))
+    assert "look: layers/linear.py in <grader>" in text and "I live in layers/linear.py <grader>" in text, text
+    assert "bevialm-check-" not in text and "bevialm-grader-" not in text
