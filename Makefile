@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install test test-lowest typecheck lint train sample plot bench bench-tokenizer clean
+.PHONY: help install test test-lowest typecheck lint train sample plot bench bench-tokenizer clean clean-runs
 
 help:  ## list the targets
 	@awk -F ':.*## ' '/^[a-z-]+:.*## / { printf "  make %-16s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
@@ -44,8 +44,13 @@ lint: $(STAMP)  ## ruff over the package and the tests
 
 PROMPT ?= MARA:
 
-train: $(STAMP)  ## the playbook's quick start on data.txt (about 20 s of training on 2 cores) into a new runs/run-NNN
-	$(BIN)/python main.py --data data.txt --ctx 64 --dim 64 --layers 1 --batch 8 --steps 2000
+# ARGS: more training flags, after the quick start's (later flags win): make train ARGS="--steps 500".
+# An interrupted run's hint names the make command that continues it (BEVIALM_MAKE*).
+ARGS ?=
+
+train: $(STAMP)  ## the playbook's quick start on data.txt (about 20 s of training on 2 cores) into a new runs/run-NNN (ARGS="..." adds flags)
+	BEVIALM_MAKE="make train" BEVIALM_MAKE_ARGS='$(ARGS)' \
+	$(BIN)/python main.py --data data.txt --ctx 64 --dim 64 --layers 1 --batch 8 --steps 2000 $(ARGS)
 
 sample: $(STAMP)  ## two samples from the newest run's best checkpoint (PROMPT="..." to change the prompt)
 	$(BIN)/python -m bevialm sample --prompt "$(PROMPT)" --num_samples 2
@@ -62,5 +67,8 @@ bench-tokenizer: $(STAMP)  ## byte-level BPE on Tiny Shakespeare: training 512 /
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "the bench extra could not be installed: benchmarking BeviaLLM alone"
 	$(BIN)/python benchmarks/tokenizer_bench.py
 
-clean:  ## remove .venv, .venv-lowest, caches and runs/
-	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .coverage htmlcov runs
+clean:  ## remove .venv, .venv-lowest and caches (runs/ and its checkpoints stay: make clean-runs)
+	rm -rf $(VENV) $(LOWEST) .pytest_cache .mypy_cache .coverage htmlcov
+
+clean-runs:  ## remove runs/: every training run and its checkpoints
+	rm -rf runs

@@ -85,6 +85,7 @@ def _checked(kind: type[int] | type[float], ok: Callable[[Any], bool], requireme
             raise argparse.ArgumentTypeError(f"must {requirement}, got {text!r}")
         return value
 
+    parse.number_kind = kind  # type: ignore[attr-defined]  # what a config file's value must be
     return parse
 
 
@@ -99,7 +100,7 @@ top_p_value = _checked(float, lambda v: 0 < v <= 1, "lie in (0, 1]")  # a nucleu
 # --- the flags, each defined once ---------------------------------------------------------------
 
 
-def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
+def _add_seed_and_out(p: argparse._ActionsContainer, *, training: bool) -> None:
     p.add_argument(
         "--seed", type=non_negative_int, default=42, help="random seed (>= 0) for reproducibility (default: %(default)s)"
     )
@@ -107,8 +108,28 @@ def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
         "--out",
         default=DEFAULT_OUT,
         metavar="DIR",
-        help="run folder, where training writes best.npz, last.npz and metrics.jsonl and sample reads "
-        "(default: training makes a new runs/run-NNN; --resume and sample use the newest one there)",
+        help="run folder, where training writes best.npz, last.npz, metrics.jsonl and config.toml "
+        "(default: a new runs/run-NNN; with --resume the newest one there)"
+        if training
+        else "run folder to sample from, used without --checkpoint (default: the newest run in runs/)",
+    )
+
+
+def _add_config_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="read training flags from this TOML file (key = value, the flags' names: ctx = 64); flags on "
+        "the command line override it. Every run folder gets config.toml, its effective config: "
+        "--config runs/run-007/config.toml repeats that run in a new folder",
+    )
+    p.add_argument(
+        "--init_from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this checkpoint's weights, with a fresh optimizer at step 0; the model's "
+        "shape and tokenizer are the checkpoint's (a character vocabulary must cover --data)",
     )
 
 
@@ -231,13 +252,15 @@ def _add_tokenizer_flags(p: argparse._ActionsContainer) -> None:
     )
 
 
-def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
+def _add_sampling_flags(p: argparse._ActionsContainer, *, training: bool) -> None:
     p.add_argument(
         "--sample_len",
         type=non_negative_int,
         default=400,
-        help="tokens (characters with --tokenizer char) to generate per sample; in training 0 prints "
-        "no samples (default: %(default)s)",
+        help="tokens (characters with --tokenizer char) of each sample printed during training; 0 prints "
+        "no samples (default: %(default)s)"
+        if training
+        else "tokens to generate per sample (characters for a character-level model) (default: %(default)s)",
     )
     p.add_argument(
         "--temperature",
@@ -306,7 +329,8 @@ def _add_sample_attention_flags(p: argparse._ActionsContainer) -> None:
 
 def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training text file (UTF-8); 10%% at its end is validation")
-    _add_seed_and_out(p)
+    _add_seed_and_out(p, training=True)
+    _add_config_flags(p)
     model = p.add_argument_group("model")
     _add_model_flags(model)
     optim = p.add_argument_group("optimisation")
@@ -316,14 +340,14 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     tokens = p.add_argument_group("tokenizer")
     _add_tokenizer_flags(tokens)
     sampling = p.add_argument_group("samples printed during training")
-    _add_sampling_flags(sampling)
+    _add_sampling_flags(sampling, training=True)
     p.set_defaults(handler=_run_train)
 
 
 def _configure_sample(p: argparse.ArgumentParser) -> None:
     _add_sample_only_flags(p)
-    _add_seed_and_out(p)
-    _add_sampling_flags(p)
+    _add_seed_and_out(p, training=False)
+    _add_sampling_flags(p, training=False)
     _add_sample_attention_flags(p.add_argument_group("attention while generating"))
     p.set_defaults(handler=_run_sample)
 
@@ -591,10 +615,45 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _training_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | None:
+    """The training parser ``argv`` is for (``main.py``'s, or ``bevialm train``'s) and its flags; None otherwise."""
+    if parser.get_default("handler") is _run_train:
+        return parser, argv
+    if not argv or argv[0] != "train":
+        return None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices["train"], argv[1:]
+    return None  # pragma: no cover - build_parser always has the subcommands
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``--config FILE``: its values become the training parser's defaults, so flags given override them."""
+    from bevialm import config_file
+
+    found = _training_parser(parser, argv)
+    if found is None:
+        return
+    target, flags = found
+    if "-h" in flags or "--help" in flags:
+        return  # help needs no config, and a broken one must not hide it
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(flags)
+    if known.config is None:
+        return
+    actions = {a.dest: a for a in target._actions if a.option_strings and a.dest != "help"}
+    values = config_file.read(known.config, actions)
+    target.set_defaults(**values)
+    if "data" in values:
+        actions["data"].required = False
+
+
 def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        _apply_config(parser, list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except KeyboardInterrupt as e:  # one line, whatever was saved (Stopped says what)
         terminated = isinstance(e, Terminated) or (isinstance(e, Stopped) and e.terminated)
