@@ -380,13 +380,53 @@ def _configure_attention(p: argparse.ArgumentParser) -> None:
         "--out", default=DEFAULT_OUT, metavar="DIR", help="run folder used without --checkpoint (default: the newest run in runs/)"
     )
     prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", default=None, help="the text whose attention is drawn (at most ctx characters)")
+    prompt.add_argument(
+        "--prompt", default=None, help="the text whose attention is drawn (at most ctx tokens, or see --last)"
+    )
     prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
     p.add_argument(
-        "-o", "--output", default="attention.png", metavar="FILE", help="picture to write, .png or .svg (default: %(default)s)"
+        "--last",
+        action="store_true",
+        help="a prompt longer than ctx tokens: draw the attention over its last ctx tokens (without it, it is refused)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="picture to write, .png or .svg (default: attention.png in the checkpoint's run folder)",
     )
     _add_layer_and_head(p)
     p.set_defaults(handler=_run_attention)
+
+
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint to evaluate (best.npz or last.npz of a run)")
+    p.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text to score, all of it")
+    p.add_argument(
+        "--batch", type=positive_int, default=16, help="windows of ctx tokens per forward pass (default: %(default)s)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text line")
+    p.set_defaults(handler=_run_eval)
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint to export")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="FILE",
+        help="weights file to write (model.safetensors, model.pt); the sidecar FILE.json (the extension "
+        "replaced) holds the config and tokenizer",
+    )
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "torch"),
+        default="safetensors",
+        help="safetensors (needs only NumPy) or torch (a state dict for torch.load; needs PyTorch) "
+        "(default: %(default)s)",
+    )
+    p.set_defaults(handler=_run_export)
 
 
 TRAIN_DESCRIPTION = (
@@ -402,8 +442,16 @@ PLOT_DESCRIPTION = (
     "second axis, from each run folder's metrics.jsonl. Several runs overlay, one colour each."
 )
 ATTENTION_DESCRIPTION = (
-    "Draw a model's attention over a prompt: a heat map per layer and head, the prompt's characters as "
-    "labels (space and newline as visible glyphs), future positions blank."
+    "Draw a model's attention over a prompt: a heat map per layer and head, the prompt's tokens (characters "
+    "for a character-level model) as labels (space and newline as visible glyphs), future positions blank."
+)
+EVAL_DESCRIPTION = (
+    "Score a whole text with a checkpoint: loss per token, bits per character and perplexity, in windows of "
+    "ctx tokens, each token after the first scored once. A character-level model refuses characters it never saw."
+)
+EXPORT_DESCRIPTION = (
+    "Write a checkpoint's weights under nanoGPT's parameter names and layouts (transformer.wte.weight, fused "
+    "q|k|v c_attn, lm_head, ...) with a JSON sidecar holding the config and tokenizer (docs/export.md)."
 )
 
 
@@ -427,6 +475,10 @@ def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
     _configure_plot(sub.add_parser("plot", help="draw the loss curves of runs", description=PLOT_DESCRIPTION))
     _configure_attention(
         sub.add_parser("attention", help="draw a model's attention over a prompt", description=ATTENTION_DESCRIPTION)
+    )
+    _configure_eval(sub.add_parser("eval", help="loss, bits per character and perplexity over a text", description=EVAL_DESCRIPTION))
+    _configure_export(
+        sub.add_parser("export", help="write a checkpoint as nanoGPT-named safetensors", description=EXPORT_DESCRIPTION)
     )
     add_grading_subcommands(sub)
     return parser
@@ -582,9 +634,10 @@ def _run_attention(args: argparse.Namespace) -> int:
     from bevialm.data import DataError, Vocab, load_text
 
     viz.require_matplotlib()
-    viz.check_output(args.output)
-    tune_malloc()
     path = _checkpoint_to_sample(args)
+    output = args.output or os.path.join(os.path.dirname(path), "attention.png")  # beside the run, as plot's
+    viz.check_output(output)
+    tune_malloc()
     loaded = generate.load_model(path)
     cfg = loaded.cfg
     viz.choose(cfg.n_layers, args.layer, "layer")
@@ -592,11 +645,14 @@ def _run_attention(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.prompt_file is None else load_text(args.prompt_file, "prompt file")
     ids = loaded.tokenizer.encode(prompt, what="prompt")
     unit = "character" if isinstance(loaded.tokenizer, Vocab) else "token"
+    if ids.size > cfg.ctx and args.last:
+        print(f"note: the prompt has {ids.size} {unit}s; drawing its last ctx = {cfg.ctx}", file=sys.stderr, flush=True)
+        ids = ids[-cfg.ctx :]
     count = f"{ids.size} {unit}{'' if ids.size == 1 else 's'}"
     if not 0 < ids.size <= cfg.ctx:
         raise DataError(
             f"the prompt has {count}; the model reads 1 to ctx = {cfg.ctx}: "
-            + ("give a prompt" if ids.size == 0 else "shorten it")
+            + ("give a prompt" if ids.size == 0 else "shorten it, or pass --last to draw its last ctx")
         )
     _, cache = model.forward(loaded.params, ids[None, :], cfg)
     fig = viz.prompt_attention_figure(
@@ -607,7 +663,43 @@ def _run_attention(args: argparse.Namespace) -> int:
         title=f"attention over a prompt of {count}: {path} (step {loaded.step}); "
         "row: query, column: the position it reads",
     )
-    _wrote(args.output, viz.save_figure(fig, args.output), "attention")
+    _wrote(output, viz.save_figure(fig, output), "attention")
+    return EXIT_OK
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from bevialm import evaluate, generate
+    from bevialm.data import DataError, load_text
+
+    tune_malloc()
+    with stop_signals_raise():
+        loaded = generate.load_model(args.checkpoint)
+        text = load_text(args.data, "text")
+        try:
+            ids = loaded.tokenizer.encode(text, what=f"text '{args.data}'")
+        except DataError as e:  # a character vocabulary: no guess for what the run never saw
+            raise DataError(f"{e}; the run never saw them, so the model cannot score them") from None
+        progress = evaluate.progress_printer(sys.stderr.write, sys.stderr.isatty())
+        ev = evaluate.evaluate_ids(loaded.params, loaded.cfg, ids, loaded.tokenizer.count_chars, args.batch, progress)
+    if args.json:
+        print(json.dumps(evaluate.as_json(ev, args.checkpoint, loaded.step, args.data)), flush=True)
+    else:
+        print(f"{args.data} with {args.checkpoint} (step {loaded.step}): {evaluate.summary(ev)}", flush=True)
+    return EXIT_OK
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from bevialm import export
+
+    side, meta = export.export(args.checkpoint, args.to, args.format)
+    c = meta["config"]
+    print(
+        f"wrote {args.to} ({args.format}, {meta['dtype']}; nanoGPT names, {c['n_layer']} layer(s) x {c['n_head']} "
+        f"head(s), dim {c['n_embd']}) and {side} (config and tokenizer)",
+        flush=True,
+    )
     return EXIT_OK
 
 

@@ -69,7 +69,7 @@ import numpy as np
 
 from bevialm import checkpoint, config_file, generate, losses, memory, model, optim, parallel, runs, runtime
 from bevialm import tokenizer as tokenizers
-from bevialm.data import DataError, get_batch, load_text, split
+from bevialm.data import DataError, Vocab, get_batch, load_text, split
 from bevialm.layers.mlp import ACTIVATIONS
 from bevialm.types import Array, IntArray
 from bevialm.validate import require_positive
@@ -384,16 +384,19 @@ class _Run:
 
     def _load_data(self) -> None:
         text = load_text(self.cfg.data)
-        what = f"data file '{self.cfg.data}'"
         if self.cfg.init_from is not None:
             self._load_init()
-            what += f" (fine-tuning keeps the vocabulary of '{self.cfg.init_from}')"
         else:
             start = time.perf_counter()
             self.tokenizer = tokenizers.build(text, self.cfg.tokenizer, self.cfg.vocab_size)
             self.tokenizer_seconds = time.perf_counter() - start
         cfg = self.cfg
-        ids = self.tokenizer.encode(text, what=what)
+        try:
+            ids = self.tokenizer.encode(text, what=f"data file '{cfg.data}'")
+        except DataError as e:  # a character vocabulary that is not the text's own: --init_from's
+            if cfg.init_from is None or not isinstance(self.tokenizer, Vocab):
+                raise
+            raise DataError(f"{e}; fine-tuning keeps the vocabulary of '{cfg.init_from}'") from None
         self.text_chars = len(text)
         self.train_data, self.val_data = split(ids, cfg.val_fraction)
         self.val_chars = self.tokenizer.count_chars(self.val_data)
@@ -417,7 +420,7 @@ class _Run:
         shape: dict[str, Any] = {"ctx": m.ctx, "dim": m.dim, "layers": m.n_layers, "heads": m.n_heads}
         shape |= {"mlp_hidden": m.mlp_hidden, "activation": m.activation}
         changed = [f"--{k} {getattr(cfg, k)} -> {v}" for k, v in shape.items() if getattr(cfg, k) != v]
-        kind = "char" if tokenizers.describe(self.init.tokenizer).startswith("char") else "bpe"
+        kind = "char" if isinstance(self.init.tokenizer, Vocab) else "bpe"
         self.cfg = dataclasses.replace(cfg, **shape, tokenizer=kind, vocab_size=None)
         self.tokenizer = self.init.tokenizer
         if changed:
