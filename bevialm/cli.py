@@ -16,6 +16,11 @@ diverged (NaN or infinite loss); 130 interrupted by Ctrl-C and 143 by SIGTERM
 (training saves its checkpoint first and says so in one line on stderr).
 ``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:`` line.
 
+``--config FILE`` (training) reads flags from a TOML file (:mod:`bevialm.config_file`): its
+values become the training parser's defaults before the command line is parsed, so flags given
+there override them. ``eval`` scores a whole text (:mod:`bevialm.evaluate`); ``export`` writes
+nanoGPT-named weights (:mod:`bevialm.export`).
+
 The picture commands ``plot`` and ``attention`` (and ``sample --attention``) compose
 :mod:`bevialm.viz`; they need the optional matplotlib (``pip install 'bevialm[plot]'``)
 and say so in one line when it is missing.

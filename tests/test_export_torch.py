@@ -35,7 +35,7 @@ except ImportError:  # pragma: no cover - without the bench extra
 TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}  # the bounds on |logits difference|
 
 
-class LayerNorm(nn.Module):  # type: ignore[misc]
+class LayerNorm(nn.Module):
     def __init__(self, ndim: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(ndim))
@@ -45,7 +45,7 @@ class LayerNorm(nn.Module):  # type: ignore[misc]
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, 1e-5)
 
 
-class CausalSelfAttention(nn.Module):  # type: ignore[misc]
+class CausalSelfAttention(nn.Module):
     def __init__(self, c: dict[str, Any]) -> None:
         super().__init__()
         self.c_attn = nn.Linear(c["n_embd"], 3 * c["n_embd"])
@@ -66,7 +66,7 @@ class CausalSelfAttention(nn.Module):  # type: ignore[misc]
         return self.c_proj(y.transpose(1, 2).contiguous().view(b, t, c))
 
 
-class MLP(nn.Module):  # type: ignore[misc]
+class MLP(nn.Module):
     def __init__(self, c: dict[str, Any]) -> None:
         super().__init__()
         self.c_fc = nn.Linear(c["n_embd"], c["mlp_hidden"])
@@ -77,7 +77,7 @@ class MLP(nn.Module):  # type: ignore[misc]
         return self.c_proj(self.act(self.c_fc(x)))
 
 
-class Block(nn.Module):  # type: ignore[misc]
+class Block(nn.Module):
     def __init__(self, c: dict[str, Any]) -> None:
         super().__init__()
         self.ln_1, self.attn = LayerNorm(c["n_embd"]), CausalSelfAttention(c)
@@ -88,7 +88,7 @@ class Block(nn.Module):  # type: ignore[misc]
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):  # type: ignore[misc]
+class GPT(nn.Module):
     def __init__(self, c: dict[str, Any]) -> None:
         super().__init__()
         self.transformer = nn.ModuleDict(
