@@ -59,7 +59,7 @@ def _check_value(key: str, value: Any, action: argparse.Action) -> Any:
         raise ConfigError(f"{key} must be {_type_name(kinds)}, got {value!r} ({got})")
     if action.choices is not None and value not in action.choices:
         raise ConfigError(f"{key} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
-    if action.type is not None and not isinstance(value, bool):
+    if callable(action.type) and not isinstance(value, bool):
         try:
             return action.type(str(value))  # the flag's own check: ranges, finiteness
         except (argparse.ArgumentTypeError, ValueError) as e:

@@ -93,15 +93,17 @@ def evaluate_ids(
     return Evaluation(total, count_chars(ids[1:]), nats)
 
 
-def progress_printer(write: Callable[[str], None], is_tty: bool) -> Callable[[int, int], None]:
+def progress_printer(
+    write: Callable[[str], object], is_tty: bool, clock: Callable[[], float] = time.perf_counter
+) -> Callable[[int, int], None]:
     """A ``progress(done, total)`` that writes a line once scoring has run ``PROGRESS_SECONDS``, then at
     most that often: rewritten in place on a terminal (a carriage return), a line each otherwise."""
-    start = last = time.perf_counter()
+    start = last = clock()
     shown = False
 
     def progress(done: int, total: int) -> None:
         nonlocal last, shown
-        now = time.perf_counter()
+        now = clock()
         if done < total and now - last < PROGRESS_SECONDS:
             return
         if done == total and not shown:

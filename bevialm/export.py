@@ -200,9 +200,12 @@ def export(checkpoint: str, to: str, fmt: str = "safetensors") -> tuple[str, dic
     meta = sidecar(loaded.cfg, loaded.tokenizer, checkpoint, loaded.step, dtype)
     writer = _write_safetensors if fmt == "safetensors" else _write_torch
     strings = {"format": "nanogpt", "config": json.dumps(meta["config"])}
+    def write_sidecar(f: IO[bytes]) -> None:
+        f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8"))
+
     try:
         _atomic(to, lambda f: writer(f, tensors, strings))
-        _atomic(side, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8")))
+        _atomic(side, write_sidecar)
     except OSError as e:
         raise ExportError(f"cannot write '{e.filename or to}': {e.strerror or e}") from None
     return side, meta

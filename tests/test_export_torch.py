@@ -32,7 +32,7 @@ except ImportError:  # pragma: no cover - without the bench extra
     print("test_export_torch: skipped, PyTorch is not installed (pip install -e '.[bench]')")
     pytest.skip("PyTorch is not installed (pip install -e '.[bench]')", allow_module_level=True)
 
-TOLERANCE = {np.float32: 1e-5, np.float64: 1e-10}  # the bounds on |logits difference|
+TOLERANCE: dict[Any, float] = {np.float32: 1e-5, np.float64: 1e-10}  # the bounds on |logits difference|
 
 
 class LayerNorm(nn.Module):
@@ -46,6 +46,8 @@ class LayerNorm(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    bias: Any  # the causal mask, a buffer (nanoGPT's name for it)
+
     def __init__(self, c: dict[str, Any]) -> None:
         super().__init__()
         self.c_attn = nn.Linear(c["n_embd"], 3 * c["n_embd"])
@@ -102,11 +104,11 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(c["n_embd"], c["vocab_size"], bias=c["lm_head_bias"])  # untied
 
     def forward(self, idx: Any) -> Any:
-        t = idx.size(1)
-        x = self.transformer.wte(idx) + self.transformer.wpe(torch.arange(t))
-        for block in self.transformer.h:
+        parts: Any = self.transformer
+        x = parts.wte(idx) + parts.wpe(torch.arange(idx.size(1)))
+        for block in parts.h:
             x = block(x)
-        return self.lm_head(self.transformer.ln_f(x))
+        return self.lm_head(parts.ln_f(x))
 
 
 def _torch_logits(weights: dict[str, Any], side: Path, idx: np.ndarray, dtype: Any) -> np.ndarray:
