@@ -557,14 +557,14 @@ class _Run:
         """The run starts: a new run writes its step-0 ``last.npz`` (proving the folder takes a
         checkpoint), and only then replaces an old run's other files; a resumed run keeps the
         metrics of the steps up to its checkpoint."""
-        self._write_config()
         if self.cfg.resume:
             self.metrics = self._reopen_metrics(self.snap.step)
-            return
-        self._save(LAST, self.snap, with_optimizer=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path(BEST))  # --overwrite: the old run's best is not this run's
-        self.metrics = self._open_metrics("w")
+        else:
+            self._save(LAST, self.snap, with_optimizer=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path(BEST))  # --overwrite: the old run's best is not this run's
+            self.metrics = self._open_metrics("w")
+        self._write_config()  # once started: a failed --overwrite start keeps the old run's config
 
     def _write_config(self) -> None:
         """``config.toml``: the effective config (every flag's value), for ``--config`` to repeat the run."""
