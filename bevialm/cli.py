@@ -734,7 +734,7 @@ def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     target, flags = found
     if "-h" in flags or "--help" in flags:
         return  # help needs no config, and a broken one must not hide it
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = OneLineParser(prog=target.prog, add_help=False)  # `--config` without a file: one usage line
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(flags)
     if known.config is None:

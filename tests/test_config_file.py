@@ -100,3 +100,10 @@ def test_data_may_come_from_the_config_but_must_come_from_somewhere(
     # Other subcommands ignore a --config that is not theirs.
     with pytest.raises(SystemExit):
         cli.main(["sample", "--config", "x"])
+
+
+def test_config_without_a_file_is_one_usage_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.train_main(["--data", DATA, "--config"], prog="main.py")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == "main.py: error: argument --config: expected one argument (see main.py --help)\n"
