@@ -639,11 +639,11 @@ def _run_attention(args: argparse.Namespace) -> int:
     from bevialm.data import DataError, Vocab, load_text
 
     viz.require_matplotlib()
+    tune_malloc()
     path = _checkpoint_to_sample(args)
+    loaded = generate.load_model(path)
     output = args.output or os.path.join(os.path.dirname(path), "attention.png")  # beside the run, as plot's
     viz.check_output(output)
-    tune_malloc()
-    loaded = generate.load_model(path)
     cfg = loaded.cfg
     viz.choose(cfg.n_layers, args.layer, "layer")
     viz.choose(cfg.n_heads, args.head, "head")

@@ -107,3 +107,28 @@ def test_config_without_a_file_is_one_usage_line(capsys: pytest.CaptureFixture[s
         cli.train_main(["--data", DATA, "--config"], prog="main.py")
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err == "main.py: error: argument --config: expected one argument (see main.py --help)\n"
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("ctxx = 3\n", "unknown key 'ctxx'"),
+        ('ctx = "64"\n', "ctx must be an integer, got '64' (str)"),
+        ("ctx = 0\n", "ctx: must be a positive integer, got '0'"),
+        ("lr = -1.5\n", "lr: must be a positive number, got '-1.5'"),
+        ("resume = 1\n", "resume must be true or false, got 1 (int)"),
+        ("activation = 'tanh'\n", "activation must be one of relu, gelu, got 'tanh'"),
+        ("[data]\nx = 3\n", "data must be a string, got {'x': 3} (a table)"),
+        ("ctx = \n", "is not valid TOML"),
+    ],
+)
+def test_read_names_the_key(tmp_path: Path, content: str, expected: str) -> None:
+    actions = {a.dest: a for a in cli.train_parser()._actions if a.option_strings}
+    (tmp_path / "c.toml").write_text(content)
+    with pytest.raises(config_file.ConfigError) as caught:
+        config_file.read(str(tmp_path / "c.toml"), actions)
+    assert expected in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(config_file.ConfigError, match="cannot read config file"):
+        config_file.read(str(tmp_path / "none.toml"), actions)
+    (tmp_path / "ok.toml").write_text("ctx = 3\nlr = 1\nresume = true\ndata = 'x'\n")
+    assert config_file.read(str(tmp_path / "ok.toml"), actions) == {"ctx": 3, "lr": 1.0, "resume": True, "data": "x"}

@@ -117,3 +117,17 @@ def test_bad_texts_get_one_line(tmp_path: Path, text: str, expected: str) -> Non
 def test_a_char_model_names_what_it_never_saw() -> None:
     with pytest.raises(ValueError, match=r"contains characters not in the vocabulary: 'z'"):
         Vocab(tuple("ab")).encode("abz", what="text 't.txt'")
+
+
+def test_eval_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bevialm import cli
+
+    write_checkpoint(tmp_path / "c.npz", CFG)
+    (tmp_path / "t.txt").write_text("abcdefghijk" * 4)
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "c.npz"), "--data", str(tmp_path / "t.txt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tokens"] == 43
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "c.npz"), "--data", str(tmp_path / "t.txt"), "--batch", "2"]) == 0
+    assert "(43 tokens, 43 characters scored)" in capsys.readouterr().out
+    (tmp_path / "t.txt").write_text("abz")
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "c.npz"), "--data", str(tmp_path / "t.txt")]) == 1
+    assert capsys.readouterr().err.endswith("'z'; the run never saw them, so the model cannot score them\n")

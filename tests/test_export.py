@@ -168,3 +168,13 @@ def test_the_command_says_what_it_wrote(tmp_path: Path) -> None:
         "wrote m.safetensors (safetensors, float32; nanoGPT names, 2 layer(s) x 3 head(s), dim 12) "
         "and m.json (config and tokenizer)\n"
     )
+
+
+def test_export_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bevialm import cli
+
+    write_checkpoint(tmp_path / "c.npz")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "c.npz"), "--to", str(tmp_path / "m.safetensors")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'm.safetensors'} (safetensors, float32;")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "c.npz"), "--to", str(tmp_path)]) == 1
+    assert "is a folder" in capsys.readouterr().err
