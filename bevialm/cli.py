@@ -16,6 +16,11 @@ diverged (NaN or infinite loss); 130 interrupted by Ctrl-C and 143 by SIGTERM
 (training saves its checkpoint first and says so in one line on stderr).
 ``BEVIALM_DEBUG=1`` shows the traceback behind an ``error:`` line.
 
+``--config FILE`` (training) reads flags from a TOML file (:mod:`bevialm.config_file`): its
+values become the training parser's defaults before the command line is parsed, so flags given
+there override them. ``eval`` scores a whole text (:mod:`bevialm.evaluate`); ``export`` writes
+nanoGPT-named weights (:mod:`bevialm.export`).
+
 The picture commands ``plot`` and ``attention`` (and ``sample --attention``) compose
 :mod:`bevialm.viz`; they need the optional matplotlib (``pip install 'bevialm[plot]'``)
 and say so in one line when it is missing.
@@ -85,6 +90,7 @@ def _checked(kind: type[int] | type[float], ok: Callable[[Any], bool], requireme
             raise argparse.ArgumentTypeError(f"must {requirement}, got {text!r}")
         return value
 
+    parse.number_kind = kind  # type: ignore[attr-defined]  # what a config file's value must be
     return parse
 
 
@@ -99,7 +105,7 @@ top_p_value = _checked(float, lambda v: 0 < v <= 1, "lie in (0, 1]")  # a nucleu
 # --- the flags, each defined once ---------------------------------------------------------------
 
 
-def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
+def _add_seed_and_out(p: argparse._ActionsContainer, *, training: bool) -> None:
     p.add_argument(
         "--seed", type=non_negative_int, default=42, help="random seed (>= 0) for reproducibility (default: %(default)s)"
     )
@@ -107,8 +113,28 @@ def _add_seed_and_out(p: argparse._ActionsContainer) -> None:
         "--out",
         default=DEFAULT_OUT,
         metavar="DIR",
-        help="run folder, where training writes best.npz, last.npz and metrics.jsonl and sample reads "
-        "(default: training makes a new runs/run-NNN; --resume and sample use the newest one there)",
+        help="run folder, where training writes best.npz, last.npz, metrics.jsonl and config.toml "
+        "(default: a new runs/run-NNN; with --resume the newest one there)"
+        if training
+        else "run folder to sample from, used without --checkpoint (default: the newest run in runs/)",
+    )
+
+
+def _add_config_flags(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="read training flags from this TOML file (key = value, the flags' names: ctx = 64); flags on "
+        "the command line override it. Every run folder gets config.toml, its effective config: "
+        "--config runs/run-007/config.toml repeats that run in a new folder",
+    )
+    p.add_argument(
+        "--init_from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune: start from this checkpoint's weights, with a fresh optimizer at step 0; the model's "
+        "shape and tokenizer are the checkpoint's (a character vocabulary must cover --data)",
     )
 
 
@@ -239,13 +265,15 @@ def _add_tokenizer_flags(p: argparse._ActionsContainer) -> None:
     )
 
 
-def _add_sampling_flags(p: argparse._ActionsContainer) -> None:
+def _add_sampling_flags(p: argparse._ActionsContainer, *, training: bool) -> None:
     p.add_argument(
         "--sample_len",
         type=non_negative_int,
         default=400,
-        help="tokens (characters with --tokenizer char) to generate per sample; in training 0 prints "
-        "no samples (default: %(default)s)",
+        help="tokens (characters with --tokenizer char) of each sample printed during training; 0 prints "
+        "no samples (default: %(default)s)"
+        if training
+        else "tokens to generate per sample (characters for a character-level model) (default: %(default)s)",
     )
     p.add_argument(
         "--temperature",
@@ -320,7 +348,8 @@ def _add_sample_attention_flags(p: argparse._ActionsContainer) -> None:
 
 def _configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="training text file (UTF-8); 10%% at its end is validation")
-    _add_seed_and_out(p)
+    _add_seed_and_out(p, training=True)
+    _add_config_flags(p)
     model = p.add_argument_group("model")
     _add_model_flags(model)
     optim = p.add_argument_group("optimisation")
@@ -330,14 +359,14 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
     tokens = p.add_argument_group("tokenizer")
     _add_tokenizer_flags(tokens)
     sampling = p.add_argument_group("samples printed during training")
-    _add_sampling_flags(sampling)
+    _add_sampling_flags(sampling, training=True)
     p.set_defaults(handler=_run_train)
 
 
 def _configure_sample(p: argparse.ArgumentParser) -> None:
     _add_sample_only_flags(p)
-    _add_seed_and_out(p)
-    _add_sampling_flags(p)
+    _add_seed_and_out(p, training=False)
+    _add_sampling_flags(p, training=False)
     _add_sample_attention_flags(p.add_argument_group("attention while generating"))
     p.set_defaults(handler=_run_sample)
 
@@ -375,13 +404,53 @@ def _configure_attention(p: argparse.ArgumentParser) -> None:
         "--out", default=DEFAULT_OUT, metavar="DIR", help="run folder used without --checkpoint (default: the newest run in runs/)"
     )
     prompt = p.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", default=None, help="the text whose attention is drawn (at most ctx characters)")
+    prompt.add_argument(
+        "--prompt", default=None, help="the text whose attention is drawn (at most ctx tokens, or see --last)"
+    )
     prompt.add_argument("--prompt_file", default=None, metavar="PATH", help="read the prompt from this UTF-8 file")
     p.add_argument(
-        "-o", "--output", default="attention.png", metavar="FILE", help="picture to write, .png or .svg (default: %(default)s)"
+        "--last",
+        action="store_true",
+        help="a prompt longer than ctx tokens: draw the attention over its last ctx tokens (without it, it is refused)",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="picture to write, .png or .svg (default: attention.png in the checkpoint's run folder)",
     )
     _add_layer_and_head(p)
     p.set_defaults(handler=_run_attention)
+
+
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint to evaluate (best.npz or last.npz of a run)")
+    p.add_argument("--data", required=True, metavar="FILE", help="UTF-8 text to score, all of it")
+    p.add_argument(
+        "--batch", type=positive_int, default=16, help="windows of ctx tokens per forward pass (default: %(default)s)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the text line")
+    p.set_defaults(handler=_run_eval)
+
+
+def _configure_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint to export")
+    p.add_argument(
+        "--to",
+        required=True,
+        metavar="FILE",
+        help="weights file to write (model.safetensors, model.pt); the sidecar FILE.json (the extension "
+        "replaced) holds the config and tokenizer",
+    )
+    p.add_argument(
+        "--format",
+        choices=("safetensors", "torch"),
+        default="safetensors",
+        help="safetensors (needs only NumPy) or torch (a state dict for torch.load; needs PyTorch) "
+        "(default: %(default)s)",
+    )
+    p.set_defaults(handler=_run_export)
 
 
 TRAIN_DESCRIPTION = (
@@ -399,8 +468,16 @@ PLOT_DESCRIPTION = (
     "naming each run's tokenizer; --bpc draws bits per character, comparable across tokenizers."
 )
 ATTENTION_DESCRIPTION = (
-    "Draw a model's attention over a prompt: a heat map per layer and head, the prompt's characters as "
-    "labels (space and newline as visible glyphs), future positions blank."
+    "Draw a model's attention over a prompt: a heat map per layer and head, the prompt's tokens (characters "
+    "for a character-level model) as labels (space and newline as visible glyphs), future positions blank."
+)
+EVAL_DESCRIPTION = (
+    "Score a whole text with a checkpoint: loss per token, bits per character and perplexity, in windows of "
+    "ctx tokens, each token after the first scored once. A character-level model refuses characters it never saw."
+)
+EXPORT_DESCRIPTION = (
+    "Write a checkpoint's weights under nanoGPT's parameter names and layouts (transformer.wte.weight, fused "
+    "q|k|v c_attn, lm_head, ...) with a JSON sidecar holding the config and tokenizer (docs/export.md)."
 )
 
 
@@ -427,6 +504,10 @@ def build_parser(prog: str = "bevialm") -> argparse.ArgumentParser:
         sub.add_parser("attention", help="draw a model's attention over a prompt", description=ATTENTION_DESCRIPTION)
     )
     add_board_subcommand(sub)
+    _configure_eval(sub.add_parser("eval", help="loss, bits per character and perplexity over a text", description=EVAL_DESCRIPTION))
+    _configure_export(
+        sub.add_parser("export", help="write a checkpoint as nanoGPT-named safetensors", description=EXPORT_DESCRIPTION)
+    )
     add_grading_subcommands(sub)
     return parser
 
@@ -598,21 +679,25 @@ def _run_attention(args: argparse.Namespace) -> int:
     from bevialm.data import DataError, Vocab, load_text
 
     viz.require_matplotlib()
-    viz.check_output(args.output)
     tune_malloc()
     path = _checkpoint_to_sample(args)
     loaded = generate.load_model(path)
+    output = args.output or os.path.join(os.path.dirname(path), "attention.png")  # beside the run, as plot's
+    viz.check_output(output)
     cfg = loaded.cfg
     viz.choose(cfg.n_layers, args.layer, "layer")
     viz.choose(cfg.n_heads, args.head, "head")
     prompt = args.prompt if args.prompt_file is None else load_text(args.prompt_file, "prompt file")
     ids = loaded.tokenizer.encode(prompt, what="prompt")
     unit = "character" if isinstance(loaded.tokenizer, Vocab) else "token"
+    if ids.size > cfg.ctx and args.last:
+        print(f"note: the prompt has {ids.size} {unit}s; drawing its last ctx = {cfg.ctx}", file=sys.stderr, flush=True)
+        ids = ids[-cfg.ctx :]
     count = f"{ids.size} {unit}{'' if ids.size == 1 else 's'}"
     if not 0 < ids.size <= cfg.ctx:
         raise DataError(
             f"the prompt has {count}; the model reads 1 to ctx = {cfg.ctx}: "
-            + ("give a prompt" if ids.size == 0 else "shorten it")
+            + ("give a prompt" if ids.size == 0 else "shorten it, or pass --last to draw its last ctx")
         )
     _, cache = model.forward(loaded.params, ids[None, :], cfg)
     fig = viz.prompt_attention_figure(
@@ -623,7 +708,43 @@ def _run_attention(args: argparse.Namespace) -> int:
         title=f"attention over a prompt of {count}: {path} (step {loaded.step}); "
         "row: query, column: the position it reads",
     )
-    _wrote(args.output, viz.save_figure(fig, args.output), "attention")
+    _wrote(output, viz.save_figure(fig, output), "attention")
+    return EXIT_OK
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from bevialm import evaluate, generate
+    from bevialm.data import DataError, load_text
+
+    tune_malloc()
+    with stop_signals_raise():
+        loaded = generate.load_model(args.checkpoint)
+        text = load_text(args.data, "text")
+        try:
+            ids = loaded.tokenizer.encode(text, what=f"text '{args.data}'")
+        except DataError as e:  # a character vocabulary: no guess for what the run never saw
+            raise DataError(f"{e}; the run never saw them, so the model cannot score them") from None
+        progress = evaluate.progress_printer(sys.stderr.write, sys.stderr.isatty())
+        ev = evaluate.evaluate_ids(loaded.params, loaded.cfg, ids, loaded.tokenizer.count_chars, args.batch, progress)
+    if args.json:
+        print(json.dumps(evaluate.as_json(ev, args.checkpoint, loaded.step, args.data)), flush=True)
+    else:
+        print(f"{args.data} with {args.checkpoint} (step {loaded.step}): {evaluate.summary(ev)}", flush=True)
+    return EXIT_OK
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from bevialm import export
+
+    side, meta = export.export(args.checkpoint, args.to, args.format)
+    c = meta["config"]
+    print(
+        f"wrote {args.to} ({args.format}, {meta['dtype']}; nanoGPT names, {c['n_layer']} layer(s) x {c['n_head']} "
+        f"head(s), dim {c['n_embd']}) and {side} (config and tokenizer)",
+        flush=True,
+    )
     return EXIT_OK
 
 
@@ -631,10 +752,45 @@ def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+def _training_parser(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.ArgumentParser, list[str]] | None:
+    """The training parser ``argv`` is for (``main.py``'s, or ``bevialm train``'s) and its flags; None otherwise."""
+    if parser.get_default("handler") is _run_train:
+        return parser, argv
+    if not argv or argv[0] != "train":
+        return None
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices["train"], argv[1:]
+    return None  # pragma: no cover - build_parser always has the subcommands
+
+
+def _apply_config(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``--config FILE``: its values become the training parser's defaults, so flags given override them."""
+    from bevialm import config_file
+
+    found = _training_parser(parser, argv)
+    if found is None:
+        return
+    target, flags = found
+    if "-h" in flags or "--help" in flags:
+        return  # help needs no config, and a broken one must not hide it
+    pre = OneLineParser(prog=target.prog, add_help=False)  # `--config` without a file: one usage line
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(flags)
+    if known.config is None:
+        return
+    actions = {a.dest: a for a in target._actions if a.option_strings and a.dest != "help"}
+    values = config_file.read(known.config, actions)
+    target.set_defaults(**values)
+    if "data" in values:
+        actions["data"].required = False
+
+
 def _dispatch(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
     try:
+        _apply_config(parser, list(sys.argv[1:] if argv is None else argv))
+        args = parser.parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except KeyboardInterrupt as e:  # one line, whatever was saved (Stopped says what)
         terminated = isinstance(e, Terminated) or (isinstance(e, Stopped) and e.terminated)

@@ -35,6 +35,30 @@ import numpy as np
 
 from bevialm.types import Array, Grads, Params
 
+__all__ = [
+    "DEFAULT",
+    "Backward",
+    "Forward",
+    "GradCheckReport",
+    "GradientCheckError",
+    "TensorResult",
+    "Tolerances",
+    "arrays_in",
+    "avoid_kinks",
+    "away_from_init",
+    "changed",
+    "compare",
+    "directional_check",
+    "kink_distance",
+    "numeric_vjp",
+    "purity_problems",
+    "random_direction",
+    "relative_error",
+    "snapshot",
+    "structure_problems",
+    "vjp_check",
+]
+
 Forward = Callable[[Params, Array], tuple[Array, Any]]
 """A pair's forward with its config bound: ``forward(params, x) -> (y, cache)``."""
 
@@ -130,7 +154,8 @@ class GradCheckReport:
         return tuple(r for r in self.results if not r.passed)
 
     def format(self) -> str:
-        head = f"gradient check {self.label!r}: {'passed' if self.passed else 'FAILED'}"
+        named = f" {self.label!r}" if self.label else ""  # no empty '' for an unlabelled check
+        head = f"gradient check{named}: {'passed' if self.passed else 'FAILED'}"
         lines = [head, *(f"  problem: {p}" for p in self.problems)]
         lines += [f"  {r.describe()}" for r in self.results]
         return "\n".join(lines)

@@ -69,9 +69,21 @@ from typing import IO, Any
 
 import numpy as np
 
-from bevialm import checkpoint, distributed, generate, losses, memory, model, optim, parallel, runs, runtime
+from bevialm import (
+    checkpoint,
+    config_file,
+    distributed,
+    generate,
+    losses,
+    memory,
+    model,
+    optim,
+    parallel,
+    runs,
+    runtime,
+)
 from bevialm import tokenizer as tokenizers
-from bevialm.data import DataError, get_batch, load_text, split
+from bevialm.data import DataError, Vocab, get_batch, load_text, split
 from bevialm.layers.mlp import ACTIVATIONS
 from bevialm.types import Array, IntArray
 from bevialm.validate import require_positive
@@ -139,6 +151,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     tokenizer: str = "char"
     vocab_size: int | None = None
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         require_positive(
@@ -193,6 +206,8 @@ class TrainConfig:
                 tokenizers.check_bpe_vocab_size(self.vocab_size)
             except DataError as e:
                 raise ValueError(f"{LAYER}: {e}") from None
+        if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+            raise ValueError(f"{LAYER}: init_from must be a checkpoint path or None, got {self.init_from!r}")
         if self.resume and self.overwrite:
             raise ValueError(
                 f"{LAYER}: --resume continues the run in --out and --overwrite deletes it: pass only one of them"
@@ -262,6 +277,7 @@ class _Snapshot:
 
 # The flags whose change makes a resumed run differ from one that never stopped (the model's
 # own flags are checked against the checkpoint and refused when they differ).
+_NOT_FLAGS = ("val_fraction",)  # TrainConfig fields no flag sets (a config file cannot hold them)
 _TRAJECTORY_FLAGS = ("seed", "batch", "shards", "accum", "steps", "lr", "warmup", "min_lr", "wd", "beta2", "grad_clip", "val_fraction")
 
 
@@ -297,7 +313,7 @@ def _first_missing(path: str) -> str | None:
 
 def _remove_created(out: str, top: str) -> None:
     """Undo a failed start: the run's own files in ``out``, then the folders up to ``top`` that it created."""
-    for name in (LAST, BEST, METRICS):
+    for name in (LAST, BEST, METRICS, config_file.CONFIG_NAME):
         with contextlib.suppress(OSError):
             os.remove(os.path.join(out, name))
     runs.remove_stale_temp_files(out)
@@ -341,6 +357,8 @@ class _Run:
         self.committed: _Snapshot  # what a Ctrl-C saves: the last step whose bookkeeping is done
         self.rng: np.random.Generator
         self.changed_flags: list[str] = []
+        self.init: generate.LoadedModel  # --init_from's checkpoint
+        self.init_note: str | None = None
         self.last_eval: tuple[float, float] | None = None
         self.saved_step: int | None = None  # step of the last.npz on disk (the last good one)
         self.elapsed_before = 0.0
@@ -405,12 +423,20 @@ class _Run:
             raise
 
     def _load_data(self) -> None:
+        text = load_text(self.cfg.data)
+        if self.cfg.init_from is not None:
+            self._load_init()
+        else:
+            start = time.perf_counter()
+            self.tokenizer = tokenizers.build(text, self.cfg.tokenizer, self.cfg.vocab_size)
+            self.tokenizer_seconds = time.perf_counter() - start
         cfg = self.cfg
-        text = load_text(cfg.data)
-        start = time.perf_counter()
-        self.tokenizer = tokenizers.build(text, cfg.tokenizer, cfg.vocab_size)
-        self.tokenizer_seconds = time.perf_counter() - start
-        ids = self.tokenizer.encode(text, what=f"data file '{cfg.data}'")
+        try:
+            ids = self.tokenizer.encode(text, what=f"data file '{cfg.data}'")
+        except DataError as e:  # a character vocabulary that is not the text's own: --init_from's
+            if cfg.init_from is None or not isinstance(self.tokenizer, Vocab):
+                raise
+            raise DataError(f"{e}; fine-tuning keeps the vocabulary of '{cfg.init_from}'") from None
         self.seen = generate.seen_tokens(ids, self.tokenizer.vocab_size)  # what samples may draw
         self.text_chars = len(text)
         self.train_data, self.val_data = split(ids, cfg.val_fraction)
@@ -424,6 +450,22 @@ class _Run:
                     f"{unit} of {len(ids)}, at least ctx + 1 = {need} are needed "
                     f"(the last {cfg.val_fraction:.0%} is validation); use a longer text or a smaller --ctx"
                 )
+
+    def _load_init(self) -> None:
+        """``--init_from``: the checkpoint's model shape and tokenizer replace the flags' (a note says
+        which changed); its weights become the fresh run's, cast to ``--dtype``."""
+        cfg = self.cfg
+        assert cfg.init_from is not None
+        self.init = generate.load_model(cfg.init_from)
+        m = self.init.cfg
+        shape: dict[str, Any] = {"ctx": m.ctx, "dim": m.dim, "layers": m.n_layers, "heads": m.n_heads}
+        shape |= {"mlp_hidden": m.mlp_hidden, "activation": m.activation}
+        changed = [f"--{k} {getattr(cfg, k)} -> {v}" for k, v in shape.items() if getattr(cfg, k) != v]
+        kind = "char" if isinstance(self.init.tokenizer, Vocab) else "bpe"
+        self.cfg = dataclasses.replace(cfg, **shape, tokenizer=kind, vocab_size=None)
+        self.tokenizer = self.init.tokenizer
+        if changed:
+            self.init_note = f"note: --init_from: the model's shape is the checkpoint's ({', '.join(changed)})"
 
     def _check_memory(self) -> None:
         cfg, m = self.cfg, self.mcfg
@@ -492,13 +534,27 @@ class _Run:
 
     def _fresh(self) -> None:
         cfg = self.cfg
-        params = model.init_params(self.mcfg, np.random.default_rng([cfg.seed, INIT_STREAM]), np.dtype(cfg.dtype))
+        if cfg.init_from is not None:  # fine-tuning: its weights, a fresh optimizer, step 0
+            params = {k: v.astype(cfg.dtype) for k, v in self.init.params.items()}
+        else:
+            params = model.init_params(self.mcfg, np.random.default_rng([cfg.seed, INIT_STREAM]), np.dtype(cfg.dtype))
         self.rng = np.random.default_rng([cfg.seed, TRAIN_STREAM])
         self.snap = self.committed = _Snapshot(0, params, optim.init_state(params), self.rng.bit_generator.state)
 
     def _restore(self) -> None:
         cfg, path = self.cfg, self.path(LAST)
         ckpt = checkpoint.load_checkpoint(path)
+        if ckpt.tokenizer != self.tokenizer:  # before the model: other data changes a char vocabulary's size
+            run_data = ckpt.train_config.get("data")
+            raise TrainError(
+                f"--resume: the tokenizer made from '{cfg.data}' ({tokenizers.describe(self.tokenizer)}) differs from "
+                f"the one '{path}' was trained with ({tokenizers.describe(ckpt.tokenizer)}): "
+                + (
+                    f"the run was trained on '{run_data}'; resume with --data {run_data}"
+                    if isinstance(run_data, str) and run_data != cfg.data
+                    else "the data or --tokenizer/--vocab_size changed"
+                )
+            )
         expected = asdict(self.mcfg)
         got = ckpt.model_config
         if got != expected:
@@ -508,12 +564,6 @@ class _Run:
                 if got.get(k) != v
             ] or ["its model config has other fields"]
             raise TrainError(f"--resume: '{path}' was trained with another model: {'; '.join(diffs)}; pass the run's flags")
-        if ckpt.tokenizer != self.tokenizer:
-            raise TrainError(
-                f"--resume: the tokenizer made from '{cfg.data}' ({tokenizers.describe(self.tokenizer)}) differs from "
-                f"the one '{path}' was trained with ({tokenizers.describe(ckpt.tokenizer)}): the data or "
-                "--tokenizer/--vocab_size changed"
-            )
         checkpoint.validate_against(ckpt, model.param_shapes(self.mcfg))
         checkpoint.require_finite(ckpt, path)
         dtypes = {str(p.dtype) for p in ckpt.params.values()}
@@ -550,11 +600,21 @@ class _Run:
         metrics of the steps up to its checkpoint."""
         if self.cfg.resume:
             self.metrics = self._reopen_metrics(self.snap.step)
-            return
-        self._save(LAST, self.snap, with_optimizer=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.path(BEST))  # --overwrite: the old run's best is not this run's
-        self.metrics = self._open_metrics("w")
+        else:
+            self._save(LAST, self.snap, with_optimizer=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.path(BEST))  # --overwrite: the old run's best is not this run's
+            self.metrics = self._open_metrics("w")
+        self._write_config()  # once started: a failed --overwrite start keeps the old run's config
+
+    def _write_config(self) -> None:
+        """``config.toml``: the effective config (every flag's value), for ``--config`` to repeat the run."""
+        flags = {k: v for k, v in asdict(self.cfg).items() if k not in _NOT_FLAGS}
+        comment = f"The effective config of {self.out}; repeat the run with --config {self.path(config_file.CONFIG_NAME)}"
+        try:
+            config_file.write(self.out, flags, comment)
+        except OSError as e:
+            raise TrainError(f"cannot write '{self.path(config_file.CONFIG_NAME)}': {e.strerror or e}") from None
 
     def _open_metrics(self, mode: str) -> IO[str]:
         try:
@@ -598,11 +658,12 @@ class _Run:
         else:
             self.say(
                 f"data: '{cfg.data}', {self.text_chars:,} characters; tokenizer {tokenizers.describe(self.tokenizer)}, "
-                f"trained in {self.tokenizer_seconds:.1f} s: {n_train + n_val:,} tokens "
+                + (f"from '{cfg.init_from}'" if cfg.init_from else f"trained in {self.tokenizer_seconds:.1f} s")
+                + f": {n_train + n_val:,} tokens "
                 f"({self.text_chars / (n_train + n_val):.2f} characters per token); {n_train:,} train / {n_val:,} val"
             )
             asked = cfg.vocab_size or tokenizers.DEFAULT_BPE_VOCAB
-            if self.tokenizer.vocab_size < asked:
+            if self.tokenizer.vocab_size < asked and cfg.init_from is None:
                 self.say(
                     f"note: the text allows only {self.tokenizer.vocab_size - tokenizers.N_BYTES:,} merges "
                     f"(every chunk of it is then one token): vocabulary {self.tokenizer.vocab_size:,}, "
@@ -623,6 +684,10 @@ class _Run:
         if self.stale_removed:
             notes.append(f"removed {self.stale_removed} temporary file(s) left by an interrupted checkpoint write")
         self.say(f"run folder: {self.out}" + (f" ({'; '.join(notes)})" if notes else ""))
+        if self.init_note is not None:
+            self.say(self.init_note)
+        if cfg.init_from is not None and self.resumed_from is None:
+            self.say(f"fine-tuning: weights from '{cfg.init_from}' (its step {self.init.step}), fresh optimizer, step 0")
         if self.changed_flags:
             self.say(
                 f"note: --resume with flags that differ from the checkpoint's run ({', '.join(self.changed_flags)}): "
@@ -839,6 +904,11 @@ class _Run:
             return runtime.Stopped(f"{what}: parameters are not finite, nothing saved; {self._kept()}", terminated=terminated)
         path = self._save(LAST, snap, with_optimizer=True)
         flags = ([] if self.cfg.resume else ["--resume"]) + ([] if self.given_out else [f"--out {self.out}"])
+        make = os.environ.get("BEVIALM_MAKE")  # `make train` runs main.py with its own flags and ARGS
+        if make:
+            given = [a for a in os.environ.get("BEVIALM_MAKE_ARGS", "").split() if a != "--overwrite"]
+            args = " ".join(given + flags)
+            return runtime.Stopped(f'{what}: saved {path}; continue with: {make} ARGS="{args}"', terminated=terminated)
         how = f" and {' '.join(flags)}" if flags else ""
         if self.cfg.overwrite:
             how += " in place of --overwrite"

@@ -341,7 +341,7 @@ def test_stale_temp_files_are_removed_at_the_next_start(good_run: Path, tmp_path
     done = run(main_py("--data", DATA, *TINY, *QUIET, "--steps", "7", "--eval_every", "3", "--out", str(out), "--resume"), tmp_path)
     assert done.returncode == 0, done.stderr
     assert "removed 2 temporary file(s) left by an interrupted checkpoint write" in done.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "last.npz", "metrics.jsonl", "notes.tmp"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "config.toml", "last.npz", "metrics.jsonl", "notes.tmp"]
 
 
 def test_resuming_a_nan_checkpoint_is_refused(good_run: Path, tmp_path: Path) -> None:

@@ -91,7 +91,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, train.Tra
 
 def test_a_run_logs_evaluates_samples_and_writes_its_folder(reference: tuple[Path, train.TrainResult, str]) -> None:
     out, result, stdout = reference
-    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "last.npz", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.npz", "config.toml", "last.npz", "metrics.jsonl"]
     records = metrics(out, timing=True)
     assert [(r["kind"], r["step"]) for r in records] == [
         ("train", 5), ("train", 10), ("eval", 10), ("train", 15), ("train", 20), ("eval", 20),
@@ -252,7 +252,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(
     message = str(caught.value)
     assert message.startswith(f"cannot write checkpoint '{tmp_path / 'best.npz'}': No space left on device;")
     assert f"the last good checkpoint is '{tmp_path / 'last.npz'}' (step 10)" in message and "\n" not in message
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "last.npz", "metrics.jsonl"]  # no temp file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "config.toml", "last.npz", "metrics.jsonl"]  # no temp file
     assert load_checkpoint(tmp_path / "last.npz").step == 10
 
 
@@ -336,7 +336,7 @@ def test_resume_refuses_what_it_cannot_continue(reference: tuple[Path, train.Tra
             run(tiny(out, resume=True, steps=40, **overrides))
     other = tmp_path / "other.txt"
     other.write_text("completely different text! " * 200, encoding="utf-8")
-    with pytest.raises(TrainError, match="vocabulary size 59 in the checkpoint, 16 now"):
+    with pytest.raises(TrainError, match=r"\(characters, 16 tokens\) differs .* \(characters, 59 tokens\): the run was trained on '.*data.txt'; resume with --data .*data.txt$"):
         run(tiny(out, resume=True, data=str(other)))
     shutil.copy(out / "best.npz", out / "last.npz")  # parameters only
     with pytest.raises(TrainError, match="no optimizer or RNG state"):
@@ -490,7 +490,7 @@ def test_resuming_a_bpe_run_with_another_tokenizer_is_refused(
 ) -> None:
     out = tmp_path / "run"
     shutil.copytree(bpe_reference[0], out)
-    with pytest.raises(TrainError, match="vocabulary size 300 in the checkpoint, 59 now"):
+    with pytest.raises(TrainError, match=r"\(characters, 59 tokens\) differs .* \(byte-level BPE, 300 tokens\): the data or --tokenizer/--vocab_size changed$"):
         run(tiny(out, resume=True, steps=20))
     text = (ROOT / "data.txt").read_text(encoding="utf-8")
     other = tmp_path / "other.txt"

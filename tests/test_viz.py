@@ -338,9 +338,10 @@ def test_the_picture_commands_write_their_pictures(
     assert bevialm("plot", str(out), str(out / "metrics.jsonl"), "-o", "two.svg") == "wrote loss curves to two.svg\n"
     assert (tmp_path / "two.svg").stat().st_size > 1000
     printed = bevialm("attention", "--checkpoint", ckpt, "--prompt", "MARA: the\nend", "--layer", "2")
-    width, height = png_size(tmp_path / "attention.png")
-    assert printed == f"wrote attention to attention.png, {width} x {height} pixels\n"
-    assert_not_blank(tmp_path / "attention.png")
+    width, height = png_size(out / "attention.png")  # beside the checkpoint, as plot's loss.png
+    assert printed == f"wrote attention to {out / 'attention.png'}, {width} x {height} pixels\n"
+    assert_not_blank(out / "attention.png")
+    assert not (tmp_path / "attention.png").exists()
     printed = bevialm(
         "sample", "--checkpoint", ckpt, "--prompt", "MARA:", "--sample_len", "9", "--attention", "gen.png",
         "--show-attention", "--head", "2",
@@ -412,7 +413,7 @@ BAD: list[tuple[str, list[str], str]] = [
     ("attention-layer-range", ["attention", "--checkpoint", "{run}/best.npz", "--prompt", "MA", "--layer", "3"], "error: layer 3 is out of range: the model has 2 layers (1 to 2)"),
     ("attention-head-range", ["attention", "--checkpoint", "{run}/best.npz", "--prompt", "MA", "--head", "9"], "error: head 9 is out of range: the model has 2 heads (1 to 2)"),
     ("attention-output-folder-missing", ["attention", "--checkpoint", "{run}/best.npz", "--prompt", "MA", "-o", "{tmp}/no/a.png"], "error: output folder '{tmp}/no' does not exist"),
-    ("attention-prompt-too-long", ["attention", "--checkpoint", "{run}/best.npz", "--prompt", "M" * 17], "error: the prompt has 17 characters; the model reads 1 to ctx = 16: shorten it"),
+    ("attention-prompt-too-long", ["attention", "--checkpoint", "{run}/best.npz", "--prompt", "M" * 17], "error: the prompt has 17 characters; the model reads 1 to ctx = 16: shorten it, or pass --last to draw its last ctx"),
     ("attention-empty-prompt", ["attention", "--checkpoint", "{run}/best.npz", "--prompt", ""], "error: the prompt has 0 characters; the model reads 1 to ctx = 16: give a prompt"),
     ("attention-missing-checkpoint", ["attention", "--out", "{tmp}/nothing", "--prompt", "MA"], "error: checkpoint '{tmp}/nothing/last.npz' does not exist"),
     ("sample-layer-range", ["sample", "--checkpoint", "{run}/best.npz", "--show-attention", "--layer", "5"], "error: layer 5 is out of range: the model has 2 layers (1 to 2)"),
