@@ -38,8 +38,9 @@ from bevialm.grading.student import (
     reference_imports,
     scan_source,
 )
+from bevialm.grading.task_list import TASKS
 from bevialm.grading.tasks import Observation, describe, store
-from bevialm.registry import PAIRS, TASKS
+from bevialm.registry import PAIRS
 
 from . import planted
 

@@ -21,7 +21,7 @@ from bevialm.grading.grade import Options, format_report, grade
 from bevialm.grading.kit import PACKAGE, write_kit
 from bevialm.grading.rubric import PRESETS, default_rubric, parse
 from bevialm.grading.student import forget_package
-from bevialm.registry import TASKS
+from bevialm.grading.task_list import TASKS
 
 from . import planted
 from .test_grading import grade_here, solution_copy

@@ -37,7 +37,7 @@ from bevialm.grading.plan import Check, plan_checks
 from bevialm.grading.rubric import Rubric, Settings
 from bevialm.grading.session import student_module
 from bevialm.grading.skeleton import write_skeleton
-from bevialm.registry import BY_NAME, PairSpec, _no_params
+from bevialm.registry import BY_NAME, PairSpec, no_params
 
 PACKAGE = "my_pkg"
 """The student's package inside the kit."""
@@ -86,7 +86,7 @@ def _pair_data(spec: PairSpec, settings: Settings, enc: Encoder) -> dict[str, An
         })  # fmt: skip
     return {
         "pair": True, "module": student_module(spec.module.__name__), "cases": cases,
-        "bind": "ce" if ce else "seeded" if seeded else "layer", "init_float64": spec.init is not _no_params,
+        "bind": "ce" if ce else "seeded" if seeded else "layer", "init_float64": spec.init is not no_params,
     }  # fmt: skip
 
 
