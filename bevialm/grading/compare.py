@@ -12,11 +12,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevialm.gradcheck import DEFAULT, Tolerances, relative_error
-from bevialm.grading.tasks import Observation
 from bevialm.types import Array
 
-Verdict = tuple[bool, float | None, str, str]
-"""``(passed, worst relative error, one-line hint, details)`` of one check."""
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's verdict on one check."""
+
+    passed: bool
+    worst_rel: float | None = None
+    """Largest relative error over the entries compared (None when nothing numeric was compared)."""
+    hint: str = "ok"
+    """One line: "ok", or what is wrong, naming the tensor and the case."""
+    details: str = ""
+    """More lines (every failing tensor)."""
 
 
 def tensor_name(key: str) -> str:
@@ -97,12 +106,12 @@ wrong shape (the report's rel-err column says ``shape``)."""
 
 
 def summarise(comparisons: list[Comparison], label: str) -> Verdict:
-    """(passed, worst_rel, hint, details) over the tensors of one case."""
+    """The verdict over the tensors of one case."""
     return judge_cases([(comparisons, label)])
 
 
 def judge_cases(cases: list[tuple[list[Comparison], str]], prefix: str = "") -> Verdict:
-    """(passed, worst_rel, hint, details) over every case of a check, each a list of tensor
+    """The verdict over every case of a check, each a list of tensor
     comparisons and its label. Passed when every tensor matched in every case. Otherwise the
     hint names the worst failure (a missing or misshapen tensor before any wrong number, then
     the largest error, an earlier case first among equals), the other tensors wrong in *any*
@@ -117,7 +126,7 @@ def judge_cases(cases: list[tuple[list[Comparison], str]], prefix: str = "") -> 
     )
     if not failed:
         rels = [c.worst_rel for c in everything if c.worst_rel is not None]
-        return True, (max(rels) if rels else None), "ok", ""
+        return Verdict(True, max(rels) if rels else None)
     first, label = failed[0]
     names: list[str] = []
     for c, _ in failed:
@@ -129,22 +138,7 @@ def judge_cases(cases: list[tuple[list[Comparison], str]], prefix: str = "") -> 
     hint = f"{prefix}{first.problem} ({label}){also}{suffix}{_groups(everything)}"
     rel = NOT_COMPARABLE if first.worst_rel is None else first.worst_rel
     details = [c.problem + (f" ({where})" if len(cases) > 1 else "") for c, where in failed[:20]]
-    return False, rel, hint, "\n".join(details)
-
-
-def array_of(obs: Observation, key: str) -> tuple[Array | None, str | None]:
-    return obs.arrays.get(key), obs.meta["types"].get(key)
-
-
-def worst_case(verdicts: list[Verdict]) -> Verdict:
-    """Over a check's cases judged one by one: passed when all did, else the hint and error of
-    the case that fails worst (a shape before any number; a stress case that fails by far
-    before a case that fails barely)."""
-    failed = [v for v in verdicts if not v[0]]
-    if not failed:
-        return True, worst_of([v[1] for v in verdicts if v[1] is not None]), "ok", ""
-    rank = [math.inf if v[1] is None or math.isnan(v[1]) else v[1] for v in failed]
-    return failed[rank.index(max(rank))]
+    return Verdict(False, rel, hint, "\n".join(details))
 
 
 def worst_of(values: list[float]) -> float | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from bevialm.grading import cases as reference
 from bevialm.grading import kit_check
-from bevialm.grading import training as beyond_pairs
+from bevialm.grading import training_cases as beyond_pairs
 from bevialm.grading.plan import Check, plan_checks
 from bevialm.grading.rubric import Rubric, Settings
 from bevialm.grading.session import student_module
