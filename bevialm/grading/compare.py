@@ -1,7 +1,7 @@
 """Comparing the student's numbers with the reference's, and summing a check's comparisons up
 in one hint: the worst tensor first, the worst case of a check named, the parameter groups that
-are wrong and right. Shared by the pairs' judges (:mod:`bevialm.grading.judge`) and the checks
-beyond the pairs (:mod:`bevialm.grading.training`)."""
+are wrong and right. Shared by the pairs' judges (:mod:`bevialm.grading.pair_judges`) and the
+checks beyond the pairs (:mod:`bevialm.grading.training`, :mod:`bevialm.grading.bpe_task`)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """Grade a student's package against the reference: plan the checks, run them, judge them, report.
 
-The pieces: :mod:`~bevialm.grading.plan` (which checks), :mod:`~bevialm.grading.cases`
-(the reference's answers), :mod:`~bevialm.grading.sandbox` and :mod:`~bevialm.grading.tasks`
-(run the student's code), :mod:`~bevialm.grading.judge` (verdicts and hints) and
-:mod:`~bevialm.grading.report` (the table).
+The pieces: :mod:`~bevialm.grading.plan` (which checks); :mod:`~bevialm.grading.kinds`, one
+table with a row per kind of check: the reference's answer, the task that runs the student's
+code (in the :mod:`~bevialm.grading.sandbox`, through :mod:`~bevialm.grading.tasks`) and the
+judge; :mod:`~bevialm.grading.judge` (a result from each outcome, hints that cross-reference
+the results) and :mod:`~bevialm.grading.report` (the table). :func:`grade` is one loop over
+the plan.
 
 For every pair of the registry (see :mod:`bevialm.grading.cases` for the cases):
 

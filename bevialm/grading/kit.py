@@ -13,7 +13,7 @@ The kit holds:
 
 So a student runs ``python -m check`` in the kit with nothing installed but NumPy. The
 answers come from the reference run in this process on the grader's own cases
-(:mod:`bevialm.grading.cases`, :mod:`bevialm.grading.training`), so the kit passes and fails
+(:mod:`bevialm.grading.cases`, :mod:`bevialm.grading.training_cases`), so the kit passes and fails
 the visible checks exactly as ``bevialm grade --visible-only`` does
 (``tests/test_grading_kit.py`` checks it on every planted mistake).
 """
