@@ -41,6 +41,9 @@ class Findings:
     """Purity: ``init(cfg, rng, np.float64)``'s keys -> ``[shape, dtype]`` (or ``{"type": name}``)."""
     init_default: dict[str, Any] | None = None
     """Purity: the same for ``init(cfg, rng)`` (float32 by default)."""
+    probes_differ: str = ""
+    """Gradient check: where the forward, right at the case's point, gave another output than the
+    reference's forward at one of the finite differences' points ("" when it never did)."""
 
 
 @dataclass

@@ -118,6 +118,13 @@ def judge_gradcheck(points: list[reference.PairPoint], obs: Observation) -> Verd
     worst: list[float] = []
     for i, p in enumerate(points):
         found = obs.findings.get(i, Findings())
+        if found.probes_differ:
+            hint = (
+                f"your forward gave other outputs at the gradient check's points ({found.probes_differ}) than the "
+                f"reference's forward on the same inputs, though it is right at the case's own point ({p.label}): "
+                "a forward must compute the same function however it is called"
+            )
+            return Verdict(False, None, hint)
         failing = _disagreements(found, worst)
         problems = [_name_grads(p) for p in found.problems]
         if not (failing or problems):

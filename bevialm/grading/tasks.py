@@ -21,6 +21,7 @@ import numpy as np
 
 from bevialm import model
 from bevialm.gradcheck import purity_problems, structure_problems, vjp_check
+from bevialm.grading.compare import compare
 from bevialm.grading.observation import Findings, Observation, StudentFault, store, store_mapping, type_name
 from bevialm.grading.session import (
     CURRENT,
@@ -163,17 +164,56 @@ def _gradcheck(task: PairTask, spec: PairSpec, obs: Observation) -> None:
     session = _session()
     for i, p in enumerate(task.points):
         obs.case = i
-        bound = spec.bind(p.case)
-        report = vjp_check(
-            bound.forward,
-            bound.backward,
-            p.params,
-            p.x,
-            rng=np.random.default_rng([p.case.seed, 99]),
-            max_elements=task.gradcheck_entries or None,
-            evaluate=lambda f, points: evaluate(session, f, points),
-        )
-        obs.findings[i] = Findings(list(report.problems), list(report.results))
+        obs.findings[i] = _gradcheck_case(spec.bind(p.case), p, task.gradcheck_entries, session)
+
+
+def _gradcheck_case(bound: Bound, p: PointInput, entries: int, session: AnySession) -> Findings:
+    """The gradient check of one case, every output of the student's forward kept to be held
+    against the reference's forward on the same input (see :func:`_probes_differ`)."""
+    calls: list[tuple[Callable[[Array], Any], Array, Any]] = []  # every probe: (f, point, f(point))
+    first: list[Any] = []
+
+    def kept(f: Callable[[Array], Any], points: list[Array]) -> list[Any]:
+        outputs = evaluate(session, f, points)
+        calls.extend((f, z, y) for z, y in zip(points, outputs, strict=True))
+        return outputs
+
+    def forward(params: Mapping[str, Array], x: Array) -> tuple[Array, Any]:
+        y, cache = bound.forward(params, x)
+        if not first:
+            first.append(y)  # the case's own point: the checker's first call
+        return y, cache
+
+    rng = np.random.default_rng([p.case.seed, 99])
+    report = vjp_check(forward, bound.backward, p.params, p.x, rng=rng, max_elements=entries or None, evaluate=kept)
+    differ = _probes_differ(bound, p, first[0], calls) if first else ""
+    return Findings(list(report.problems), list(report.results), probes_differ=differ)
+
+
+def _probes_differ(bound: Bound, p: PointInput, y: Any, calls: list[tuple[Callable[[Array], Any], Array, Any]]) -> str:
+    """Where the student's forward, right (``y``) at the case's own point, gave at a finite
+    difference's point another output than the reference's forward on the same input ("" if
+    nowhere): a forward that tells the checker's probes from other calls and answers them otherwise."""
+    token = CURRENT.set(None)  # the reference's own functions from here on
+    try:
+        if not _agrees(y, bound.forward(p.params, p.x)[0]):
+            return ""  # a wrong forward: the gradient check judges it against itself, as ever
+        for n, (f, z, got) in enumerate(calls):
+            if not _agrees(got, f(z)):
+                return f"the {_ordinal(n + 1)} of {len(calls)} points"
+        return ""
+    finally:
+        CURRENT.reset(token)
+
+
+def _agrees(got: Any, want: Any) -> bool:
+    if not (isinstance(got, np.ndarray) and got.dtype.kind in "biuf"):
+        return True  # not a number: the checker itself reports it
+    return compare("y", got, np.asarray(want), None).passed
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _float32(bound: Bound, p: PointInput) -> list[str]:
