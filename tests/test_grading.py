@@ -589,3 +589,13 @@ def test_progress_is_reported_per_check(solution: Path) -> None:
     finally:
         forget_package(package)
     assert seen == ["relu.forward", "relu.backward", "relu.gradcheck", "relu.purity"]
+
+
+def test_every_check_has_one_row_in_the_table_of_check_kinds() -> None:
+    """The grader's loop finds every check the rubric can plan in one table, and the table holds
+    no row the rubric cannot plan."""
+    from bevialm.grading.kinds import CHECK_KINDS
+    from bevialm.grading.plan import all_checks
+
+    assert {(c.subject, c.kind) for c in all_checks(default_rubric())} == set(CHECK_KINDS)
+    assert {(s, k) for s, kinds in TASK_KINDS.items() for k in kinds} == set(CHECK_KINDS)

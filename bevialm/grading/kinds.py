@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from bevialm.grading import bpe_task, pair_judges, training
@@ -38,27 +39,26 @@ class References:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._made: dict[tuple[str, str], Any] = {}
-
-    def _once(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
-        if key not in self._made:
-            self._made[key] = make()
-        return self._made[key]
+        self._pairs: dict[str, PairAnswer] = {}
 
     def pair(self, name: str) -> PairAnswer:
-        spec = BY_NAME[name]
-        return self._once(("pair", name), lambda: PairAnswer(spec, reference.pair_points(spec, self.settings)))  # type: ignore[no-any-return]
+        if name not in self._pairs:
+            spec = BY_NAME[name]
+            self._pairs[name] = PairAnswer(spec, reference.pair_points(spec, self.settings))
+        return self._pairs[name]
 
+    @cached_property
     def model_point(self) -> reference.ModelPoint:
-        return self._once(("model", "point"), lambda: reference.model_point(self.settings))  # type: ignore[no-any-return]
+        return reference.model_point(self.settings)
 
+    @cached_property
     def model_training(self) -> tuple[reference.ModelPoint, Array]:
-        point = self.model_point()
-        make = lambda: (point, reference.reference_training(point, self.settings.training_steps))  # noqa: E731
-        return self._once(("model", "training"), make)  # type: ignore[no-any-return]
+        """The model's point and the reference's losses along its gradient steps from there."""
+        return self.model_point, reference.reference_training(self.model_point, self.settings.training_steps)
 
+    @cached_property
     def beyond_pairs(self) -> TrainingCases:
-        return self._once(("beyond", ""), lambda: reference_cases(self.settings))  # type: ignore[no-any-return]
+        return reference_cases(self.settings)
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,12 @@ def _model_task(check_id: str, kind: str, point: reference.ModelPoint, steps: in
 
 COMPOSED_ROWS: dict[str, CheckKind] = {
     "loss_and_grads": CheckKind(
-        answer=lambda refs, subject: refs.model_point(),
+        answer=lambda refs, subject: refs.model_point,
         task=lambda check_id, subject, point, settings: _model_task(check_id, "loss_and_grads", point, 0),
         judge=pair_judges.judge_model,
     ),
     "training": CheckKind(
-        answer=lambda refs, subject: refs.model_training(),
+        answer=lambda refs, subject: refs.model_training,
         task=lambda check_id, subject, a, settings: _model_task(check_id, "training", a[0], settings.training_steps),
         judge=lambda a, obs: pair_judges.judge_training(a[1], obs),
     ),
@@ -131,7 +131,7 @@ def _beyond(subject: str, kind: str, run: Run, judge: Callable[[TrainingCases, O
     def task(check_id: str, _: str, cases: TrainingCases, settings: Settings) -> TrainingTask:
         return TrainingTask(check_id, subject, kind, lambda call, obs: run(cases, call, obs))
 
-    return CheckKind(lambda refs, _: refs.beyond_pairs(), task, judge, lambda cases, i: _label(labels(cases), i))
+    return CheckKind(lambda refs, _: refs.beyond_pairs, task, judge, lambda cases, i: _label(labels(cases), i))
 
 
 @dataclass(frozen=True)
