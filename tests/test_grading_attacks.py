@@ -120,8 +120,9 @@ def backward(params, cache, dy):
 def test_a_forward_that_lies_on_the_gradient_checks_probes_gets_no_credit_for_it(solution: Path, tmp_path: Path, sandboxed: bool) -> None:
     """A forward that tells the gradient check's probes (one entry moved) from ordinary calls and
     answers them so that finite differences agree with a wrong ``dW``: its outputs there are
-    compared with the reference's forward on the same inputs, so the gradient check fails."""
-    from bevialm.grading.grade import Options, grade
+    compared with the reference's forward on the same inputs, so the gradient check fails, and
+    the forward check with it (the forward is wrong on those inputs)."""
+    from bevialm.grading.grade import Options, format_report, grade
 
     folder = tmp_path / "pkg"
     folder.mkdir()
@@ -130,7 +131,7 @@ def test_a_forward_that_lies_on_the_gradient_checks_probes_gets_no_credit_for_it
     only = ("linear.forward", "linear.backward", "linear.gradcheck")
     report = grade(folder, Options(only=only)) if sandboxed else grade_here(folder, only=only)
     results = {r.check.id: r for r in report.results}
-    assert results["linear.forward"].passed and not results["linear.backward"].passed
-    gradcheck = results["linear.gradcheck"]
-    assert not gradcheck.passed and gradcheck.score == 0, gradcheck.hint
+    assert report.score == 0 and not results["linear.backward"].passed, format_report(report)
+    gradcheck, forward = results["linear.gradcheck"], results["linear.forward"]
     assert "at the gradient check's points" in gradcheck.hint and "reference's forward" in gradcheck.hint, gradcheck.hint
+    assert "differs from the reference's at the gradient check's points" in forward.hint, forward.hint

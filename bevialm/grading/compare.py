@@ -26,6 +26,13 @@ class Verdict:
     """One line: "ok", or what is wrong, naming the tensor and the case."""
     details: str = ""
     """More lines (every failing tensor)."""
+    cause: str = ""
+    """What a failure says about another check of the subject (:data:`PROBES_DIFFER`), or ""."""
+
+
+PROBES_DIFFER = "the forward differs from the reference's at the gradient check's points"
+"""The gradient check's cause when the forward, right at the cases' own points, answers the
+finite differences' points otherwise than the reference's forward: the forward check fails too."""
 
 
 def tensor_name(key: str) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bevialm.grading.compare import Verdict, listed
+from bevialm.grading.compare import PROBES_DIFFER, Verdict, listed
 from bevialm.grading.observation import Observation, StudentFault
 from bevialm.grading.plan import MODEL, Check
 from bevialm.grading.sandbox import Outcome
@@ -36,7 +36,8 @@ class CheckResult:
     ``sandbox`` (a hang, crash, exit or flood)."""
     cause: str = ""
     """For ``error`` and ``sandbox``: what happened, without where (the exception's type and
-    message, or how the child ended), to tell one cause failing every check."""
+    message, or how the child ended), to tell one cause failing every check. For a ``mismatch``:
+    what it says about another check (:data:`~bevialm.grading.compare.PROBES_DIFFER`), or ""."""
 
     @property
     def score(self) -> float:
@@ -83,7 +84,7 @@ def judge_outcome(check: Check, outcome: Outcome, judge: Callable[[Observation],
         return CheckResult(check, False, hint, None, f"{hint}{printed}", outcome.seconds, "error", cause)
     verdict = judge(obs)
     worst = None if not verdict.passed and verdict.worst_rel == 0.0 else verdict.worst_rel  # a failure never shows 0
-    return CheckResult(check, verdict.passed, verdict.hint, worst, f"{verdict.details}{printed}".strip(), outcome.seconds)
+    return CheckResult(check, verdict.passed, verdict.hint, worst, f"{verdict.details}{printed}".strip(), outcome.seconds, cause=verdict.cause)
 
 
 def _graded_uses(module_name: str, graded: Mapping[str, frozenset[str]]) -> set[str]:
@@ -170,8 +171,19 @@ def _helper_hint(subject: str, kind: str, helpers: Mapping[str, Mapping[str, lis
     return f" [{said}: look there too]"
 
 
+def _forward_differs_at_probes(r: CheckResult) -> CheckResult:
+    hint = (
+        "forward output differs from the reference's at the gradient check's points, though it matches at the "
+        "cases' own points: a forward must compute the same function however it is called (see gradcheck)"
+    )
+    return replace(r, passed=False, hint=hint, worst_rel=None, details=hint)
+
+
 def cross_reference(results: list[CheckResult]) -> list[CheckResult]:
-    """Add what one check's result says about another's to the hints of wrong numbers."""
+    """Add what one check's result says about another's to the hints of wrong numbers; fail the
+    forward check of a pair whose forward answered the gradient check's points otherwise."""
+    differ = {r.check.subject for r in results if r.cause == PROBES_DIFFER}
+    results = [_forward_differs_at_probes(r) if r.check.kind == "forward" and r.passed and r.check.subject in differ else r for r in results]
     failed = {(r.check.subject, r.check.kind) for r in results if not r.passed}
     passed = {(r.check.subject, r.check.kind) for r in results if r.passed}
     deps = pair_dependencies()

@@ -35,6 +35,7 @@ from bevialm.gradcheck import DEFAULT
 from bevialm.grading import cases as reference
 from bevialm.grading.compare import (
     NOT_COMPARABLE,
+    PROBES_DIFFER,
     Comparison,
     Verdict,
     at_index,
@@ -124,7 +125,7 @@ def judge_gradcheck(points: list[reference.PairPoint], obs: Observation) -> Verd
                 f"reference's forward on the same inputs, though it is right at the case's own point ({p.label}): "
                 "a forward must compute the same function however it is called"
             )
-            return Verdict(False, None, hint)
+            return Verdict(False, None, hint, cause=PROBES_DIFFER)
         failing = _disagreements(found, worst)
         problems = [_name_grads(p) for p in found.problems]
         if not (failing or problems):
