@@ -1,4 +1,5 @@
-"""The one registry of layer pairs.
+"""The one registry of layer pairs (the grader's list of tasks, which includes them, is
+:mod:`bevialm.grading.task_list`).
 
 Every pair is described once here: its module, how to draw configs and input
 shapes (fixed examples and a random ``draw_case``), how to make its input and
@@ -6,7 +7,7 @@ parameters, and how to bind its config into the contract's shape
 ``forward(params, x)`` / ``backward(params, cache, dy)``. The test suite, the
 grader and the student-skeleton generator all iterate over :data:`PAIRS`, so a
 pair added here is tested everywhere, and a pair not added here cannot be used
-by the model without a test noticing (see ``tests/test_registry.py``).
+by the model without a test noticing (see ``tests/test_pairs.py``).
 
 Config and shape spaces are written against the tiny :class:`Draw` protocol,
 so the same description feeds Hypothesis (``tests/strategies.py``) and a
@@ -22,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from bevialm import bpe, losses, model, optim
+from bevialm import losses
 from bevialm.gradcheck import Backward, Forward, avoid_kinks
 from bevialm.layers import attention, block, dropout, embedding, gelu, layernorm, linear, mlp, relu, softmax
 from bevialm.types import Array, Grads, Params
@@ -224,7 +225,7 @@ def _draw_ce(draw: Draw) -> Case:
     return Case(cfg, (draw.integer(1, 3), draw.integer(1, 5), cfg.vocab), draw.integer(0, 2**16))
 
 
-def _no_params(cfg: Any, rng: np.random.Generator) -> Params:
+def no_params(cfg: Any, rng: np.random.Generator) -> Params:
     return {}
 
 
@@ -341,7 +342,7 @@ PAIRS: tuple[PairSpec, ...] = (
         module=relu,
         draw_case=_draw_elementwise(relu.ReluConfig()),
         examples=(Case(relu.ReluConfig(), (7,), 1), Case(relu.ReluConfig(), (2, 3, 4), 2)),
-        init=_no_params,
+        init=no_params,
         make_input=normal_input((0.0,)),
         bind=layer_bind(relu),
         kinks=(0.0,),
@@ -351,7 +352,7 @@ PAIRS: tuple[PairSpec, ...] = (
         module=gelu,
         draw_case=_draw_elementwise(gelu.GeluConfig()),
         examples=(Case(gelu.GeluConfig(), (7,), 1), Case(gelu.GeluConfig(), (2, 3, 4), 2)),
-        init=_no_params,
+        init=no_params,
         make_input=normal_input(),
         bind=layer_bind(gelu),
     ),
@@ -360,7 +361,7 @@ PAIRS: tuple[PairSpec, ...] = (
         module=softmax,
         draw_case=_draw_elementwise(softmax.SoftmaxConfig()),
         examples=(Case(softmax.SoftmaxConfig(), (5,), 1), Case(softmax.SoftmaxConfig(), (2, 3, 4), 2)),
-        init=_no_params,
+        init=no_params,
         make_input=normal_input(),
         bind=layer_bind(softmax),
         # the numerically stable softmax itself (playbook 3.4) is part of the exercise
@@ -376,7 +377,7 @@ PAIRS: tuple[PairSpec, ...] = (
             Case(CrossEntropyConfig(2), (1, 1, 2), 2),
             Case(CrossEntropyConfig(7), (3, 4, 7), 3),
         ),
-        init=_no_params,
+        init=no_params,
         make_input=normal_input(),
         bind=_ce_bind,
         functions=("cross_entropy", "cross_entropy_backward"),
@@ -419,7 +420,7 @@ PAIRS: tuple[PairSpec, ...] = (
             Case(dropout.DropoutConfig(0.0), (5,), 2),
             Case(dropout.DropoutConfig(0.25), (3, 4), 3),
         ),
-        init=_no_params,
+        init=no_params,
         make_input=normal_input(),
         bind=layer_bind(dropout, seeded=True),
     ),
@@ -456,95 +457,3 @@ PAIRS: tuple[PairSpec, ...] = (
 )
 
 BY_NAME: dict[str, PairSpec] = {spec.name: spec for spec in PAIRS}
-
-
-# --- every graded thing: the pairs, the model that composes them, and the optimizer ----------------
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One thing a student can be asked to write: functions of one reference module.
-
-    The grader grades it, the skeleton generator blanks its functions (or hands them
-    out filled in when an assignment leaves the task out), the rubric names it.
-    """
-
-    name: str
-    module: ModuleType
-    functions: tuple[str, ...]
-    """The module's functions the student writes."""
-    example: Callable[[], object]
-    """Calls the functions once on a small float64 example, through the module's attributes
-    (so a caller can trace each call's argument and result shapes)."""
-    pair: PairSpec | None = None
-    """The pair's full description, for tasks that are layer pairs."""
-
-
-def _pair_example(spec: PairSpec) -> Callable[[], object]:
-    def run() -> object:
-        case = max(spec.examples, key=lambda c: (len(set(c.shape)), len(c.shape)))  # the most telling shapes
-        rng = np.random.default_rng(case.seed)
-        bound = spec.bind(case)
-        params = spec.module.init(case.cfg, rng, np.float64) if "init" in spec.functions else spec.init(case.cfg, rng)
-        y, cache = bound.forward(params, spec.make_input(case, rng))
-        return bound.backward(params, cache, np.ones_like(y, dtype=np.float64))
-
-    return run
-
-
-EXAMPLE_MODEL = model.ModelConfig(vocab_size=5, ctx=4, dim=4, n_layers=1, n_heads=2, mlp_hidden=8)
-"""A tiny model for the model task's example call."""
-
-
-def _model_example() -> object:
-    rng = np.random.default_rng(0)
-    params = model.init_params(EXAMPLE_MODEL, rng, np.float64)
-    idx = rng.integers(0, EXAMPLE_MODEL.vocab_size, size=(2, 3))
-    return model.loss_and_grads(params, idx, np.roll(idx, -1, axis=1), EXAMPLE_MODEL)
-
-
-def _optimizer_params() -> dict[str, Array]:
-    rng = np.random.default_rng(0)
-    return {"lm_head.W": rng.standard_normal((3, 2)), "lm_head.b": rng.standard_normal(2)}
-
-
-def _adamw_example() -> object:
-    params = _optimizer_params()
-    grads = {k: np.ones_like(v) for k, v in params.items()}
-    decayed = [k for k in params if optim.decays(k)]
-    return decayed, optim.step(params, grads, optim.init_state(params), optim.AdamWConfig(), lr=1e-3)
-
-
-def _schedule_example() -> object:
-    return optim.lr_at(5, 3e-4, warmup=10, total=100, min_lr=3e-5)
-
-
-def _clipping_example() -> object:
-    grads = _optimizer_params()
-    return optim.global_norm(grads), optim.clip_by_global_norm(grads, 1.0)
-
-
-def _bpe_example() -> object:
-    merges = bpe.train("aaabdaaabac", 259)
-    ids = bpe.encode("aaabdaaabac", merges)
-    return bpe.get_stats(ids), bpe.merge(ids, (100, 256), 259), bpe.decode(ids, merges)
-
-
-PAIR_TASKS: tuple[TaskSpec, ...] = tuple(
-    TaskSpec(spec.name, spec.module, spec.functions, _pair_example(spec), spec) for spec in PAIRS
-)
-
-TASKS: tuple[TaskSpec, ...] = (
-    *PAIR_TASKS,
-    # the playbook's model (chapter 7): forward, backward and the loss, composed of the student's own pairs
-    TaskSpec("model", model, ("forward", "backward", "loss_and_grads"), _model_example),
-    # the optimizer (chapters 8 and 9): AdamW with its decay rule, the schedule, clipping
-    TaskSpec("adamw", optim, ("decays", "step"), _adamw_example),
-    TaskSpec("schedule", optim, ("lr_at",), _schedule_example),
-    TaskSpec("clipping", optim, ("global_norm", "clip_by_global_norm"), _clipping_example),
-    # the tokenizer's merge step (docs/tokenizer.md), in minbpe's exercise shape
-    TaskSpec("bpe", bpe, ("get_stats", "merge", "train", "encode", "decode"), _bpe_example),
-)
-"""Everything the grader grades and the skeleton hands out, pairs first."""
-
-TASK_BY_NAME: dict[str, TaskSpec] = {task.name: task for task in TASKS}

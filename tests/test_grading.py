@@ -28,6 +28,7 @@ from bevialm.grading.grade import (
     plan_checks,
     tensor_name,
 )
+from bevialm.grading.observation import Observation, store
 from bevialm.grading.rubric import DEFAULT_RUBRIC, TASK_KINDS, RubricError, default_rubric, load, parse
 from bevialm.grading.skeleton import SkeletonError, plan, rewrite, write_skeleton
 from bevialm.grading.student import (
@@ -38,8 +39,9 @@ from bevialm.grading.student import (
     reference_imports,
     scan_source,
 )
-from bevialm.grading.tasks import Observation, describe, store
-from bevialm.registry import PAIRS, TASKS
+from bevialm.grading.task_list import TASKS
+from bevialm.grading.tasks import describe
+from bevialm.registry import PAIRS
 
 from . import planted
 
@@ -307,13 +309,13 @@ def test_observations_record_arrays_and_the_types_of_everything_else() -> None:
     store(obs, "0/l", [1, 2])
     store(obs, "0/o", np.array([None]))
     assert np.array_equal(obs.arrays["0/y"], np.arange(3.0)) and obs.arrays["0/n"] == 2.5
-    assert obs.meta["types"] == {"0/n": "float", "0/l": "list", "0/o": "object array"}
+    assert obs.types == {"0/n": "float", "0/l": "list", "0/o": "object array"}
     try:
         raise SystemExit(4)
     except SystemExit as exc:
-        assert describe(exc, Path("/nowhere"))["message"] == "sys.exit(4) was called"
+        assert describe(exc, Path("/nowhere")).message == "sys.exit(4) was called"
     long = describe(ValueError("x" * 1000), Path("/nowhere"))
-    assert long["message"].endswith("...") and long["where"] == ""
+    assert long.message.endswith("...") and long.where == ""
 
 
 def test_import_errors_and_missing_functions_are_graded_not_fatal(solution: Path, tmp_path: Path) -> None:
@@ -570,13 +572,13 @@ def test_sandbox_outcomes_from_exit_codes() -> None:
 
 
 def test_training_that_does_not_lower_the_loss_fails() -> None:
-    from bevialm.grading.judge import _judge_training
+    from bevialm.grading.pair_judges import judge_training
 
     rising = np.array([1.0, 1.5])
     obs = Observation()
     store(obs, "losses", rising)
-    passed, _, hint_text, _ = _judge_training(rising, obs)
-    assert not passed and "did not go down" in hint_text
+    verdict = judge_training(rising, obs)
+    assert not verdict.passed and "did not go down" in verdict.hint
 
 
 def test_progress_is_reported_per_check(solution: Path) -> None:
@@ -587,3 +589,13 @@ def test_progress_is_reported_per_check(solution: Path) -> None:
     finally:
         forget_package(package)
     assert seen == ["relu.forward", "relu.backward", "relu.gradcheck", "relu.purity"]
+
+
+def test_every_check_has_one_row_in_the_table_of_check_kinds() -> None:
+    """The grader's loop finds every check the rubric can plan in one table, and the table holds
+    no row the rubric cannot plan."""
+    from bevialm.grading.kinds import CHECK_KINDS
+    from bevialm.grading.plan import all_checks
+
+    assert {(c.subject, c.kind) for c in all_checks(default_rubric())} == set(CHECK_KINDS)
+    assert {(s, k) for s, kinds in TASK_KINDS.items() for k in kinds} == set(CHECK_KINDS)

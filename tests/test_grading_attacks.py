@@ -96,3 +96,42 @@ def test_what_a_check_prints_or_raises_shows_no_grader_folder(solution: Path, tm
     text = json.dumps(gradescope.results(report))
     assert "look: layers/linear.py in <grader>" in text and "I live in layers/linear.py <grader>" in text, text
     assert "bevialm-check-" not in text and "bevialm-grader-" not in text
+
+
+LIES_ON_PROBES = """
+_FIRST_W = {}
+_reference_forward = forward
+_reference_backward = backward
+
+def forward(params, x, cfg):
+    W0 = _FIRST_W.setdefault((x.shape, x.tobytes()), params["W"].copy())
+    W = params["W"]
+    if W.shape == W0.shape and np.count_nonzero(W != W0) == 1:  # a finite-difference probe: one entry moved
+        W = W0 + 2 * (W - W0)  # ... answered as if dW were doubled, to agree with the backward below
+    return _reference_forward({**params, "W": W}, x, cfg)
+
+def backward(params, cache, dy):
+    dx, grads = _reference_backward(params, cache, dy)
+    return dx, {**grads, "W": 2 * grads["W"]}
+"""
+
+
+@pytest.mark.parametrize("sandboxed", [False, True])
+def test_a_forward_that_lies_on_the_gradient_checks_probes_gets_no_credit_for_it(solution: Path, tmp_path: Path, sandboxed: bool) -> None:
+    """A forward that tells the gradient check's probes (one entry moved) from ordinary calls and
+    answers them so that finite differences agree with a wrong ``dW``: its outputs there are
+    compared with the reference's forward on the same inputs, so the gradient check fails, and
+    the forward check with it (the forward is wrong on those inputs)."""
+    from bevialm.grading.grade import Options, format_report, grade
+
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    solution_copy(folder)
+    planted.plant(folder, "layers/linear.py", LIES_ON_PROBES)
+    only = ("linear.forward", "linear.backward", "linear.gradcheck")
+    report = grade(folder, Options(only=only)) if sandboxed else grade_here(folder, only=only)
+    results = {r.check.id: r for r in report.results}
+    assert report.score == 0 and not results["linear.backward"].passed, format_report(report)
+    gradcheck, forward = results["linear.gradcheck"], results["linear.forward"]
+    assert "at the gradient check's points" in gradcheck.hint and "reference's forward" in gradcheck.hint, gradcheck.hint
+    assert "differs from the reference's at the gradient check's points" in forward.hint, forward.hint

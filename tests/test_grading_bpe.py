@@ -122,13 +122,14 @@ def test_reference_passes_in_process(solution: Path) -> None:
 @settings(max_examples=15, deadline=None)
 @given(st.integers(0, 2**31 - 1))
 def test_the_reference_passes_on_cases_drawn_from_any_seed(seed: int) -> None:
-    from bevialm.grading.tasks import Observation
+    from bevialm.grading.compare import Verdict
+    from bevialm.grading.observation import Observation
 
     cases = bpe_task.bpe_cases(Settings(seed=seed))
     for kind in bpe_task.KINDS:
         obs = Observation()
         bpe_task.run(kind, cases, lambda module, function, *args: getattr(bpe, function)(*args), obs)
-        assert bpe_task.judge(kind, cases, obs) == (True, None, "ok", "")
-        obs.meta["cases"]["answers"][-1] = "returned NoneType"  # one wrong answer fails the check
-        passed, _, hint, _ = bpe_task.judge(kind, cases, obs)
-        assert not passed and cases.by_kind[kind][-1].label in hint
+        assert bpe_task.judge(kind, cases, obs) == Verdict(True, None, "ok", "")
+        obs.answers[-1] = "returned NoneType"  # one wrong answer fails the check
+        verdict = bpe_task.judge(kind, cases, obs)
+        assert not verdict.passed and cases.by_kind[kind][-1].label in verdict.hint

@@ -16,9 +16,11 @@ from bevialm.grading import canary, folders
 from bevialm.grading import cli as grading_cli
 from bevialm.grading.canary import EXIT_GRADING_FAILED, GradingFailure, diagnose
 from bevialm.grading.grade import Options, grade
+from bevialm.grading.kinds import PairAnswer
+from bevialm.grading.observation import Observation, StudentFault
 from bevialm.grading.rubric import Settings
 from bevialm.grading.sandbox import Limits, Outcome
-from bevialm.grading.tasks import Observation
+from bevialm.registry import BY_NAME
 
 from .test_grading import solution_copy
 
@@ -122,13 +124,14 @@ def test_a_submission_failing_every_check_alike_is_still_scored(tmp_path: Path, 
 
 def test_the_canary_names_each_cause() -> None:
     crashed = Outcome("crashed", detail="killed by signal SIGSEGV", output="Fatal Python error")
-    assert diagnose(crashed, [], 900100) == "its child crashed (killed by signal SIGSEGV); Fatal Python error"
+    nothing = PairAnswer(BY_NAME["linear"], [])
+    assert diagnose(crashed, nothing, 900100) == "its child crashed (killed by signal SIGSEGV); Fatal Python error"
     obs = Observation()
-    obs.meta["error"] = {"type": "ModuleNotFoundError", "message": "No module named 'numpy.typing'", "where": ""}
-    said = diagnose(Outcome("ok", obs), [], 900100)
+    obs.error = StudentFault("ModuleNotFoundError", "No module named 'numpy.typing'")
+    said = diagnose(Outcome("ok", obs), nothing, 900100)
     assert said is not None and said.startswith("the check user (uid 900100) cannot read NumPy at ")
-    obs.meta["error"] = {"type": "PermissionError", "message": "denied", "where": "layers/linear.py:3 in <module>"}
-    said = diagnose(Outcome("ok", obs), [], None)
+    obs.error = StudentFault("PermissionError", "denied", "layers/linear.py:3 in <module>")
+    said = diagnose(Outcome("ok", obs), nothing, None)
     assert said is not None and said.startswith("PermissionError: denied at layers/linear.py:3 in <module> (the checks may lack")
 
 

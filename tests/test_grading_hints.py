@@ -64,18 +64,19 @@ def test_a_tensor_right_in_one_case_only_is_not_said_to_match() -> None:
     good = Comparison("dW", True, 0.0)
     bad = Comparison("dW", False, 0.5, "dW differs")
     worse = Comparison("db", False, 0.9, "db differs")
-    passed, rel, hint, details = judge_cases([([good, worse], "case 1"), ([bad, Comparison("db", True, 0.0)], "case 2")])
-    assert not passed and rel == 0.9
-    assert hint == "db differs (case 1); also wrong: dW", hint
-    assert details.splitlines() == ["db differs (case 1)", "dW differs (case 2)"]
+    verdict = judge_cases([([good, worse], "case 1"), ([bad, Comparison("db", True, 0.0)], "case 2")])
+    assert not verdict.passed and verdict.worst_rel == 0.9
+    assert verdict.hint == "db differs (case 1); also wrong: dW", verdict.hint
+    assert verdict.details.splitlines() == ["db differs (case 1)", "dW differs (case 2)"]
 
 
 def test_a_shape_beats_any_number_and_shows_as_shape() -> None:
     shape = compare("dW", np.zeros((3, 4)), np.zeros((4, 3)), None)
     number = Comparison("db", False, 0.99, "db differs")
-    passed, rel, hint, _ = judge_cases([([number], "case 1"), ([shape, Comparison("dx", True, 0.0)], "case 2")])
-    assert not passed and rel == NOT_COMPARABLE and format_rel(rel) == "shape"
-    assert hint.startswith("dW has shape (3, 4), the reference's has (4, 3) (case 2); also wrong: db; dx matches")
+    verdict = judge_cases([([number], "case 1"), ([shape, Comparison("dx", True, 0.0)], "case 2")])
+    rel = verdict.worst_rel
+    assert not verdict.passed and rel == NOT_COMPARABLE and format_rel(rel) == "shape"
+    assert verdict.hint.startswith("dW has shape (3, 4), the reference's has (4, 3) (case 2); also wrong: db; dx matches")
     assert math.isinf(rel)
 
 

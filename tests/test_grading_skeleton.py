@@ -9,7 +9,7 @@ import pytest
 
 from bevialm.grading import cli as grading_cli
 from bevialm.grading.skeleton import SkeletonError, traced_shapes, write_skeleton
-from bevialm.registry import PAIR_TASKS, TASK_BY_NAME, TASKS
+from bevialm.grading.task_list import PAIR_TASKS, TASK_BY_NAME, TASKS
 
 
 def docstring(path: Path, function: str) -> str:
@@ -37,7 +37,7 @@ def test_shape_docstrings_give_signature_and_shapes_only(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.name)
 def test_every_graded_function_is_called_by_its_example(task: object) -> None:
-    from bevialm.registry import TaskSpec
+    from bevialm.grading.task_list import TaskSpec
 
     assert isinstance(task, TaskSpec)
     traced = traced_shapes(task)

@@ -2,8 +2,9 @@
 
 As for the other checks beyond the pairs (:mod:`bevialm.grading.training`), three parts:
 the reference's cases with their answers (:func:`bpe_cases`, made before any student code
-runs), the student's side (:data:`RUNNERS`: each check calls one of the student's
-functions on every case through the session) and judging (:data:`JUDGES`). Tokens are
+runs), the student's side (:func:`run`: each check calls one of the student's
+functions on every case through the session) and judging (:func:`judge`), put together
+in :data:`bevialm.grading.kinds.CHECK_KINDS`. Tokens are
 integers and texts strings, so answers are compared exactly, not within a tolerance.
 
 The cases: Wikipedia's ``aaabdaaabac`` (the worked example of ``docs/tokenizer.md``),
@@ -23,8 +24,8 @@ import numpy as np
 from bevialm import bpe
 from bevialm.grading.compare import Verdict
 from bevialm.grading.kit_check import plain
+from bevialm.grading.observation import Observation
 from bevialm.grading.rubric import Settings
-from bevialm.grading.tasks import Observation
 
 Call = Callable[..., Any]
 MODULE = "bpe"
@@ -134,11 +135,9 @@ def bpe_cases(settings: Settings) -> BpeCases:
 
 def run(kind: str, cases: BpeCases, call: Call, obs: Observation) -> None:
     """Call the student's function on every case of ``kind``; record what came back."""
-    answers: list[Any] = []
-    obs.meta["cases"]["answers"] = answers
     for i, c in enumerate(cases.by_kind[kind]):
-        obs.meta["case"] = i
-        answers.append(plain(kind, call(MODULE, FUNCTIONS[kind], *c.args)))
+        obs.case = i
+        obs.answers.append(plain(kind, call(MODULE, FUNCTIONS[kind], *c.args)))
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -153,23 +152,23 @@ def _show(kind: str, value: Any) -> str:
 
 def judge(kind: str, cases: BpeCases, obs: Observation) -> Verdict:
     """Exact agreement with the reference on every case; the first wrong case names itself."""
-    answers = obs.meta["cases"].get("answers", [])
+    answers = obs.answers
     wanted = cases.by_kind[kind]
     if len(answers) != len(wanted):
-        return False, None, f"{FUNCTIONS[kind]} did not answer every case", ""
+        return Verdict(False, None, f"{FUNCTIONS[kind]} did not answer every case")
     wrong = [(c, got) for c, got in zip(wanted, answers, strict=True) if got != plain(kind, c.answer)]
     if not wrong:
-        return True, None, "ok", ""
+        return Verdict(True)
     c, got = wrong[0]
     want = plain(kind, c.answer)
     what = "got" if not (isinstance(got, str) and got.startswith("returned ")) or kind == "decode" else ""
     yours = f"{what} {_show(kind, got)}".strip()
     if kind == "stats" and isinstance(got, list):
-        return False, None, _stats_hint(got, want, c.label, len(wrong)), "\n".join(f"{w.label}: yours {_show(kind, g)}" for w, g in wrong)
+        return Verdict(False, None, _stats_hint(got, want, c.label, len(wrong)), "\n".join(f"{w.label}: yours {_show(kind, g)}" for w, g in wrong))
     also = f"; also wrong: {len(wrong) - 1} more case{'s' if len(wrong) > 2 else ''}" if len(wrong) > 1 else ""
     hint = f"{FUNCTIONS[kind]} {yours}, the reference {_show(kind, want)} ({c.label}){also}"
     details = "\n".join(f"{w.label}: yours {_show(kind, g)}, reference {_show(kind, plain(kind, w.answer))}" for w, g in wrong)
-    return False, None, hint, details
+    return Verdict(False, None, hint, details)
 
 
 def _stats_hint(got: list[list[int]], want: list[list[int]], label: str, n_wrong: int) -> str:
@@ -178,18 +177,3 @@ def _stats_hint(got: list[list[int]], want: list[list[int]], label: str, n_wrong
     pair = min(p for p in yours.keys() | theirs.keys() if yours.get(p) != theirs.get(p))
     also = f"; also wrong: {n_wrong - 1} more case{'s' if n_wrong > 2 else ''}" if n_wrong > 1 else ""
     return f"get_stats gave {pair}: {yours.get(pair, 'nothing')}, the reference {theirs.get(pair, 'nothing')} ({label}){also}"
-
-
-def runner(kind: str) -> Callable[[Any, Call, Observation, Any], None]:
-    """``kind``'s runner in :data:`bevialm.grading.training.RUNNERS`' shape (the cases hold ``.bpe``)."""
-    return lambda cases, call, obs, case: run(kind, cases.bpe, call, obs)
-
-
-def judge_of(kind: str) -> Callable[[Any, Observation], Verdict]:
-    """``kind``'s judge in :data:`bevialm.grading.training.JUDGES`' shape."""
-    return lambda cases, obs: judge(kind, cases.bpe, obs)
-
-
-def case_label(kind: str, cases: BpeCases, i: int) -> str:
-    found = cases.by_kind.get(kind, ())
-    return found[i].label if 0 <= i < len(found) else ""

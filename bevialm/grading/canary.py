@@ -15,14 +15,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bevialm.grading import cases as reference
 from bevialm.grading import folders
-from bevialm.grading.judge import _judge_forward
+from bevialm.grading.kinds import CHECK_KINDS, PairAnswer, References
 from bevialm.grading.plan import GradeError
 from bevialm.grading.rubric import Settings
 from bevialm.grading.sandbox import Limits, Outcome, Sandbox
 from bevialm.grading.session import routed
-from bevialm.grading.tasks import PairTask
 from bevialm.registry import BY_NAME, PAIRS
 
 EXIT_GRADING_FAILED = 3
@@ -31,6 +29,8 @@ EXIT_GRADING_FAILED = 3
 PAIR = "linear"
 """The canary's pair: the smallest, with an ``import numpy.typing`` (through ``bevialm.types``)
 like every pair's module."""
+
+CHECK = CHECK_KINDS[(PAIR, "forward")]
 
 FIX = "install where other users can read, as the autograder's setup.sh does (or grade as a user, not root)"
 
@@ -45,8 +45,8 @@ def run_canary(limits: Limits, settings: Settings, as_root: bool | None, *, agai
     :class:`GradingFailure` unless it passes. ``again``: the canary of a grading that went
     wrong midway (the message says so)."""
     spec = BY_NAME[PAIR]
-    points = reference.pair_points(spec, settings)
-    task = PairTask(f"{PAIR}.forward", "forward", PAIR, tuple(p.input for p in points))
+    answer = CHECK.answer(References(settings), PAIR)
+    task = CHECK.task(f"{PAIR}.forward", PAIR, answer, settings)
     folder = Path(tempfile.mkdtemp(prefix="bevialm-canary-"))
     try:
         (folder / "__init__.py").write_text("")
@@ -62,7 +62,7 @@ def run_canary(limits: Limits, settings: Settings, as_root: bool | None, *, agai
             sandbox.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    cause = diagnose(outcome, points, uid)
+    cause = diagnose(outcome, answer, uid)
     if cause is not None:
         raise GradingFailure(_prefix(again) + cause)
 
@@ -72,20 +72,20 @@ def _prefix(again: bool) -> str:
     return f"grading cannot run ({when}the reference's own {PAIR}.forward fails in the sandbox): "
 
 
-def diagnose(outcome: Outcome, points: list[reference.PairPoint], uid: int | None) -> str | None:
+def diagnose(outcome: Outcome, answer: PairAnswer, uid: int | None) -> str | None:
     """None when the canary passed; otherwise its cause and fix, in words an instructor can act on."""
     who = f"the check user (uid {uid})" if uid is not None else "the checks"
     if outcome.status != "ok" or outcome.observation is None:
         return f"its child {outcome.status} ({outcome.detail or 'no detail'}); {outcome.output.strip()[:200]}".rstrip("; ")
-    error = outcome.observation.meta["error"]
-    if error:
-        message = f"{error['type']}: {error['message']}"
-        if error["type"] in ("ModuleNotFoundError", "ImportError") and "numpy" in error["message"]:
+    error = outcome.observation.error
+    if error is not None:
+        message = f"{error.type}: {error.message}"
+        if error.type in ("ModuleNotFoundError", "ImportError") and "numpy" in error.message:
             where = folders.numpy_folders()[0]
             return f"{who} cannot read NumPy at {where} ({message}); {FIX}"
-        return f"{message}{' at ' + error['where'] if error.get('where') else ''} ({who} may lack access to Python or NumPy; {FIX})"
-    passed, _, hint, _ = _judge_forward(points, outcome.observation)
-    return None if passed else f"wrong numbers: {hint}"
+        return f"{message}{' at ' + error.where if error.where else ''} ({who} may lack access to Python or NumPy; {FIX})"
+    verdict = CHECK.judge(answer, outcome.observation)
+    return None if verdict.passed else f"wrong numbers: {verdict.hint}"
 
 
 def main() -> int:

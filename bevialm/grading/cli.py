@@ -209,8 +209,18 @@ def cmd_autograder(args: argparse.Namespace) -> int:
 
 
 def add_grading_subcommands(subparsers: Any) -> None:
-    """Add ``skeleton``, ``grade`` and ``autograder`` to an ``argparse`` subparsers object;
-    each sets ``handler``, a function of the parsed arguments returning the exit code."""
+    """Add ``skeleton``, ``grade``, ``grade-all``, ``autograder`` and ``student-kit`` to an
+    ``argparse`` subparsers object; each sets ``handler``, a function of the parsed arguments
+    returning the exit code."""
+    for add in (_add_skeleton, _add_grade, _add_grade_all, _add_autograder):
+        add(subparsers)
+
+    from bevialm.grading import kit  # noqa: PLC0415 - the kit's command lives with the kit
+
+    kit.add_subcommand(subparsers)
+
+
+def _add_skeleton(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "skeleton",
         help="write the student starter package",
@@ -231,6 +241,8 @@ def add_grading_subcommands(subparsers: Any) -> None:
     )
     p.set_defaults(handler=cmd_skeleton)
 
+
+def _add_grade(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "grade",
         help="grade a student's package against the reference",
@@ -256,6 +268,8 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--display-name", metavar="NAME", help="the name the report shows for the submission (default: its folder's name)")
     p.set_defaults(handler=cmd_grade)
 
+
+def _add_grade_all(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "grade-all",
         help="grade a whole class's submissions into a CSV gradebook",
@@ -280,6 +294,8 @@ def add_grading_subcommands(subparsers: Any) -> None:
     )  # fmt: skip
     p.set_defaults(handler=cmd_grade_all)
 
+
+def _add_autograder(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "autograder",
         help="write the Gradescope autograder bundle",
@@ -290,10 +306,6 @@ def add_grading_subcommands(subparsers: Any) -> None:
     p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric to bundle (default: the built-in one)")
     p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.set_defaults(handler=cmd_autograder)
-
-    from bevialm.grading import kit  # noqa: PLC0415 - the kit's command lives with the kit
-
-    kit.add_subcommand(subparsers)
 
 
 add_subcommands = add_grading_subcommands

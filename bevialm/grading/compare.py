@@ -1,7 +1,7 @@
 """Comparing the student's numbers with the reference's, and summing a check's comparisons up
 in one hint: the worst tensor first, the worst case of a check named, the parameter groups that
-are wrong and right. Shared by the pairs' judges (:mod:`bevialm.grading.judge`) and the checks
-beyond the pairs (:mod:`bevialm.grading.training`)."""
+are wrong and right. Shared by the pairs' judges (:mod:`bevialm.grading.pair_judges`) and the
+checks beyond the pairs (:mod:`bevialm.grading.training`, :mod:`bevialm.grading.bpe_task`)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,27 @@ from dataclasses import dataclass
 import numpy as np
 
 from bevialm.gradcheck import DEFAULT, Tolerances, relative_error
-from bevialm.grading.tasks import Observation
 from bevialm.types import Array
 
-Verdict = tuple[bool, float | None, str, str]
-"""``(passed, worst relative error, one-line hint, details)`` of one check."""
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's verdict on one check."""
+
+    passed: bool
+    worst_rel: float | None = None
+    """Largest relative error over the entries compared (None when nothing numeric was compared)."""
+    hint: str = "ok"
+    """One line: "ok", or what is wrong, naming the tensor and the case."""
+    details: str = ""
+    """More lines (every failing tensor)."""
+    cause: str = ""
+    """What a failure says about another check of the subject (:data:`PROBES_DIFFER`), or ""."""
+
+
+PROBES_DIFFER = "the forward differs from the reference's at the gradient check's points"
+"""The gradient check's cause when the forward, right at the cases' own points, answers the
+finite differences' points otherwise than the reference's forward: the forward check fails too."""
 
 
 def tensor_name(key: str) -> str:
@@ -97,12 +113,12 @@ wrong shape (the report's rel-err column says ``shape``)."""
 
 
 def summarise(comparisons: list[Comparison], label: str) -> Verdict:
-    """(passed, worst_rel, hint, details) over the tensors of one case."""
+    """The verdict over the tensors of one case."""
     return judge_cases([(comparisons, label)])
 
 
 def judge_cases(cases: list[tuple[list[Comparison], str]], prefix: str = "") -> Verdict:
-    """(passed, worst_rel, hint, details) over every case of a check, each a list of tensor
+    """The verdict over every case of a check, each a list of tensor
     comparisons and its label. Passed when every tensor matched in every case. Otherwise the
     hint names the worst failure (a missing or misshapen tensor before any wrong number, then
     the largest error, an earlier case first among equals), the other tensors wrong in *any*
@@ -117,7 +133,7 @@ def judge_cases(cases: list[tuple[list[Comparison], str]], prefix: str = "") -> 
     )
     if not failed:
         rels = [c.worst_rel for c in everything if c.worst_rel is not None]
-        return True, (max(rels) if rels else None), "ok", ""
+        return Verdict(True, max(rels) if rels else None)
     first, label = failed[0]
     names: list[str] = []
     for c, _ in failed:
@@ -129,22 +145,7 @@ def judge_cases(cases: list[tuple[list[Comparison], str]], prefix: str = "") -> 
     hint = f"{prefix}{first.problem} ({label}){also}{suffix}{_groups(everything)}"
     rel = NOT_COMPARABLE if first.worst_rel is None else first.worst_rel
     details = [c.problem + (f" ({where})" if len(cases) > 1 else "") for c, where in failed[:20]]
-    return False, rel, hint, "\n".join(details)
-
-
-def array_of(obs: Observation, key: str) -> tuple[Array | None, str | None]:
-    return obs.arrays.get(key), obs.meta["types"].get(key)
-
-
-def worst_case(verdicts: list[Verdict]) -> Verdict:
-    """Over a check's cases judged one by one: passed when all did, else the hint and error of
-    the case that fails worst (a shape before any number; a stress case that fails by far
-    before a case that fails barely)."""
-    failed = [v for v in verdicts if not v[0]]
-    if not failed:
-        return True, worst_of([v[1] for v in verdicts if v[1] is not None]), "ok", ""
-    rank = [math.inf if v[1] is None or math.isnan(v[1]) else v[1] for v in failed]
-    return failed[rank.index(max(rank))]
+    return Verdict(False, rel, hint, "\n".join(details))
 
 
 def worst_of(values: list[float]) -> float | None:

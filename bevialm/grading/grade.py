@@ -1,9 +1,11 @@
 """Grade a student's package against the reference: plan the checks, run them, judge them, report.
 
-The pieces: :mod:`~bevialm.grading.plan` (which checks), :mod:`~bevialm.grading.cases`
-(the reference's answers), :mod:`~bevialm.grading.sandbox` and :mod:`~bevialm.grading.tasks`
-(run the student's code), :mod:`~bevialm.grading.judge` (verdicts and hints) and
-:mod:`~bevialm.grading.report` (the table).
+The pieces: :mod:`~bevialm.grading.plan` (which checks); :mod:`~bevialm.grading.kinds`, one
+table with a row per kind of check: the reference's answer, the task that runs the student's
+code (in the :mod:`~bevialm.grading.sandbox`, through :mod:`~bevialm.grading.tasks`) and the
+judge; :mod:`~bevialm.grading.judge` (a result from each outcome, hints that cross-reference
+the results) and :mod:`~bevialm.grading.report` (the table). :func:`grade` is one loop over
+the plan.
 
 For every pair of the registry (see :mod:`bevialm.grading.cases` for the cases):
 
@@ -32,30 +34,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import bevialm
-from bevialm.grading import cases as reference
-from bevialm.grading import training as training_checks
 from bevialm.grading.canary import GradingFailure, run_canary
 from bevialm.grading.compare import Comparison, compare, tensor_name
-from bevialm.grading.judge import CheckResult, _cross_reference, _judge, pair_dependencies
-from bevialm.grading.plan import MODEL, Check, GradeError, given_modules, plan_checks
+from bevialm.grading.judge import CheckResult, cross_reference, judge_outcome, pair_dependencies
+from bevialm.grading.kinds import CHECK_KINDS, References
+from bevialm.grading.plan import Check, GradeError, given_modules, plan_checks
 from bevialm.grading.report import GradeReport, format_rel, format_report
-from bevialm.grading.rubric import COMPOSED_KINDS, Rubric, default_rubric
+from bevialm.grading.rubric import Rubric, default_rubric
 from bevialm.grading.sandbox import InProcess, Limits, Sandbox, readable_by_others
 from bevialm.grading.session import routed
 from bevialm.grading.student import PACKAGE, find_package_root, missing_files, reference_imports
-from bevialm.grading.tasks import ModelTask, PairTask, Task, TrainingTask
-from bevialm.registry import BY_NAME, PAIRS
+from bevialm.registry import PAIRS
 
 DEFAULT_TOTAL_TIME = 600.0
 """Seconds one grading may take in all (``--total-time-limit``): ten times a whole grading of the
 reference on a loaded machine, and less than ``grade-all``'s limit for one student (900 s), so a
 stalled submission still gets a result for every check."""
-
-COMPOSED = frozenset(f"{MODEL}.{kind}" for kind in COMPOSED_KINDS)
-"""The model checks that need the reference model's point (``loss_and_grads``, ``training``)."""
 
 __all__ = [
     "Check",
@@ -110,25 +108,10 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     )
 
     # The reference runs first, before any student code, so nothing the student does can change it.
-    points = {c.subject: reference.pair_points(BY_NAME[c.subject], settings) for c in checks if c.subject in BY_NAME}
-    model_point = reference.model_point(settings) if any(c.id in COMPOSED for c in checks) else None
-    others = training_checks.reference_cases(settings) if any((c.subject, c.kind) in training_checks.RUNNERS for c in checks) else None
-    training = (
-        reference.reference_training(model_point, settings.training_steps)
-        if model_point is not None and any(c.id == f"{MODEL}.training" for c in checks)
-        else None
-    )
-    tasks: list[Task] = []
-    for c in checks:
-        if (c.subject, c.kind) in training_checks.RUNNERS:
-            assert others is not None
-            tasks.append(TrainingTask(c.id, c.subject, c.kind, training_checks.runner(c.subject, c.kind, others)))
-        elif c.subject == MODEL:
-            assert model_point is not None
-            mp = model_point
-            tasks.append(ModelTask(c.id, c.kind, mp.cfg, mp.params, mp.idx, mp.targets, mp.seed, settings.training_steps if c.kind == "training" else 0, reference.LEARNING_RATE))
-        else:
-            tasks.append(PairTask(c.id, c.kind, c.subject, tuple(p.input for p in points[c.subject]), settings.gradcheck_entries))
+    references = References(settings)
+    rows = [CHECK_KINDS[(c.subject, c.kind)] for c in checks]
+    answers = [row.answer(references, c.subject) for c, row in zip(checks, rows, strict=True)]
+    tasks = [row.task(c.id, c.subject, answer, settings) for c, row, answer in zip(checks, rows, answers, strict=True)]
 
     # Read the submission's source before any of it runs: a check could rewrite its own files
     # (to hide an import of the reference) before a later scan.
@@ -142,8 +125,8 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     try:
         # Within this block the reference functions a student writes call the check's child.
         with routed({spec.module: spec.functions for spec in PAIRS}):
-            for c, outcome in zip(checks, runner.run(tasks), strict=True):
-                result = _judge(c, outcome, limits, points.get(c.subject, []), model_point, training, others)
+            for c, row, answer, outcome in zip(checks, rows, answers, runner.run(tasks), strict=True):
+                result = judge_outcome(c, outcome, partial(row.judge, answer), partial(row.case_label, answer))
                 results.append(result)
                 attempts += [f"{c.id}: tried to import {name}" for name in outcome.blocked]
                 if progress is not None:
@@ -155,7 +138,7 @@ def grade(submission: Path, options: Options = Options(), progress: Callable[[Ch
     return GradeReport(
         submission,
         root,
-        _cross_reference(results),
+        cross_reference(results),
         rubric,
         reference_uses,
         missing,

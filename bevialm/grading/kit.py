@@ -13,7 +13,7 @@ The kit holds:
 
 So a student runs ``python -m check`` in the kit with nothing installed but NumPy. The
 answers come from the reference run in this process on the grader's own cases
-(:mod:`bevialm.grading.cases`, :mod:`bevialm.grading.training`), so the kit passes and fails
+(:mod:`bevialm.grading.cases`, :mod:`bevialm.grading.training_cases`), so the kit passes and fails
 the visible checks exactly as ``bevialm grade --visible-only`` does
 (``tests/test_grading_kit.py`` checks it on every planted mistake).
 """
@@ -32,12 +32,12 @@ import numpy as np
 
 from bevialm.grading import cases as reference
 from bevialm.grading import kit_check
-from bevialm.grading import training as beyond_pairs
+from bevialm.grading import training_cases as beyond_pairs
 from bevialm.grading.plan import Check, plan_checks
 from bevialm.grading.rubric import Rubric, Settings
 from bevialm.grading.session import student_module
 from bevialm.grading.skeleton import write_skeleton
-from bevialm.registry import BY_NAME, PairSpec, _no_params
+from bevialm.registry import BY_NAME, PairSpec, no_params
 
 PACKAGE = "my_pkg"
 """The student's package inside the kit."""
@@ -86,7 +86,7 @@ def _pair_data(spec: PairSpec, settings: Settings, enc: Encoder) -> dict[str, An
         })  # fmt: skip
     return {
         "pair": True, "module": student_module(spec.module.__name__), "cases": cases,
-        "bind": "ce" if ce else "seeded" if seeded else "layer", "init_float64": spec.init is not _no_params,
+        "bind": "ce" if ce else "seeded" if seeded else "layer", "init_float64": spec.init is not no_params,
     }  # fmt: skip
 
 

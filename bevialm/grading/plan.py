@@ -13,7 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from bevialm.grading.rubric import KIND_TITLES, TASK_KINDS, Rubric, Rule
-from bevialm.registry import TASKS
+from bevialm.grading.task_list import TASKS
 
 MODEL = "model"
 

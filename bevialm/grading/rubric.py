@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bevialm.registry import PAIR_TASKS, TASKS
+from bevialm.grading.task_list import PAIR_TASKS, TASKS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,7 +43,7 @@ TASK_KINDS: dict[str, tuple[str, ...]] = {
     "clipping": ("global_norm", "clip"),
     "bpe": ("stats", "merge", "train", "encode", "decode"),
 }
-"""Every graded task (:data:`bevialm.registry.TASKS`) with its kinds of check, in order."""
+"""Every graded task (:data:`bevialm.grading.task_list.TASKS`) with its kinds of check, in order."""
 
 KINDS = tuple(dict.fromkeys(k for kinds in TASK_KINDS.values() for k in kinds))
 

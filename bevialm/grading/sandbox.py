@@ -53,14 +53,15 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bevialm.grading import child
 from bevialm.grading.folders import INFRASTRUCTURE_GIVEN, prepare, readable_by_others
+from bevialm.grading.observation import Observation
 from bevialm.grading.session import LocalSession, SandboxFailure, Session
-from bevialm.grading.tasks import Observation, Task, run_task
+from bevialm.grading.tasks import Task, run_task
 from bevialm.grading.uids import KILL_ROUNDS, CheckUser, check_users, sweep, user_tasks
 from bevialm.grading.zygote import Zygote, adopted, can_isolate_network, reap, subreaper, uptime
 
@@ -262,9 +263,9 @@ class Sandbox:
             if user is not None:
                 with self.lock:
                     self.free_users.append(user)
-        if observation is not None and observation.meta["error"]:
-            error = observation.meta["error"]
-            error.update({k: self.without_paths(str(error.get(k, ""))) for k in ("message", "where")})
+        if observation is not None and observation.error is not None:
+            error = observation.error
+            observation.error = replace(error, message=self.without_paths(error.message), where=self.without_paths(error.where))
         return Outcome(status, observation if status == "ok" else None, output, size, detail, seconds, blocked)
 
     def run(self, tasks: Sequence[Task]) -> Iterator[Outcome]:

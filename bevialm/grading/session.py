@@ -254,7 +254,29 @@ class LocalSession:
         return importlib.import_module(f"{self.package}.{module}" if module else self.package)
 
     def call(self, module: str, function: str, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(self.student_value(a) for a in args)
+        kwargs = {k: self.student_value(v) for k, v in kwargs.items()}
         return wire.student_function(self.module(module), module, function)(*args, **kwargs)
+
+    def student_value(self, value: Any, depth: int = 0) -> Any:
+        """``value`` as the child would see it: each reference dataclass (a config) rebuilt as the
+        student's class of the same name, so its methods (``AdamWConfig.decays``) are the
+        student's, as in the sandbox. Anything holding no reference dataclass is passed as it is
+        (the same object: an argument changed in place is seen changed)."""
+        if depth > wire.MAX_DEPTH:
+            return value
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if not type(value).__module__.startswith(ROOT + "."):
+                return value  # the student's own object (the sandbox passes it back by handle)
+            cls = getattr(self.module(student_module(type(value).__module__)), type(value).__qualname__)
+            return cls(**{f.name: self.student_value(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value) if f.init})
+        if isinstance(value, tuple | list):
+            items = [self.student_value(v, depth + 1) for v in value]
+            return value if all(a is b for a, b in zip(items, value, strict=True)) else type(value)(items)
+        if isinstance(value, dict):
+            found = {k: self.student_value(v, depth + 1) for k, v in value.items()}
+            return value if all(found[k] is v for k, v in value.items()) else found
+        return value
 
     def calls(self, batch: Sequence[tuple[str, str, Sequence[Any], Mapping[str, Any]]], part: int | None = None) -> list[Any]:
         results = [self.call(m, f, *a, **k) for m, f, a, k in batch]

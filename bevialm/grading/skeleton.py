@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from bevialm.gradcheck import DEFAULT
-from bevialm.registry import TASKS, TaskSpec
+from bevialm.grading.task_list import TASKS, TaskSpec
 
 ROOT = "bevialm"
 

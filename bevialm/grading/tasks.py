@@ -4,8 +4,8 @@ Each task runs in the grader's process. The registry's bindings, the gradient
 checker and the purity checks run here unchanged; within a task, the reference
 functions a student writes are routed (:func:`bevialm.grading.session.routed`) to
 the session, which runs the student's function in the check's child and returns
-its plain results. What came back is recorded as an :class:`Observation` of arrays
-and JSON metadata, which :mod:`bevialm.grading.judge` compares with the reference.
+its plain results. What came back is recorded in an :class:`~bevialm.grading.observation.Observation`,
+which the check's judge (:mod:`bevialm.grading.kinds`) compares with the reference.
 So the student's code never sees a reference result, a checker or a verdict.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,8 @@ import numpy as np
 
 from bevialm import model
 from bevialm.gradcheck import purity_problems, structure_problems, vjp_check
+from bevialm.grading.compare import compare
+from bevialm.grading.observation import Findings, Observation, StudentFault, store, store_mapping, type_name
 from bevialm.grading.session import (
     CURRENT,
     AnySession,
@@ -91,19 +93,6 @@ class TrainingTask:
 Task = PairTask | ModelTask | TrainingTask
 
 
-@dataclass
-class Observation:
-    """What the student's code returned: arrays by key, and JSON-able metadata.
-
-    ``meta["error"]`` describes an exception (None when there was none);
-    ``meta["types"]`` names what was returned where an array was expected;
-    ``meta["cases"]`` holds per-case findings (gradient-check results, purity problems).
-    """
-
-    arrays: dict[str, Array] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=lambda: {"error": None, "types": {}, "cases": {}})
-
-
 # --- describing what went wrong -----------------------------------------------------------
 
 
@@ -124,40 +113,23 @@ def where(exc: BaseException, root: Path) -> str:
     return f"{Path(last.filename).name}:{last.lineno} in {last.name} (grader side)"
 
 
-def describe(exc: BaseException, root: Path) -> dict[str, Any]:
+def describe(exc: BaseException, root: Path) -> StudentFault:
     if isinstance(exc, StudentError):
-        return dict(exc.info)
+        return StudentFault(exc.info["type"], exc.info["message"], exc.info["where"])
     if isinstance(exc, SystemExit):
         message = f"sys.exit({exc.code!r}) was called"
     else:
         message = str(exc)
     if len(message) > MAX_MESSAGE:
         message = message[:MAX_MESSAGE] + "..."
-    return {"type": type(exc).__name__, "message": message, "where": where(exc, root)}
-
-
-def store(obs: Observation, key: str, value: Any) -> None:
-    """Record ``value`` under ``key``: numeric arrays as they are, numbers as 0-d arrays (the
-    type noted), anything else by its type name only."""
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        obs.arrays[key] = value
-        return
-    if isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool):
-        obs.arrays[key] = np.asarray(value)
-    obs.meta["types"][key] = _type_name(value)
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array"
-    return str(getattr(value, "type_name", type(value).__name__))
+    return StudentFault(type(exc).__name__, message, where(exc, root))
 
 
 def _structure(params: Any) -> dict[str, Any]:
     if not isinstance(params, Mapping):
-        return {"type": _type_name(params)}
+        return {"type": type_name(params)}
     return {
-        str(k): [list(v.shape), str(v.dtype)] if isinstance(v, np.ndarray) else _type_name(v)
+        str(k): [list(v.shape), str(v.dtype)] if isinstance(v, np.ndarray) else type_name(v)
         for k, v in params.items()
     }
 
@@ -165,62 +137,83 @@ def _structure(params: Any) -> dict[str, Any]:
 # --- the per-kind runners -----------------------------------------------------------------
 
 
-def _forward(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[int], None]) -> None:
+def _forward(task: PairTask, spec: PairSpec, obs: Observation) -> None:
     for i, p in enumerate(task.points):
-        case(i)
+        obs.case = i
         y, _ = spec.bind(p.case).forward(p.params, p.x)
         store(obs, f"{i}/y", y)
 
 
-def _backward(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[int], None]) -> None:
+def _backward(task: PairTask, spec: PairSpec, obs: Observation) -> None:
     """Every case's forward first, then the backwards in the reverse order, each given its own
     case's cache: a backward that works from state its module kept from the last forward (a
     global) instead of from the cache it is given gets every case but the last one wrong."""
     caches = []
     for i, p in enumerate(task.points):
-        case(i)
+        obs.case = i
         caches.append(spec.bind(p.case).forward(p.params, p.x)[1])
     for i in reversed(range(len(task.points))):
         p = task.points[i]
-        case(i)
+        obs.case = i
         dx, grads = spec.bind(p.case).backward(p.params, caches[i], p.dy)
         store(obs, f"{i}/dx", dx)
-        if not isinstance(grads, Mapping):
-            obs.meta["types"][f"{i}/grads"] = type(grads).__name__
-            continue
-        obs.meta["cases"][str(i)] = {"grad_keys": sorted(str(k) for k in grads)}
-        for key, g in grads.items():
-            store(obs, f"{i}/grad/{key}", g)
+        store_mapping(obs, f"{i}/grads", grads)
 
 
-def _gradcheck(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[int], None]) -> None:
+def _gradcheck(task: PairTask, spec: PairSpec, obs: Observation) -> None:
     session = _session()
     for i, p in enumerate(task.points):
-        case(i)
-        bound = spec.bind(p.case)
-        report = vjp_check(
-            bound.forward,
-            bound.backward,
-            p.params,
-            p.x,
-            rng=np.random.default_rng([p.case.seed, 99]),
-            max_elements=task.gradcheck_entries or None,
-            evaluate=lambda f, points: evaluate(session, f, points),
-        )
-        obs.meta["cases"][str(i)] = {
-            "problems": list(report.problems),
-            "results": [
-                {
-                    "name": r.name,
-                    "passed": r.passed,
-                    "abs": r.max_abs_error,
-                    "analytic": r.analytic,
-                    "numeric": r.numeric,
-                    "index": list(r.worst_index),
-                }
-                for r in report.results
-            ],
-        }
+        obs.case = i
+        obs.findings[i] = _gradcheck_case(spec.bind(p.case), p, task.gradcheck_entries, session)
+
+
+def _gradcheck_case(bound: Bound, p: PointInput, entries: int, session: AnySession) -> Findings:
+    """The gradient check of one case, every output of the student's forward kept to be held
+    against the reference's forward on the same input (see :func:`_probes_differ`)."""
+    calls: list[tuple[Callable[[Array], Any], Array, Any]] = []  # every probe: (f, point, f(point))
+    first: list[Any] = []
+
+    def kept(f: Callable[[Array], Any], points: list[Array]) -> list[Any]:
+        outputs = evaluate(session, f, points)
+        calls.extend((f, z, y) for z, y in zip(points, outputs, strict=True))
+        return outputs
+
+    def forward(params: Mapping[str, Array], x: Array) -> tuple[Array, Any]:
+        y, cache = bound.forward(params, x)
+        if not first:
+            first.append(y)  # the case's own point: the checker's first call
+        return y, cache
+
+    rng = np.random.default_rng([p.case.seed, 99])
+    report = vjp_check(forward, bound.backward, p.params, p.x, rng=rng, max_elements=entries or None, evaluate=kept)
+    differ = _probes_differ(bound, p, first[0], calls) if first else ""
+    return Findings(list(report.problems), list(report.results), probes_differ=differ)
+
+
+def _probes_differ(bound: Bound, p: PointInput, y: Any, calls: list[tuple[Callable[[Array], Any], Array, Any]]) -> str:
+    """Where the student's forward, right (``y``) at the case's own point, gave at a finite
+    difference's point another output than the reference's forward on the same input ("" if
+    nowhere): a forward that tells the checker's probes from other calls and answers them otherwise."""
+    token = CURRENT.set(None)  # the reference's own functions from here on
+    try:
+        if not _agrees(y, bound.forward(p.params, p.x)[0]):
+            return ""  # a wrong forward: the gradient check judges it against itself, as ever
+        for n, (f, z, got) in enumerate(calls):
+            if not _agrees(got, f(z)):
+                return f"the {_ordinal(n + 1)} of {len(calls)} points"
+        return ""
+    finally:
+        CURRENT.reset(token)
+
+
+def _agrees(got: Any, want: Any) -> bool:
+    if not (isinstance(got, np.ndarray) and got.dtype.kind in "biuf"):
+        return True  # not a number: the checker itself reports it
+    return compare("y", got, np.asarray(want), None).passed
+
+
+def _ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
 def _float32(bound: Bound, p: PointInput) -> list[str]:
@@ -241,26 +234,25 @@ def _float32(bound: Bound, p: PointInput) -> list[str]:
     return problems
 
 
-def _purity(task: PairTask, spec: PairSpec, obs: Observation, case: Callable[[int], None]) -> None:
+def _purity(task: PairTask, spec: PairSpec, obs: Observation) -> None:
     session = _session()
     module = student_module(spec.module.__name__)
     for i, p in enumerate(task.points):
-        case(i)
-        found: dict[str, Any] = {"problems": []}
+        obs.case = i
+        found = obs.findings[i] = Findings()
         if "init" in spec.functions:
-            found["init"] = _structure(spec.init(p.case.cfg, np.random.default_rng(0)))
-            found["init_default"] = _structure(session.call(module, "init", p.case.cfg, np.random.default_rng(0)))
+            found.init = _structure(spec.init(p.case.cfg, np.random.default_rng(0)))
+            found.init_default = _structure(session.call(module, "init", p.case.cfg, np.random.default_rng(0)))
         bound = spec.bind(p.case)
         y, cache = bound.forward(p.params, p.x)
-        found["y"] = [list(np.shape(y)), str(getattr(y, "dtype", type(y).__name__))]
+        found.y = (tuple(np.shape(y)), str(getattr(y, "dtype", type(y).__name__)))
         dx, grads = bound.backward(p.params, cache, p.dy)
         if not isinstance(grads, Mapping):
-            found["problems"].append(f"backward returned grads as a {_type_name(grads)}, not a dict")
+            found.problems.append(f"backward returned grads as a {type_name(grads)}, not a dict")
         else:
-            found["problems"] += structure_problems(p.params, grads, dx, p.x)
-            found["problems"] += purity_problems(bound.forward, bound.backward, p.params, p.x, p.dy)
-            found["problems"] += _float32(bound, p)
-        obs.meta["cases"][str(i)] = found
+            found.problems += structure_problems(p.params, grads, dx, p.x)
+            found.problems += purity_problems(bound.forward, bound.backward, p.params, p.x, p.dy)
+            found.problems += _float32(bound, p)
 
 
 PROBED = frozenset({"forward", "backward", "gradcheck"})
@@ -278,7 +270,7 @@ def _probe(spec: PairSpec, obs: Observation) -> None:
             raise
         except Exception as exc:  # evidence about the helper, not a failure of the check
             raised = exc.info["type"] if isinstance(exc, StudentError) else type(exc).__name__
-            obs.meta["types"][f"probe/{j}"] = f"raised {raised}"
+            obs.types[f"probe/{j}"] = f"raised {raised}"
 
 
 def _session() -> AnySession:
@@ -287,7 +279,7 @@ def _session() -> AnySession:
     return session
 
 
-PAIR_RUNNERS: dict[str, Callable[[PairTask, PairSpec, Observation, Callable[[int], None]], None]] = {
+PAIR_RUNNERS: dict[str, Callable[[PairTask, PairSpec, Observation], None]] = {
     "forward": _forward,
     "backward": _backward,
     "gradcheck": _gradcheck,
@@ -303,7 +295,7 @@ def _model(task: ModelTask, obs: Observation) -> None:
         rng = np.random.default_rng([task.seed, step]) if task.cfg.dropout else None
         loss, grads = session.call(MODEL_MODULE, "loss_and_grads", params, task.idx, task.targets, task.cfg, rng=rng)
         if not isinstance(grads, Mapping):
-            raise TypeError(f"loss_and_grads returned the gradients as a {_type_name(grads)}, not a dict")
+            raise TypeError(f"loss_and_grads returned the gradients as a {type_name(grads)}, not a dict")
         losses.append(float(loss))
         if task.kind == "loss_and_grads":
             store(obs, "loss", np.asarray(loss, dtype=np.float64))
@@ -314,7 +306,7 @@ def _model(task: ModelTask, obs: Observation) -> None:
             for key, value in params.items():
                 grad = grads.get(key)
                 if not isinstance(grad, np.ndarray) or grad.shape != value.shape:
-                    got = grad.shape if isinstance(grad, np.ndarray) else _type_name(grad)
+                    got = grad.shape if isinstance(grad, np.ndarray) else type_name(grad)
                     raise ValueError(f"cannot take a gradient step: the gradient of {key!r} is {got}, its parameter {value.shape}")
             params = {k: v - task.lr * grads[k] for k, v in params.items()}
     store(obs, "losses", np.asarray(losses))
@@ -325,15 +317,11 @@ def run_task(task: Task, session: AnySession) -> Observation:
     ``sys.exit``) are recorded in the observation, never raised. A child that stops
     answering raises :class:`~bevialm.grading.session.SandboxFailure`."""
     obs = Observation()
-
-    def case(i: int) -> None:
-        obs.meta["case"] = i
-
     try:
         with current(session):
             if isinstance(task, PairTask):
                 spec = BY_NAME[task.pair]
-                PAIR_RUNNERS[task.kind](task, spec, obs, case)
+                PAIR_RUNNERS[task.kind](task, spec, obs)
                 if task.kind in PROBED:
                     _probe(spec, obs)
             elif isinstance(task, TrainingTask):
@@ -343,5 +331,5 @@ def run_task(task: Task, session: AnySession) -> Observation:
     except SandboxFailure:
         raise
     except (Exception, SystemExit) as exc:
-        obs.meta["error"] = describe(exc, session.root)
+        obs.error = describe(exc, session.root)
     return obs
