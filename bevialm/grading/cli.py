@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bevialm.cli import OneLineParser
+from bevialm.cli_args import OneLineParser
 from bevialm.grading.batch import (
     DEFAULT_STUDENT_TIME,
     BatchError,
