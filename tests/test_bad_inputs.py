@@ -447,12 +447,12 @@ def test_the_playbooks_numpy_only_route_prints_a_hint_that_works(tmp_path: Path)
 
 
 def test_memory_error_that_slips_through_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from bevialm import cli
+    from bevialm import cli, cli_flags
 
     def out_of_memory(args: Any) -> int:
         raise MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type int64")
 
-    monkeypatch.setattr(cli, "_run_sample", out_of_memory)
+    monkeypatch.setattr(cli_flags, "run_sample", out_of_memory)
     assert cli.main(["sample"]) == 1
     assert capsys.readouterr().err == (
         "error: out of memory (Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type int64); "

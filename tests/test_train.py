@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bevialm import checkpoint, model, runtime, train
+from bevialm import checkpoint, model, runtime, train, train_report
 from bevialm.checkpoint import CheckpointError, load_checkpoint
 from bevialm.data import DataError
 from bevialm.train import TrainConfig, TrainError, TrainingDiverged
@@ -418,7 +418,7 @@ def test_config_helpers(tmp_path: Path) -> None:
     m = cfg.model_config(59)
     assert (m.vocab_size, m.n_layers, m.n_heads, m.dropout) == (59, 1, 2, 0.1)
     assert "eval_iters" in TrainConfig.field_names()
-    assert train._clock(59.6) == "1:00" and train._clock(3725) == "1:02:05"
+    assert train_report.clock(59.6) == "1:00" and train_report.clock(3725) == "1:02:05"
 
 
 def test_evaluate_is_deterministic_and_in_evaluation_mode() -> None:
