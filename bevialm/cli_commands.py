@@ -65,9 +65,7 @@ def _check_sampling_memory(args: argparse.Namespace, loaded: Any, prompt: str | 
     m = loaded.cfg
     length = len(prompt or "\n") + args.sample_len  # characters: at least as many as tokens
     itemsize = next(iter(loaded.params.values())).dtype.itemsize
-    need = memory.sampling_bytes(
-        args.num_samples, length, m.ctx, m.dim, m.n_layers, m.n_heads, m.mlp_hidden, m.vocab_size, itemsize
-    )
+    need = memory.sampling_bytes(m, args.num_samples, length, itemsize)
     what = "token ids and text, key/value cache, one window's forward pass"
     if args.attention is not None or args.show_attention:  # AttentionRecorder.weights
         need += args.num_samples * m.n_layers * m.n_heads * args.sample_len * length * itemsize

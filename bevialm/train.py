@@ -190,18 +190,8 @@ def prepare(cfg: TrainConfig, stdout: IO[str], group: distributed.Group | None =
 
 
 def _check_memory(cfg: TrainConfig, m: model.ModelConfig, data: RunData) -> None:
-    need, breakdown = memory.training_bytes(
-        vocab=m.vocab_size,
-        ctx=m.ctx,
-        dim=m.dim,
-        layers=m.n_layers,
-        heads=m.n_heads,
-        hidden=m.mlp_hidden,
-        batch=cfg.batch,
-        itemsize=np.dtype(cfg.dtype).itemsize,
-        data_tokens=len(data.train) + len(data.val),
-        sample_len=cfg.sample_len,
-    )
+    itemsize, tokens = np.dtype(cfg.dtype).itemsize, len(data.train) + len(data.val)
+    need, breakdown = memory.training_bytes(m, batch=cfg.batch, itemsize=itemsize, data_tokens=tokens, sample_len=cfg.sample_len)
     memory.require(need, "this run", breakdown, "use a smaller --batch, --ctx, --dim, --layers, --mlp_hidden or --sample_len")
 
 

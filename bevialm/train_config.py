@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 
 from bevialm import generate, model, parallel
 from bevialm import tokenizer as tokenizers
 from bevialm.data import DataError
-from bevialm.layers.mlp import ACTIVATIONS
 from bevialm.validate import require_positive
 
 LAYER = "train"
 DTYPES = ("float32", "float64")
+_MODEL_FLAGS = {"n_layers": "layers", "n_heads": "heads"}  # ModelConfig's field: the flag that sets it
 
 
 @dataclass(frozen=True)
@@ -64,34 +65,21 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
+        self._check_model()
         require_positive(
-            LAYER,
-            ctx=self.ctx,
-            dim=self.dim,
-            layers=self.layers,
-            heads=self.heads,
-            mlp_hidden=self.mlp_hidden,
-            batch=self.batch,
-            shards=self.shards,
-            accum=self.accum,
-            steps=self.steps,
-            eval_iters=self.eval_iters,
+            LAYER, batch=self.batch, shards=self.shards, accum=self.accum, steps=self.steps, eval_iters=self.eval_iters
         )
         for key in ("warmup", "log_every", "eval_every", "sample_every", "sample_len", "top_k"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{LAYER}: {key} must be an integer >= 0, got {value!r}")
-        if self.dim % self.heads:
-            raise ValueError(f"{LAYER}: heads ({self.heads}) must divide dim ({self.dim})")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"{LAYER}: activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"{LAYER}: dtype must be one of {DTYPES}, got {self.dtype!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"{LAYER}: lr must be a positive number, got {self.lr!r}")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"{LAYER}: min_lr ({self.min_lr}) must lie between 0 and lr ({self.lr})")
-        for key, low, high in (("dropout", 0, 1), ("beta2", 0, 1), ("val_fraction", 0, 1)):
+        for key, low, high in (("beta2", 0, 1), ("val_fraction", 0, 1)):
             value = getattr(self, key)
             if not low <= value < high:
                 raise ValueError(f"{LAYER}: {key} must lie in [{low}, {high}), got {value!r}")
@@ -123,6 +111,16 @@ class TrainConfig:
                 f"{LAYER}: --resume continues the run in --out and --overwrite deletes it: pass only one of them"
             )
 
+    def _check_model(self) -> None:
+        """The model's fields are checked by the model's own config, its messages worded in the flags' names."""
+        try:
+            self.model_config(vocab_size=1)  # the vocabulary comes from the data, later
+        except ValueError as e:
+            message = str(e).removeprefix(f"{model.LAYER}: ")
+            for field, flag in _MODEL_FLAGS.items():
+                message = re.sub(rf"\b{field}\b", flag, message)
+            raise ValueError(f"{LAYER}: {message}") from None
+
     @classmethod
     def field_names(cls) -> frozenset[str]:
         return frozenset(f.name for f in dataclasses.fields(cls))
@@ -144,7 +142,7 @@ class TrainConfig:
             n_layers=self.layers,
             n_heads=self.heads,
             mlp_hidden=self.mlp_hidden,
-            activation=self.activation,  # type: ignore[arg-type]  # checked in __post_init__
+            activation=self.activation,  # type: ignore[arg-type]  # ModelConfig checks it
             dropout=self.dropout,
         )
 
