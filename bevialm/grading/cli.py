@@ -1,7 +1,7 @@
 """The grading subcommands of the ``bevialm`` command: ``skeleton``, ``grade``, ``grade-all`` and ``autograder``.
 
 ``bevialm.cli`` adds them to its own parser through its plugin hook,
-:func:`add_subcommands` (also :func:`add_grading_subcommands`); :func:`main` runs
+:func:`add_grading_subcommands`; :func:`main` runs
 them on their own. Every handler returns the exit code: 0 whenever its job was
 done (for ``grade``: whatever the score), 1 with one ``error:`` line on standard
 error when it could not be (a missing folder, a bad rubric), as for every
@@ -294,10 +294,6 @@ def add_grading_subcommands(subparsers: Any) -> None:
     from bevialm.grading import kit  # noqa: PLC0415 - the kit's command lives with the kit
 
     kit.add_subcommand(subparsers)
-
-
-add_subcommands = add_grading_subcommands
-"""The name ``bevialm.cli``'s plugin hook calls."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
