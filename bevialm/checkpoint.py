@@ -38,7 +38,9 @@ from typing import IO, Any
 import numpy as np
 
 from bevialm import __version__, memory
+from bevialm import checkpoint_archive as archive
 from bevialm import tokenizer as tokenizers
+from bevialm.checkpoint_archive import CheckpointError as CheckpointError
 from bevialm.data import DataError, read_bytes
 from bevialm.optim import AdamWState
 from bevialm.types import Array, Params
@@ -62,11 +64,6 @@ WRITER_KEYS = ("format", "version", "bevialm_version", "params", "optimizer")
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _MAX_HEADER_BYTES = 64 << 20  # the JSON header: a vocabulary and a config, never near this
-_CHUNK = 1 << 24  # arrays are read 16 MiB at a time into their own buffer
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, corrupt, truncated or mismatched (one line)."""
 
 
 SEEN_TOKENS = "seen_tokens"
@@ -288,79 +285,7 @@ def save_checkpoint(
     _fsync_dir(directory)
 
 
-def _members(name: str, zf: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """The archive's ``.npy`` members by array name; anything else in it is refused."""
-    members: dict[str, zipfile.ZipInfo] = {}
-    for info in zf.infolist():
-        key = info.filename.removesuffix(".npy")
-        if key == info.filename:
-            raise CheckpointError(f"checkpoint '{name}' holds an unexpected file '{info.filename}'")
-        if key in members:
-            raise CheckpointError(f"checkpoint '{name}' holds the array '{key}' twice")
-        members[key] = info
-    return members
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """What a member's ``.npy`` header declares, read before any of its data is decompressed."""
-
-    shape: tuple[int, ...]
-    fortran: bool
-    dtype: np.dtype[Any]
-    offset: int  # where the data starts in the member
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-    def describe(self) -> str:
-        return f"{self.dtype.str}{self.shape}"
-
-
-def _layout(name: str, zf: zipfile.ZipFile, key: str, info: zipfile.ZipInfo) -> _Layout:
-    """Read only the ``.npy`` header of member ``key`` (a few hundred bytes to decompress) and
-    check that the member holds exactly that much data, of a plain numeric dtype."""
-    with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise CheckpointError(f"checkpoint '{name}': array '{key}' has .npy format version {version}")
-        layout = _Layout(tuple(shape), bool(fortran), dtype, f.tell())
-    if dtype.hasobject or dtype.kind not in "biuf":
-        raise CheckpointError(f"checkpoint '{name}': array '{key}' has dtype {dtype}, not plain numbers")
-    if info.file_size != layout.offset + layout.nbytes:
-        raise CheckpointError(
-            f"checkpoint '{name}' is corrupt: array '{key}' declares {layout.describe()} "
-            f"({layout.nbytes:,} bytes) but holds {info.file_size - layout.offset:,} bytes"
-        )
-    return layout
-
-
-def _read_data(zf: zipfile.ZipFile, info: zipfile.ZipInfo, layout: _Layout) -> Array:
-    """The member's array, read into one buffer of its declared size; zipfile checks the CRC-32
-    once the last byte is read, so flipped bits anywhere fail here."""
-    buffer = bytearray(layout.nbytes)
-    view = memoryview(buffer)
-    with zf.open(info) as f:
-        f.read(layout.offset)
-        done = 0
-        while done < layout.nbytes:
-            chunk = f.read(min(_CHUNK, layout.nbytes - done))
-            if not chunk:
-                raise EOFError("array data ends early")
-            view[done : done + len(chunk)] = chunk
-            done += len(chunk)
-        if f.read(1):
-            raise ValueError("data after the array")
-    flat = np.frombuffer(buffer, dtype=layout.dtype)
-    return flat.reshape(layout.shape[::-1]).T if layout.fortran else flat.reshape(layout.shape)
-
-
-def _check_header_member(name: str, members: Mapping[str, zipfile.ZipInfo], layouts: Mapping[str, _Layout]) -> None:
+def _check_header_member(name: str, members: Mapping[str, zipfile.ZipInfo], layouts: Mapping[str, archive.Layout]) -> None:
     if HEADER not in members:
         raise CheckpointError(f"checkpoint '{name}' has no header (not a BeviaLLM checkpoint)")
     layout = layouts[HEADER]
@@ -398,7 +323,7 @@ def _parse_header(name: str, raw: Array) -> dict[str, Any]:
     return header
 
 
-def _check_against_header(name: str, header: Mapping[str, Any], layouts: Mapping[str, _Layout]) -> None:
+def _check_against_header(name: str, header: Mapping[str, Any], layouts: Mapping[str, archive.Layout]) -> None:
     """Every array is one the header lists, with the shape and dtype it lists; every listed one is there.
 
     Runs on the ``.npy`` headers alone, before any array's data is decompressed: an archive
@@ -460,10 +385,10 @@ def _read_checkpoint(name: str) -> tuple[dict[str, Any], dict[str, Array]]:
         raise CheckpointError(f"checkpoint '{name}' is not a BeviaLLM checkpoint (not an .npz/zip file)")
     try:
         with zipfile.ZipFile(name) as zf:
-            members = _members(name, zf)
-            layouts = {key: _layout(name, zf, key, info) for key, info in members.items()}
+            members = archive.members(name, zf)
+            layouts = {key: archive.layout(name, zf, key, info) for key, info in members.items()}
             _check_header_member(name, members, layouts)
-            header = _parse_header(name, _read_data(zf, members[HEADER], layouts[HEADER]))
+            header = _parse_header(name, archive.read_data(zf, members[HEADER], layouts[HEADER]))
             _check_against_header(name, header, layouts)
             total = sum(layout.nbytes for layout in layouts.values())
             memory.require(
@@ -472,7 +397,7 @@ def _read_checkpoint(name: str) -> tuple[dict[str, Any], dict[str, Array]]:
                 f"{len(layouts)} arrays",
                 "free some memory or use a machine with more",
             )
-            return header, {key: _read_data(zf, info, layouts[key]) for key, info in members.items() if key != HEADER}
+            return header, {key: archive.read_data(zf, info, layouts[key]) for key, info in members.items() if key != HEADER}
     except (CheckpointError, memory.MemoryLimitError):
         raise
     except Exception as e:  # zipfile, zlib, npy-format and I/O errors all mean "damaged"

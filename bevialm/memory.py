@@ -35,8 +35,13 @@ limit minus its usage. Where none can be read (not Linux), nothing is refused.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bevialm.model import ModelConfig
 
 GIB = 1 << 30
 _UNLIMITED = 1 << 60  # cgroups write "max" or a number near 2**63 for "no limit"
@@ -70,58 +75,39 @@ def gib(n: float) -> str:
     return f"{max(n, 0) / (1 << 20):,.0f} MiB"
 
 
-def param_count(vocab: int, ctx: int, dim: int, layers: int, hidden: int) -> int:
-    """The number of scalar parameters (as :func:`bevialm.model.count_params`), in closed form."""
-    per_block = 4 * dim * dim + 2 * dim * hidden + 9 * dim + hidden  # ln1, q/k/v/proj, ln2, mlp
-    return vocab * dim + ctx * dim + layers * per_block + 2 * dim + dim * vocab + vocab
+def param_count(cfg: ModelConfig) -> int:
+    """The number of scalar parameters (as :func:`bevialm.model.count_params`), from the layers'
+    own ``param_shapes()``: one block's times ``n_layers``, never a loop over the layers."""
+    block = sum(math.prod(shape) for shape in cfg.block.param_shapes().values())
+    rest = (cfg.tok_emb, cfg.pos_emb, cfg.ln_f, cfg.lm_head)
+    return cfg.n_layers * block + sum(math.prod(shape) for layer in rest for shape in layer.param_shapes().values())
 
 
-def step_activation_bytes(
-    batch: int, ctx: int, dim: int, layers: int, heads: int, hidden: int, vocab: int, itemsize: int
-) -> int:
-    """The activations one training step holds at its peak (forward caches plus backward temporaries)."""
+def step_activation_bytes(cfg: ModelConfig, batch: int, itemsize: int, *, layers: int | None = None) -> int:
+    """The activations one training step holds at its peak (forward caches plus backward temporaries);
+    ``layers`` (default the model's) counts the blocks whose caches are kept."""
+    ctx, dim, hidden, vocab = cfg.ctx, cfg.dim, cfg.mlp_hidden, cfg.vocab_size
+    layers = cfg.n_layers if layers is None else layers
     tokens = batch * ctx
-    block = _PER_BLOCK_DIM * tokens * dim + _PER_BLOCK_HIDDEN * tokens * hidden + _PER_BLOCK_SCORES * batch * heads * ctx * ctx
+    block = _PER_BLOCK_DIM * tokens * dim + _PER_BLOCK_HIDDEN * tokens * hidden + _PER_BLOCK_SCORES * batch * cfg.n_heads * ctx * ctx
     # layers blocks of caches, one more block of backward temporaries, the head and the embeddings
     return ((layers + 1) * block + _PER_VOCAB * tokens * vocab + 4 * tokens * dim) * itemsize
 
 
-def sampling_bytes(
-    num_samples: int,
-    length: int,
-    ctx: int,
-    dim: int,
-    layers: int,
-    heads: int,
-    hidden: int,
-    vocab: int,
-    itemsize: int,
-) -> int:
+def sampling_bytes(cfg: ModelConfig, num_samples: int, length: int, itemsize: int) -> int:
     """The buffers of ``num_samples`` samples of ``length`` characters each (prompt included)."""
     if length <= 0:
         return 0
-    kv_cache = 2 * 2 * layers * num_samples * ctx * dim * itemsize  # keys and values, old and extended
-    window = step_activation_bytes(num_samples, ctx, dim, 1, heads, hidden, vocab, itemsize)
+    kv_cache = 2 * 2 * cfg.n_layers * num_samples * cfg.ctx * cfg.dim * itemsize  # keys and values, old and extended
+    window = step_activation_bytes(cfg, num_samples, itemsize, layers=1)
     return num_samples * length * _TEXT_BYTES + kv_cache + window
 
 
-def training_bytes(
-    *,
-    vocab: int,
-    ctx: int,
-    dim: int,
-    layers: int,
-    heads: int,
-    hidden: int,
-    batch: int,
-    itemsize: int,
-    data_tokens: int,
-    sample_len: int,
-) -> tuple[int, str]:
+def training_bytes(cfg: ModelConfig, *, batch: int, itemsize: int, data_tokens: int, sample_len: int) -> tuple[int, str]:
     """The estimate for a training run and a one-line breakdown of it."""
-    state = _PARAM_STATE * param_count(vocab, ctx, dim, layers, hidden) * itemsize
-    step = step_activation_bytes(batch, ctx, dim, layers, heads, hidden, vocab, itemsize)
-    other = data_tokens * _TOKEN_BYTES + sampling_bytes(1, sample_len + 1, ctx, dim, layers, heads, hidden, vocab, itemsize)
+    state = _PARAM_STATE * param_count(cfg) * itemsize
+    step = step_activation_bytes(cfg, batch, itemsize)
+    other = data_tokens * _TOKEN_BYTES + sampling_bytes(cfg, 1, sample_len + 1, itemsize)
     breakdown = f"parameters and AdamW state {gib(state)}, one step's activations {gib(step)}, data and samples {gib(other)}"
     return state + step + other, breakdown
 

@@ -19,6 +19,11 @@ removes it when the run ends, Ctrl-C and SIGTERM included. The kernel drops a
 ``flock`` when its process dies, so the file a ``kill -9`` left behind is stale and
 the next run takes it over; where a filesystem has no ``flock``, the named pid is
 checked instead (alive, or on another host: refused; gone: taken over).
+
+A run folder holds ``last.npz``, ``best.npz``, ``metrics.jsonl`` and ``config.toml``.
+:func:`claim_folder` chooses the folder of a run and checks it can hold it (refusing
+an old run's folder without ``--resume`` or ``--overwrite``); :func:`remove_created`
+undoes a start that failed; :class:`MetricsFile` appends the metrics' JSON lines.
 """
 
 from __future__ import annotations
@@ -26,10 +31,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import re
 import socket
+import tempfile
 from dataclasses import dataclass
+from typing import IO, Any
+
+from bevialm import config_file
 
 RUNS = "runs"
 """The folder, relative to the working directory, that holds the numbered runs."""
@@ -39,6 +49,16 @@ _DIGITS = 3
 _STALE_TEMP = re.compile(r"\.(last|best)\.npz\..+\.tmp\Z")
 LOCK = "train.lock"
 """The file in a run folder that says a process is training there (only while it is)."""
+
+
+LAST, BEST, METRICS = "last.npz", "best.npz", "metrics.jsonl"
+"""The files of a run folder (with ``config.toml``, :data:`bevialm.config_file.CONFIG_NAME`)."""
+
+
+class TrainError(ValueError):
+    """A run that cannot start (bad data, run folder or checkpoint) or cannot write its
+    checkpoints or metrics (a full disk): one line. (Too little memory is a
+    :class:`bevialm.memory.MemoryLimitError`.)"""
 
 
 class RunFolderBusy(ValueError):
@@ -199,3 +219,135 @@ def _same_file(fd: int, path: str) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path))
     except FileNotFoundError:
         return False
+
+
+# --- claiming a run folder, and undoing a failed start -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The run folder chosen for a run, and the topmost folder the claim created (None if none):
+    what :func:`remove_created` removes again if the start fails."""
+
+    out: str
+    created: str | None
+
+
+def first_missing(path: str) -> str | None:
+    """The topmost folder of ``path`` that does not exist yet (what ``os.makedirs`` would create), or None."""
+    missing = None
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def remove_created(out: str, top: str) -> None:
+    """Undo a failed start: the run's own files in ``out``, then the folders up to ``top`` that it created."""
+    for name in (LAST, BEST, METRICS, config_file.CONFIG_NAME):
+        with contextlib.suppress(OSError):
+            os.remove(os.path.join(out, name))
+    remove_stale_temp_files(out)
+    path, top = os.path.abspath(out), os.path.abspath(top)
+    while True:
+        try:
+            os.rmdir(path)  # only ever an empty folder
+        except OSError:
+            return
+        if path == top:
+            return
+        path = os.path.dirname(path)
+
+
+def claim_folder(out: str | None, *, resume: bool, overwrite: bool) -> Claim:
+    """Choose the run folder (``out``; None: a new numbered one, or with ``resume`` the newest run)
+    and check it can hold this run; :class:`TrainError` in one line if not."""
+    if out is None and resume:
+        last = newest_with((LAST,))
+        if last is None:
+            raise TrainError(f"--resume: no run in '{RUNS}' has a {LAST} to resume from; pass its --out")
+        out = os.path.dirname(last)
+    elif out is None:
+        try:
+            out = new_run_folder()
+        except OSError as e:
+            raise TrainError(f"cannot create a run folder in '{RUNS}': {e.strerror or e}") from None
+        return Claim(out, out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TrainError(f"run folder '{out}' exists and is not a folder")
+    created = first_missing(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        if created is not None:
+            remove_created(out, created)
+        raise TrainError(f"run folder '{out}' cannot be written: {e.strerror or e}") from None
+    problem = _refusal(out, resume=resume, overwrite=overwrite)
+    if problem:
+        if created is not None:
+            remove_created(out, created)
+        raise TrainError(problem)
+    return Claim(out, created)
+
+
+def _refusal(out: str, *, resume: bool, overwrite: bool) -> str | None:
+    existing = [n for n in (LAST, BEST, METRICS) if os.path.exists(os.path.join(out, n))]
+    if resume and LAST not in existing:
+        return f"--resume: there is no checkpoint '{os.path.join(out, LAST)}' to resume from"
+    if existing and not (resume or overwrite):
+        return (
+            f"run folder '{out}' already holds a run ({', '.join(existing)}): pass --resume to continue it, "
+            "--overwrite to start afresh, or another --out (or none: a new folder in runs/)"
+        )
+    return None
+
+
+# --- the metrics file ------------------------------------------------------------------------------
+
+
+class MetricsFile:
+    """``metrics.jsonl``, one JSON object a line, flushed as written. :meth:`start` begins it
+    afresh; :meth:`resume` keeps the records of steps up to the checkpoint's (later ones were
+    lost with the run). Both raise :class:`TrainError`; :meth:`write` raises ``OSError``."""
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, METRICS)
+        self.file: IO[str] | None = None
+
+    def start(self) -> None:
+        self.file = self._open()
+
+    def resume(self, step: int) -> None:
+        kept: list[str] = []
+        with contextlib.suppress(FileNotFoundError), open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash
+                if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        self.file = self._open()
+        self.file.writelines(kept)
+        self.file.flush()
+
+    def _open(self) -> IO[str]:
+        try:
+            return open(self.path, "w", encoding="utf-8")
+        except OSError as e:
+            raise TrainError(f"cannot write '{self.path}': {e.strerror or e}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        assert self.file is not None
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()

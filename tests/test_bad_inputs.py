@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bevialm import __version__, checkpoint, runtime
+from bevialm import __version__, checkpoint, checkpoint_archive, runtime
 from bevialm.checkpoint import load_checkpoint, save_checkpoint
 from bevialm.train import TrainConfig, train
 
@@ -190,13 +190,13 @@ def test_the_zip_bomb_is_refused_before_its_data_is_decompressed(tmp_path: Path,
     _zip_bomb(good_run, tmp_path / "bomb.npz")
     assert (tmp_path / "bomb.npz").stat().st_size < 12 << 20  # "a 9 MB checkpoint"
     read: list[int] = []
-    real = checkpoint._read_data
+    real = checkpoint_archive.read_data
 
     def counting(zf: Any, info: Any, layout: Any) -> Any:
         read.append(layout.nbytes)
         return real(zf, info, layout)
 
-    monkeypatch.setattr(checkpoint, "_read_data", counting)
+    monkeypatch.setattr(checkpoint_archive, "read_data", counting)
     with pytest.raises(checkpoint.CheckpointError, match="parameter 'lm_head.W' is <f4"):
         load_checkpoint(tmp_path / "bomb.npz")
     assert len(read) == 1 and read[0] < 1 << 20  # the JSON header only
@@ -447,12 +447,12 @@ def test_the_playbooks_numpy_only_route_prints_a_hint_that_works(tmp_path: Path)
 
 
 def test_memory_error_that_slips_through_is_one_line(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from bevialm import cli
+    from bevialm import cli, cli_flags
 
     def out_of_memory(args: Any) -> int:
         raise MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type int64")
 
-    monkeypatch.setattr(cli, "_run_sample", out_of_memory)
+    monkeypatch.setattr(cli_flags, "run_sample", out_of_memory)
     assert cli.main(["sample"]) == 1
     assert capsys.readouterr().err == (
         "error: out of memory (Unable to allocate 7.45 GiB for an array with shape (1000000000,) and data type int64); "

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bevialm import cli, viz
+from bevialm import cli, metrics, viz
 from bevialm.board import explore, paths, runs_view
 from bevialm.board.server import MAX_BODY, Board
 from tests.board_fixtures import (
@@ -79,6 +79,22 @@ def test_metrics_are_read_from_an_offset_whole_lines_only_and_again_from_0_when_
     again = runs_view.read_metrics(str(path), got["offset"])
     assert again["reset"] and [r["step"] for r in again["records"]] == [2]
     assert runs_view.read_metrics(str(tmp_path / "none.jsonl"), 5)["missing"]
+
+
+def test_the_board_and_plot_take_the_same_lines_as_records(tmp_path: Path) -> None:
+    lines = [
+        {"kind": "train", "step": 1, "loss": 2.0, "lr": 1e-3},
+        {"kind": "train", "step": 2},  # no loss
+        {"kind": "train", "step": 3, "loss": 2.0, "lr": "0.5"},  # a string for a number
+        {"kind": "eval", "step": -1, "val_loss": 1.0},  # a negative step
+        {"kind": "eval", "step": 4.5, "val_loss": 1.0},  # not a whole step
+        {"kind": "eval", "step": 5, "val_loss": 1.5},
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    board = runs_view.read_metrics(str(path), 0)["records"]
+    plot = metrics.read_records(path.read_text().splitlines(keepends=True)).records
+    assert [r["step"] for r in board] == [r["step"] for r in plot] == [1, 5]
 
 
 def test_lines_that_are_not_records_are_reported_and_skipped(runs: Runs, board: Board) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from bevialm import cli, model
+from bevialm import cli, cli_args, model
 from bevialm.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -89,21 +89,21 @@ def test_grading_subcommands_are_wired_in() -> None:
 @pytest.mark.parametrize(
     ("convert", "text", "expected"),
     [
-        (cli.positive_int, "3", 3),
-        (cli.positive_int, "0", "must be a positive integer, got '0'"),
-        (cli.positive_int, "2.5", "expected an integer, got '2.5'"),
-        (cli.non_negative_int, "0", 0),
-        (cli.non_negative_int, "-1", "must be an integer >= 0"),
-        (cli.positive_float, "1e-3", 1e-3),
-        (cli.positive_float, "0", "must be a positive number"),
-        (cli.positive_float, "nan", "must be a finite number"),
-        (cli.positive_float, "fast", "expected a number, got 'fast'"),
-        (cli.non_negative_float, "0", 0.0),
-        (cli.non_negative_float, "-0.5", "must be a number >= 0"),
-        (cli.probability, "0.5", 0.5),
-        (cli.probability, "1", r"must lie in [0, 1)"),
-        (cli.top_p_value, "1", 1.0),
-        (cli.top_p_value, "0", r"must lie in (0, 1]"),
+        (cli_args.positive_int, "3", 3),
+        (cli_args.positive_int, "0", "must be a positive integer, got '0'"),
+        (cli_args.positive_int, "2.5", "expected an integer, got '2.5'"),
+        (cli_args.non_negative_int, "0", 0),
+        (cli_args.non_negative_int, "-1", "must be an integer >= 0"),
+        (cli_args.positive_float, "1e-3", 1e-3),
+        (cli_args.positive_float, "0", "must be a positive number"),
+        (cli_args.positive_float, "nan", "must be a finite number"),
+        (cli_args.positive_float, "fast", "expected a number, got 'fast'"),
+        (cli_args.non_negative_float, "0", 0.0),
+        (cli_args.non_negative_float, "-0.5", "must be a number >= 0"),
+        (cli_args.probability, "0.5", 0.5),
+        (cli_args.probability, "1", r"must lie in [0, 1)"),
+        (cli_args.top_p_value, "1", 1.0),
+        (cli_args.top_p_value, "0", r"must lie in (0, 1]"),
     ],
 )
 def test_argument_types(convert: Any, text: str, expected: Any) -> None:

@@ -45,8 +45,7 @@ def _other_text(tmp_path: Path) -> str:
 def test_weights_from_the_checkpoint_fresh_optimizer_step_zero(base_run: Path, tmp_path: Path) -> None:
     cfg = replace(BASE, data=_other_text(tmp_path), init_from=str(base_run / "best.npz"), out=str(tmp_path / "ft"),
                   ctx=64, dim=64, dtype="float64")  # fmt: skip  # shape flags that differ: the checkpoint's win
-    run = train._Run(cfg, _quiet())  # type: ignore[arg-type]
-    run.prepare()
+    run = train.prepare(cfg, _quiet())  # type: ignore[arg-type]
     try:
         source = checkpoint.load_checkpoint(base_run / "best.npz").params
         assert run.snap.step == 0 and run.cfg.ctx == 16 and run.cfg.dim == 16
@@ -54,10 +53,11 @@ def test_weights_from_the_checkpoint_fresh_optimizer_step_zero(base_run: Path, t
             assert run.snap.params[name].dtype == np.float64
             np.testing.assert_array_equal(run.snap.params[name], value.astype(np.float64))
         assert all(not m.any() for m in run.snap.opt.m.values()) and run.snap.opt.t == 0
-        assert run.init_note == "note: --init_from: the model's shape is the checkpoint's (--ctx 64 -> 16, --dim 64 -> 16)"
+        assert run.data.init_note == "note: --init_from: the model's shape is the checkpoint's (--ctx 64 -> 16, --dim 64 -> 16)"
     finally:
         assert run.metrics is not None
         run.metrics.close()
+        run.lock.release()
 
 
 def test_a_fine_tuning_run_trains_resumes_and_writes_its_config(base_run: Path, tmp_path: Path) -> None:

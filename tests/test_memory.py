@@ -5,6 +5,7 @@ the machine has, read from /proc, the address-space limit and cgroups."""
 from __future__ import annotations
 
 import tracemalloc
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,8 @@ CONFIGS = [  # vocab, ctx, dim, layers, heads, hidden, batch
 def test_param_count_is_the_models(sizes: tuple[int, ...]) -> None:
     vocab, ctx, dim, layers, heads, hidden, _ = sizes
     cfg = model.ModelConfig(vocab, ctx, dim, layers, heads, hidden)
-    assert memory.param_count(vocab, ctx, dim, layers, hidden) == model.count_params(cfg)
-    assert memory.param_count(vocab, ctx, dim, 10**9, hidden) > 10**9  # closed form: instant
+    assert memory.param_count(cfg) == model.count_params(cfg)
+    assert memory.param_count(replace(cfg, n_layers=10**9)) > 10**9  # closed form: instant
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
@@ -47,10 +48,7 @@ def test_training_estimate_covers_a_measured_step(sizes: tuple[int, ...], activa
     finally:
         tracemalloc.stop()
     del new
-    estimate, breakdown = memory.training_bytes(
-        vocab=vocab, ctx=ctx, dim=dim, layers=layers, heads=heads, hidden=hidden, batch=batch,
-        itemsize=4, data_tokens=0, sample_len=0,
-    )  # fmt: skip
+    estimate, breakdown = memory.training_bytes(cfg, batch=batch, itemsize=4, data_tokens=0, sample_len=0)
     assert peak <= estimate <= 3 * peak, (peak, estimate, breakdown)
 
 
@@ -66,9 +64,9 @@ def test_sampling_estimate_covers_a_measured_job() -> None:
     finally:
         tracemalloc.stop()
     assert len(texts) == 64
-    estimate = memory.sampling_bytes(64, 3 + 100, cfg.ctx, cfg.dim, cfg.n_layers, cfg.n_heads, cfg.mlp_hidden, cfg.vocab_size, 4)
+    estimate = memory.sampling_bytes(cfg, 64, 3 + 100, 4)
     assert peak <= estimate <= 4 * peak, (peak, estimate)
-    assert memory.sampling_bytes(1, 0, 8, 8, 1, 1, 8, 8, 4) == 0
+    assert memory.sampling_bytes(model.ModelConfig(8, 8, 8, 1, 1, 8), 1, 0, 4) == 0
 
 
 def _fake_machine(tmp_path: Path, meminfo_kb: int | None, vm_kb: int, cgroup: tuple[str, str] | None, v1: bool = False) -> tuple[str, str]:

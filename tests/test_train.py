@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bevialm import checkpoint, model, runtime, train
+from bevialm import checkpoint, model, runtime, train, train_report
 from bevialm.checkpoint import CheckpointError, load_checkpoint
 from bevialm.data import DataError
 from bevialm.train import TrainConfig, TrainError, TrainingDiverged
@@ -392,7 +392,7 @@ def test_data_too_short_for_the_context(tmp_path: Path) -> None:
         ({"dtype": "float16"}, "dtype must be one of"),
         ({"lr": 0.0}, "lr must be a positive number"),
         ({"min_lr": 1.0}, r"min_lr \(1.0\) must lie between 0 and lr"),
-        ({"dropout": 1.0}, r"dropout must lie in \[0, 1\)"),
+        ({"dropout": 1.0}, r"train: dropout must be a probability in \[0, 1\)"),  # the model config's own check
         ({"beta2": 1.0}, r"beta2 must lie in \[0, 1\)"),
         ({"wd": float("inf")}, "wd must be a finite number >= 0"),
         ({"grad_clip": -1.0}, "grad_clip must be a finite number >= 0"),
@@ -418,7 +418,7 @@ def test_config_helpers(tmp_path: Path) -> None:
     m = cfg.model_config(59)
     assert (m.vocab_size, m.n_layers, m.n_heads, m.dropout) == (59, 1, 2, 0.1)
     assert "eval_iters" in TrainConfig.field_names()
-    assert train._clock(59.6) == "1:00" and train._clock(3725) == "1:02:05"
+    assert train_report.clock(59.6) == "1:00" and train_report.clock(3725) == "1:02:05"
 
 
 def test_evaluate_is_deterministic_and_in_evaluation_mode() -> None:
@@ -505,3 +505,17 @@ def test_a_text_that_allows_fewer_merges_says_so(tmp_path: Path) -> None:
     _, stdout = run(tiny(tmp_path / "run", data=str(data), tokenizer="bpe", vocab_size=1000, steps=2, ctx=4,
                          eval_every=0, sample_len=0))  # fmt: skip
     assert "note: the text allows only" in stdout and "not --vocab_size 1,000" in stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"heads": 3, "dim": 16}, r"train: heads \(3\) must divide dim \(16\)"),
+        ({"layers": 0}, "train: layers must be a positive integer, got 0"),
+        ({"ctx": -1}, "train: ctx must be a positive integer, got -1"),
+        ({"activation": "tanh"}, "train: activation must be one of"),
+    ],
+)
+def test_model_flags_are_checked_by_the_model_config_in_the_flags_names(flags: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(data="unused.txt", **flags)

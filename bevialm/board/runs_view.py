@@ -4,8 +4,9 @@ The page polls: :func:`read_metrics` returns the complete lines written since th
 ``offset`` the page already has (a line still being written waits for the next poll), so
 a long run costs each poll only what is new. A file shorter than the offset was rewritten
 (``--resume`` keeps only the lines up to its checkpoint): the answer starts again from 0
-and says ``reset``. A line that is not a JSON record is skipped and reported, never
-guessed at; numbers that JSON cannot carry (NaN, infinity) become ``null``.
+and says ``reset``. A line that is not a good record (:func:`bevialm.metrics.parse_record`, the
+rule ``bevialm plot`` reads by too) is skipped and reported, never guessed at; numbers
+that JSON cannot carry (NaN, infinity) become ``null``.
 
 Samples: the trainer prints its samples but does not store them, so the board draws,
 from each new ``last.npz``, the sample the trainer prints at that step: the same prompt,
@@ -24,7 +25,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from bevialm import checkpoint, generate
+from bevialm import checkpoint, generate, metrics
 from bevialm import tokenizer as tokenizers
 from bevialm.board import paths
 from bevialm.data import DataError
@@ -41,15 +42,19 @@ def _number(value: object) -> float | None:
     return float(value)
 
 
-def clean_record(raw: object) -> dict[str, Any] | None:
-    """A train or eval record with only numeric fields (non-finite ones ``None``), or None."""
-    if not isinstance(raw, dict) or raw.get("kind") not in ("train", "eval") or _number(raw.get("step")) is None:
-        return None
-    record: dict[str, Any] = {"kind": raw["kind"]}
-    for key in _FIELDS:
-        if key in raw:
-            record[key] = _number(raw[key])
-    return record
+def _for_page(record: dict[str, Any]) -> dict[str, Any]:
+    """A good record (:func:`bevialm.metrics.parse_record`) with only the fields the page draws,
+    as numbers JSON can carry (non-finite ones ``None``)."""
+    return {"kind": record["kind"]} | {key: _number(record[key]) for key in _FIELDS if key in record}
+
+
+def _another_kind(text: str) -> bool:
+    """Whether ``text`` is a JSON object with a ``kind`` of its own: a record for someone else, not a problem."""
+    try:
+        raw = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return False
+    return isinstance(raw, dict) and isinstance(raw.get("kind"), str)
 
 
 def read_metrics(path: str, offset: int) -> dict[str, Any]:
@@ -69,13 +74,13 @@ def read_metrics(path: str, offset: int) -> dict[str, Any]:
     position = start
     for line in chunk[:end].splitlines(keepends=True):
         try:
-            raw = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raw = None
-        record = clean_record(raw)
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""  # not a record, and reported as one
+        record = metrics.parse_record(text)
         if record is not None:
-            records.append(record)
-        elif line.strip() and not (isinstance(raw, dict) and isinstance(raw.get("kind"), str)):
+            records.append(_for_page(record))
+        elif line.strip() and not _another_kind(text):
             problems.append(f"{os.path.basename(path)}: the line at byte {position} is not a metrics record (skipped)")
         position += len(line)
     if end == 0 and len(chunk) == MAX_READ:

@@ -1,7 +1,7 @@
 """The grading subcommands of the ``bevialm`` command: ``skeleton``, ``grade``, ``grade-all`` and ``autograder``.
 
 ``bevialm.cli`` adds them to its own parser through its plugin hook,
-:func:`add_subcommands` (also :func:`add_grading_subcommands`); :func:`main` runs
+:func:`add_grading_subcommands`; :func:`main` runs
 them on their own. Every handler returns the exit code: 0 whenever its job was
 done (for ``grade``: whatever the score), 1 with one ``error:`` line on standard
 error when it could not be (a missing folder, a bad rubric), as for every
@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bevialm.cli import OneLineParser
+from bevialm.cli_args import OneLineParser
 from bevialm.grading.batch import (
     DEFAULT_STUDENT_TIME,
     BatchError,
@@ -306,10 +306,6 @@ def _add_autograder(subparsers: Any) -> None:
     p.add_argument("--rubric", type=Path, metavar="FILE", help="TOML rubric to bundle (default: the built-in one)")
     p.add_argument("--preset", choices=PRESETS, metavar="NAME", help=f"the assignment: the tasks students write ({', '.join(PRESETS)}); overrides the rubric's [assignment]")
     p.set_defaults(handler=cmd_autograder)
-
-
-add_subcommands = add_grading_subcommands
-"""The name ``bevialm.cli``'s plugin hook calls."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
