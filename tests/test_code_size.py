@@ -20,11 +20,6 @@ WHY_WITHIN = 50
 WHY = re.compile(r"(?i)\b(over|longer than)\b[^\n]{0,20}\b500 lines")
 """How such a comment reads: "(Over 500 lines on purpose: ...)", "(Longer than the project's 500 lines: ...)"."""
 
-BEING_SPLIT = frozenset({"train.py", "cli.py", "checkpoint.py", "viz.py", "tokenizer.py"})
-"""Being split in the trainer refactor (issue 21): these files, and every function in them, are
-exempt until that work is merged; then this set is emptied."""
-
-
 def _modules() -> list[Path]:
     return sorted(PACKAGE.rglob("*.py"))
 
@@ -58,8 +53,7 @@ def test_the_limits_see_long_code(tmp_path: Path) -> None:
 
 def test_no_function_is_over_60_lines() -> None:
     offenders = {
-        _name(path): found for path in _modules() if path.name not in BEING_SPLIT or path.parent != PACKAGE
-        for found in [long_functions(path)] if found
+        _name(path): found for path in _modules() for found in [long_functions(path)] if found
     }  # fmt: skip
     assert offenders == {}, f"split these functions (at most {MAX_FUNCTION_LINES} lines each): {offenders}"
 
@@ -68,13 +62,9 @@ def test_no_file_is_over_500_lines_without_saying_why() -> None:
     offenders = []
     for path in _modules():
         lines = path.read_text(encoding="utf-8").splitlines()
-        if len(lines) <= MAX_FILE_LINES or (path.name in BEING_SPLIT and path.parent == PACKAGE):
+        if len(lines) <= MAX_FILE_LINES:
             continue
         if not WHY.search("\n".join(lines[:WHY_WITHIN])):
             offenders.append(f"{_name(path)} ({len(lines)} lines)")
     assert offenders == [], f"split these files, or say at their top why they are over {MAX_FILE_LINES} lines: {offenders}"
 
-
-def test_the_files_being_split_exist() -> None:
-    """An exemption names a real file of the package (a renamed one must not stay exempt by accident)."""
-    assert all((PACKAGE / name).is_file() for name in BEING_SPLIT)
