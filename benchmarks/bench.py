@@ -96,7 +96,7 @@ def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int, shards: int) -> l
         nonlocal params, state
         _, grads = parallel.loss_and_grads(params, x, y, mcfg, shards=shards)
         grads, _ = optim.clip_by_global_norm(grads, CLIP)
-        params, state = optim.step(params, grads, state, ocfg)
+        params, state = optim.flat_step(params, grads, state, ocfg)
 
     return time_steps(step, cfg, steps, warmup)
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bevialm.flat_params import FlatTensors, Layout
 from bevialm.types import Array, Grads, Params
 
 EMBEDDINGS = frozenset({"tok_emb", "pos_emb"})
@@ -81,8 +82,8 @@ class AdamWState:
     """The number of steps taken ``t`` and the first and second moments, keyed like the params."""
 
     t: int
-    m: dict[str, Array]
-    v: dict[str, Array]
+    m: Mapping[str, Array]
+    v: Mapping[str, Array]
 
 
 def init_state(params: Params) -> AdamWState:
@@ -152,6 +153,40 @@ def step(
     return new_params, AdamWState(t=t, m=new_m, v=new_v)
 
 
+DECAYED, EXEMPT = "decayed.W", "exempt.b"
+"""The two buffers of :func:`flat_step`, named so that :func:`decays` decays the first only."""
+
+
+def decay_group(name: str) -> str:
+    """The buffer of :func:`flat_step` that parameter ``name`` lives in."""
+    return DECAYED if decays(name) else EXEMPT
+
+
+def flat_step(
+    params: Params, grads: Mapping[str, Array], state: AdamWState, cfg: AdamWConfig, lr: float | None = None
+) -> tuple[FlatTensors, AdamWState]:
+    """:func:`step` over two buffers instead of every tensor: the same bits in a few passes.
+
+    The trainer's step. The tensors that decay are laid end to end in one buffer and the exempt
+    ones in another (:mod:`bevialm.flat_params`), and :func:`step` itself updates the two
+    buffers as two "tensors" named :data:`DECAYED` and :data:`EXEMPT`: the formula is written
+    once, and every operation in it is element-wise, so each element gets the bits it gets
+    from :func:`step` on its own tensor. The new parameters and moments are
+    :class:`FlatTensors`, so the next step finds them laid out already; anything else (the
+    first step, a resumed run, gradients as plain dicts) is copied into the parameters'
+    layout. Parameters of mixed dtypes take :func:`step` tensor by tensor.
+    """
+    layout = params.layout if isinstance(params, FlatTensors) else None
+    if layout is None or not all(isinstance(x, FlatTensors) and x.layout == layout for x in (grads, state.m, state.v)):
+        _check_keys(params, grads, state)
+        if len({p.dtype for p in params.values()}) > 1:
+            return step(params, grads, state, cfg, lr)
+        layout = Layout.of(params, decay_group)
+    p, g, m, v = (layout.pack(x).parts for x in (params, grads, state.m, state.v))
+    new, after = step(p, g, AdamWState(state.t, m, v), cfg, lr)
+    return FlatTensors(layout, new), AdamWState(after.t, FlatTensors(layout, after.m), FlatTensors(layout, after.v))
+
+
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_lr: float) -> float:
     """The learning rate of update number ``step`` (0-based: the first update is step 0).
 
@@ -193,6 +228,8 @@ def clip_by_global_norm(grads: Mapping[str, Array], max_norm: float | None) -> t
     """
     norm = global_norm(grads)
     if max_norm is None or max_norm <= 0 or not math.isfinite(norm) or norm <= max_norm:
-        return dict(grads), norm
+        return (grads if isinstance(grads, FlatTensors) else dict(grads)), norm
     scale = max_norm / norm
+    if isinstance(grads, FlatTensors):  # one pass per buffer; the same bits as tensor by tensor
+        return FlatTensors(grads.layout, {k: np.multiply(g, g.dtype.type(scale)) for k, g in grads.parts.items()}), norm
     return {k: np.multiply(g, g.dtype.type(scale)) for k, g in grads.items()}, norm

@@ -678,7 +678,7 @@ class _Run:
             if not (math.isfinite(loss) and math.isfinite(norm)):
                 raise TrainingDiverged(self._diverged(s + 1, f"loss {loss}, gradient norm {norm}"))
             lr = self.lr_at(s)
-            params, opt = optim.step(snap.params, grads, snap.opt, adamw, lr)
+            params, opt = optim.flat_step(snap.params, grads, snap.opt, adamw, lr)
             done = s + 1
             log_due = cfg.log_every > 0 and (done % cfg.log_every == 0 or done == cfg.steps)
             loss_sum, loss_count = snap.loss_sum + loss, snap.loss_count + 1
