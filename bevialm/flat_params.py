@@ -24,6 +24,13 @@ import numpy as np
 
 from bevialm.types import Array
 
+CHUNK = 65_536
+"""The most elements a buffer holds (unless one tensor is larger). Not one buffer for all: an
+optimizer step makes about a dozen passes over its buffers, and a buffer of this size, with
+its gradient, moments and temporaries, stays in a core's L2 cache through all of them
+(256 KiB each in float32), where one buffer of the whole model would be fetched from memory
+on every pass. Measured on an AVX-512 Xeon: see docs/optimizer.md."""
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -36,13 +43,24 @@ class Layout:
     dtype: np.dtype[Any]
 
     @classmethod
-    def of(cls, tensors: Mapping[str, Array], group: Callable[[str], str]) -> Layout:
-        """The layout of ``tensors``, each in buffer ``group(name)``; ValueError for mixed dtypes."""
+    def of(cls, tensors: Mapping[str, Array], kind: Callable[[str], str], chunk: int = CHUNK) -> Layout:
+        """The layout of ``tensors``: those of one ``kind(name)`` laid end to end, in the dict's
+        order, in buffers named ``f"{i}.{kind}"`` of at most ``chunk`` elements each (or one
+        tensor, if larger: a tensor is never split). ValueError for mixed dtypes."""
         dtypes = {a.dtype for a in tensors.values()}
         if len(dtypes) > 1:
             raise ValueError(f"flat tensors need one dtype, got {sorted(map(str, dtypes))}")
         dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
-        return cls(tuple(tensors), tuple(a.shape for a in tensors.values()), tuple(group(k) for k in tensors), dtype)
+        filled: dict[str, tuple[str, int]] = {}  # kind -> (its current buffer, elements in it)
+        groups = []
+        for k, a in tensors.items():
+            label = kind(k)
+            group, used = filled.get(label, (f"0.{label}", 0))
+            if used and used + a.size > chunk:
+                group, used = f"{len({g for g in groups if g.endswith('.' + label)})}.{label}", 0
+            filled[label] = (group, used + a.size)
+            groups.append(group)
+        return cls(tuple(tensors), tuple(a.shape for a in tensors.values()), tuple(groups), dtype)
 
     @cached_property
     def spans(self) -> tuple[tuple[str, int, int], ...]:

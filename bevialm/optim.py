@@ -154,11 +154,12 @@ def step(
 
 
 DECAYED, EXEMPT = "decayed.W", "exempt.b"
-"""The two buffers of :func:`flat_step`, named so that :func:`decays` decays the first only."""
+"""The two kinds of :func:`flat_step`'s buffers (``"0.decayed.W"``, ``"1.decayed.W"``, ...,
+``"0.exempt.b"``), named so that :func:`decays` decays the first kind only."""
 
 
 def decay_group(name: str) -> str:
-    """The buffer of :func:`flat_step` that parameter ``name`` lives in."""
+    """The kind of :func:`flat_step` buffer that parameter ``name`` lives in."""
     return DECAYED if decays(name) else EXEMPT
 
 
@@ -181,7 +182,7 @@ def flat_step(
         _check_keys(params, grads, state)
         if len({p.dtype for p in params.values()}) > 1:
             return step(params, grads, state, cfg, lr)
-        layout = Layout.of(params, decay_group)
+        layout = layout or Layout.of(params, decay_group)
     p, g, m, v = (layout.pack(x).parts for x in (params, grads, state.m, state.v))
     new, after = step(p, g, AdamWState(state.t, m, v), cfg, lr)
     return FlatTensors(layout, new), AdamWState(after.t, FlatTensors(layout, after.m), FlatTensors(layout, after.v))

@@ -47,15 +47,24 @@ def test_flat_step_is_bit_identical_to_step_over_several_steps(dtype: Any, decay
         assert flat_state.t == state.t == i + 1
 
 
-def test_flat_step_keeps_two_buffers_and_the_names_order() -> None:
+def test_flat_step_keeps_buffers_by_kind_and_the_names_order() -> None:
     params = _tensors(np.float32, 0)
     new, state = optim.flat_step(params, _tensors(np.float32, 1), optim.init_state(params), optim.AdamWConfig())
-    assert list(new) == list(params) and set(new.parts) == {optim.DECAYED, optim.EXEMPT}
+    assert list(new) == list(params) and set(new.parts) == {"0." + optim.DECAYED, "0." + optim.EXEMPT}
     decayed = sum(p.size for k, p in params.items() if optim.decays(k))
-    assert new.parts[optim.DECAYED].size == decayed and new.parts[optim.EXEMPT].size == sum(p.size for p in params.values()) - decayed
+    assert new.parts["0." + optim.DECAYED].size == decayed
     new["lm_head.W"][0, 0] = 7.0  # a view: writing through the name writes the buffer
-    assert 7.0 in new.parts[optim.DECAYED]
+    assert 7.0 in new.parts["0." + optim.DECAYED]
     assert isinstance(state.m, FlatTensors) and state.m.layout == new.layout
+
+
+def test_buffers_are_cut_at_the_chunk_size_between_tensors() -> None:
+    tensors = {"a.W": np.zeros(6), "b.W": np.zeros(5), "c.b": np.zeros(9), "d.W": np.zeros(12), "e.W": np.zeros(1)}
+    layout = Layout.of(tensors, optim.decay_group, chunk=10)
+    assert layout.groups == ("0.decayed.W", "1.decayed.W", "0.exempt.b", "2.decayed.W", "3.decayed.W")
+    assert layout.sizes == {"0.decayed.W": 6, "1.decayed.W": 5, "0.exempt.b": 9, "2.decayed.W": 12, "3.decayed.W": 1}
+    small = Layout.of({"a.W": np.zeros(2), "b.W": np.zeros(3)}, optim.decay_group, chunk=10)
+    assert small.groups == ("0.decayed.W", "0.decayed.W")
 
 
 def test_flat_step_never_mutates_its_inputs() -> None:
@@ -99,8 +108,8 @@ def test_flat_tensors_names_cannot_be_rebound() -> None:
         flat["lm_head.W"] = np.zeros((3, 5), np.float32)
     with pytest.raises(TypeError, match="the names are fixed"):
         flat.update({})
-    with pytest.raises(ValueError, match="flat buffer 'decayed.W' is float32"):
-        FlatTensors(flat.layout, {**flat.parts, optim.DECAYED: np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="flat buffer '0.decayed.W' is float32"):
+        FlatTensors(flat.layout, {**flat.parts, "0." + optim.DECAYED: np.zeros(3, np.float32)})
     with pytest.raises(ValueError, match="one dtype"):
         Layout.of({"a": np.zeros(1, np.float32), "b": np.zeros(1)}, optim.decay_group)
     again = pickle.loads(pickle.dumps(flat))
