@@ -172,9 +172,10 @@ def _check_params(params: Params, cfg: ModelConfig) -> None:
         missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
         raise ValueError(f"{LAYER}: parameters do not match the config: missing {missing}, unexpected {extra}")
     check_params(LAYER, params, expected)
-    dtypes = sorted({str(p.dtype) for p in params.values()})
+    dtypes = {p.dtype for p in params.values()}  # str() of a dtype is slow: only for the message
     if len(dtypes) != 1 or params["lm_head.W"].dtype.kind != "f":
-        raise ValueError(f"{LAYER}: the parameters must share one floating-point dtype, got {', '.join(dtypes)}")
+        got = ", ".join(sorted(map(str, dtypes)))
+        raise ValueError(f"{LAYER}: the parameters must share one floating-point dtype, got {got}")
 
 
 def _check_idx(idx: IntArray, cfg: ModelConfig) -> None:
