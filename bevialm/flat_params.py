@@ -52,7 +52,7 @@ class Layout:
             raise ValueError(f"flat tensors need one dtype, got {sorted(map(str, dtypes))}")
         dtype = dtypes.pop() if dtypes else np.dtype(np.float32)
         filled: dict[str, tuple[str, int]] = {}  # kind -> (its current buffer, elements in it)
-        groups = []
+        groups: list[str] = []
         for k, a in tensors.items():
             label = kind(k)
             group, used = filled.get(label, (f"0.{label}", 0))
@@ -118,4 +118,4 @@ class FlatTensors(dict[str, Array]):
     def _frozen(self, *args: Any, **kwargs: Any) -> NoReturn:
         raise TypeError("FlatTensors: the names are fixed (change a tensor in place, or build a new dict)")
 
-    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = __ior__ = _frozen  # type: ignore[assignment]
+    __setitem__ = __delitem__ = pop = popitem = clear = update = setdefault = __ior__ = _frozen

@@ -165,7 +165,7 @@ def decay_group(name: str) -> str:
 
 def flat_step(
     params: Params, grads: Mapping[str, Array], state: AdamWState, cfg: AdamWConfig, lr: float | None = None
-) -> tuple[FlatTensors, AdamWState]:
+) -> tuple[dict[str, Array], AdamWState]:
     """:func:`step` over two buffers instead of every tensor: the same bits in a few passes.
 
     The trainer's step. The tensors that decay are laid end to end in one buffer and the exempt

@@ -50,6 +50,7 @@ def test_flat_step_is_bit_identical_to_step_over_several_steps(dtype: Any, decay
 def test_flat_step_keeps_buffers_by_kind_and_the_names_order() -> None:
     params = _tensors(np.float32, 0)
     new, state = optim.flat_step(params, _tensors(np.float32, 1), optim.init_state(params), optim.AdamWConfig())
+    assert isinstance(new, FlatTensors)
     assert list(new) == list(params) and set(new.parts) == {"0." + optim.DECAYED, "0." + optim.EXEMPT}
     decayed = sum(p.size for k, p in params.items() if optim.decays(k))
     assert new.parts["0." + optim.DECAYED].size == decayed
@@ -85,7 +86,7 @@ def test_flat_step_rejects_mismatched_inputs_like_step() -> None:
 
 
 def test_mixed_dtypes_take_the_per_tensor_path() -> None:
-    params = {"a.W": np.ones((2, 2), np.float32), "a.b": np.ones(2, np.float64)}
+    params: dict[str, Array] = {"a.W": np.ones((2, 2), np.float32), "a.b": np.ones(2, np.float64)}
     grads = {k: np.full_like(p, 0.5) for k, p in params.items()}
     new, _ = optim.flat_step(params, grads, optim.init_state(params), optim.AdamWConfig())
     want, _ = optim.step(params, grads, optim.init_state(params), optim.AdamWConfig())
