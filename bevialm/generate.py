@@ -13,10 +13,13 @@ Only the block's wiring (pre-norm, two residual additions) is repeated here,
 since ``block.forward`` runs attention on its whole input and has no place
 for cached keys. Dropout is off: sampling is evaluation.
 
-**Per-token cost.** A new token is a handful of tiny products and ~150 small NumPy
+**Per-token cost.** A new token is a handful of tiny products and ~100 small NumPy
 calls, so the decoder saves calls: the parameters are checked and split per pair once
-per generation (not per token), and the query, key and value projections run as one
-linear pair over the side-by-side weights ``[Wq | Wk | Wv]`` (one product, not three).
+per generation (not per token), the pairs it calls skip their own input checks
+(:func:`bevialm.validate.checked_at_entry`), each block's keys and values go into the next
+free rows of a preallocated buffer (:class:`KVCache`), and the query, key and value
+projections run as one linear pair over the side-by-side weights ``[Wq | Wk | Wv]`` (one
+product, not three).
 
 **Sliding window.** Positions are learned absolute embeddings, so once ``ctx``
 positions are cached the next token cannot simply be appended: every kept
