@@ -82,8 +82,8 @@ class AdamWState:
     """The number of steps taken ``t`` and the first and second moments, keyed like the params."""
 
     t: int
-    m: Mapping[str, Array]
-    v: Mapping[str, Array]
+    m: dict[str, Array]
+    v: dict[str, Array]
 
 
 def init_state(params: Params) -> AdamWState:
