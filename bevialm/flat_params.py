@@ -89,11 +89,13 @@ class Layout:
         """``tensors`` copied into new buffers in this layout (as they are if already laid out so)."""
         if isinstance(tensors, FlatTensors) and tensors.layout == self:
             return tensors
-        parts = {
-            g: np.concatenate([tensors[k].reshape(-1) for k, kg in zip(self.names, self.groups, strict=True) if kg == g]).astype(self.dtype, copy=False)
-            for g in self.sizes
-        }
+        parts = {g: np.concatenate([tensors[k].reshape(-1) for k in names]).astype(self.dtype, copy=False) for g, names in self.members.items()}
         return FlatTensors(self, parts)
+
+    @cached_property
+    def members(self) -> dict[str, tuple[str, ...]]:
+        """Each group's names, in buffer order."""
+        return {g: tuple(k for k, kg in zip(self.names, self.groups, strict=True) if kg == g) for g in self.sizes}
 
 
 class FlatTensors(dict[str, Array]):

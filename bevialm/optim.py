@@ -97,18 +97,20 @@ def init_state(params: Params) -> AdamWState:
 
 def _check_keys(params: Params, grads: Mapping[str, Array], state: AdamWState) -> None:
     for what, other in (("grads", grads), ("optimizer state m", state.m), ("optimizer state v", state.v)):
-        if other.keys() != params.keys():
-            missing = sorted(params.keys() - other.keys())
-            extra = sorted(other.keys() - params.keys())
-            raise ValueError(
-                f"adamw: {what} keys differ from the params: missing {missing}, unexpected {extra}"
-            )
+        _check_like(params, what, other)
+
+
+def _check_like(params: Params, what: str, other: Mapping[str, Array]) -> None:
+    """``other`` (the gradients, or a moment) has the params' keys, and each entry their shape and dtype."""
+    if other.keys() != params.keys():
+        missing = sorted(params.keys() - other.keys())
+        extra = sorted(other.keys() - params.keys())
+        raise ValueError(f"adamw: {what} keys differ from the params: missing {missing}, unexpected {extra}")
+    short = what.removeprefix("optimizer state ").removesuffix("s")  # "grad", "m", "v"
     for k, p in params.items():
-        for what, a in (("grad", grads[k]), ("m", state.m[k]), ("v", state.v[k])):
-            if a.shape != p.shape or a.dtype != p.dtype:
-                raise ValueError(
-                    f"adamw: {what} of '{k}' is {a.dtype}{a.shape}, the parameter is {p.dtype}{p.shape}"
-                )
+        a = other[k]
+        if a.shape != p.shape or a.dtype != p.dtype:
+            raise ValueError(f"adamw: {short} of '{k}' is {a.dtype}{a.shape}, the parameter is {p.dtype}{p.shape}")
 
 
 def step(
@@ -178,11 +180,14 @@ def flat_step(
     layout. Parameters of mixed dtypes take :func:`step` tensor by tensor.
     """
     layout = params.layout if isinstance(params, FlatTensors) else None
-    if layout is None or not all(isinstance(x, FlatTensors) and x.layout == layout for x in (grads, state.m, state.v)):
+    laid_out = [isinstance(x, FlatTensors) and x.layout == layout for x in (grads, state.m, state.v)]
+    if layout is None or not laid_out[1:] == [True, True]:
         _check_keys(params, grads, state)
         if len({p.dtype for p in params.values()}) > 1:
             return step(params, grads, state, cfg, lr)
         layout = layout or Layout.of(params, decay_group)
+    elif not laid_out[0]:  # laid-out params and moments, plain gradients (one shard): check those
+        _check_like(params, "grads", grads)
     p, g, m, v = (layout.pack(x).parts for x in (params, grads, state.m, state.v))
     new, after = step(p, g, AdamWState(state.t, m, v), cfg, lr)
     return FlatTensors(layout, new), AdamWState(after.t, FlatTensors(layout, after.m), FlatTensors(layout, after.v))
