@@ -96,7 +96,7 @@ def numpy_worker(cfg: dict[str, Any], steps: int, warmup: int, shards: int) -> l
         nonlocal params, state
         _, grads = parallel.loss_and_grads(params, x, y, mcfg, shards=shards)
         grads, _ = optim.clip_by_global_norm(grads, CLIP)
-        params, state = optim.step(params, grads, state, ocfg)
+        params, state = optim.flat_step(params, grads, state, ocfg)
 
     return time_steps(step, cfg, steps, warmup)
 
@@ -197,13 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     use_torch = torch_available() and not args.no_torch
     peak = matmul_gflops()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}")
-    print(f"large float32 matmul: {peak:.1f} GFLOP/s; load average {os.getloadavg()[0]:.1f} at the start")
+    print(f"large float32 matmul: {peak:.1f} GFLOP/s (the 'of peak' columns: each step's GFLOP/s as a share of it); load average {os.getloadavg()[0]:.1f} at the start")
     if not use_torch:
         print("--no-torch: NumPy figures only" if args.no_torch else "PyTorch not installed (pip install -e '.[bench]'): NumPy figures only")
     results: dict[str, Any] = {"matmul_gflops": peak, "numpy": np.__version__, "load_average": os.getloadavg(), "configs": {}}
     header = f"{'config':<24}{'shards':>7}{'ms/step':>10}{'spread':>16}{'tokens/s':>11}{'GFLOP/s':>9}{'of peak':>8}"
     header += f"{'products':>10}"
-    header += f"{'torch ms':>10}{'ratio':>7}" if use_torch else ""
+    header += f"{'torch ms':>10}{'of peak':>8}{'ratio':>7}" if use_torch else ""
     print(header)
     for name in args.configs:
         cfg = CONFIGS[name]
@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None) -> int:
         line = f"({name}) {cfg['label']:<20}{shards:>7}{med:>10.2f}{f'{min(ours):.1f}-{max(ours):.1f}':>16}{tokens:>11.0f}{gflops:>9.1f}{gflops / peak:>8.0%}{floor:>10.2f}"
         if theirs:
             tmed = statistics.median(theirs)
-            row.update(torch_ms_per_step=tmed, torch_runs_ms=theirs, ratio=med / tmed)
-            line += f"{tmed:>10.2f}{med / tmed:>7.2f}"
+            torch_gflops = flops_per_step(cfg) / (tmed / 1000) / 1e9  # the same FLOPs: the same model and step
+            row.update(torch_ms_per_step=tmed, torch_runs_ms=theirs, ratio=med / tmed, torch_gflops=torch_gflops, torch_share_of_peak=torch_gflops / peak)
+            line += f"{tmed:>10.2f}{torch_gflops / peak:>8.0%}{med / tmed:>7.2f}"
         print(line, flush=True)
         results["configs"][name] = row
     sampling = sampling_speed(args.quick)

@@ -13,10 +13,13 @@ Only the block's wiring (pre-norm, two residual additions) is repeated here,
 since ``block.forward`` runs attention on its whole input and has no place
 for cached keys. Dropout is off: sampling is evaluation.
 
-**Per-token cost.** A new token is a handful of tiny products and ~150 small NumPy
+**Per-token cost.** A new token is a handful of tiny products and ~100 small NumPy
 calls, so the decoder saves calls: the parameters are checked and split per pair once
-per generation (not per token), and the query, key and value projections run as one
-linear pair over the side-by-side weights ``[Wq | Wk | Wv]`` (one product, not three).
+per generation (not per token), the pairs it calls skip their own input checks
+(:func:`bevialm.validate.checked_at_entry`), each block's keys and values go into the next
+free rows of a preallocated buffer (:class:`KVCache`), and the query, key and value
+projections run as one linear pair over the side-by-side weights ``[Wq | Wk | Wv]`` (one
+product, not three).
 
 **Sliding window.** Positions are learned absolute embeddings, so once ``ctx``
 positions are cached the next token cannot simply be appended: every kept
@@ -45,7 +48,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +60,7 @@ from bevialm.layers import attention, embedding, layernorm, linear, mlp
 from bevialm.model import ModelConfig, block_prefix, param_shapes
 from bevialm.params import scope
 from bevialm.types import Array, IntArray, Params
+from bevialm.validate import checked_at_entry
 
 LAYER = "generate"
 
@@ -97,11 +101,18 @@ class SamplingConfig:
 class KVCache:
     """Per block, the keys and values of the positions decoded so far: ``(B, H, length, hd)``.
 
-    A value: :func:`decode` returns a new cache and never modifies this one.
+    A value: :func:`decode` returns a new cache and never modifies this one. The arrays are
+    views of per-block buffers with room for ``ctx`` positions (``buffers``), so a new token's
+    keys and values are written once into the free positions, not copied with all the cached
+    ones into a new array each token. ``written`` is how far the buffers hold data, shared by
+    every cache that views them: a second decode from the same cache finds its free positions
+    already written by the first, and copies the buffers rather than overwrite them.
     """
 
     keys: tuple[Array, ...]
     values: tuple[Array, ...]
+    buffers: tuple[tuple[Array, Array], ...] | None = None
+    written: list[int] = field(default_factory=lambda: [0], compare=False)
 
     @property
     def length(self) -> int:
@@ -112,14 +123,27 @@ class KVCache:
     def batch(self) -> int:
         return int(self.keys[0].shape[0])
 
+    def room(self, ctx: int) -> tuple[tuple[Array, Array], ...]:
+        """Per block, buffers of ``ctx`` positions whose first :attr:`length` hold this cache's
+        keys and values and whose others are free: the shared ones when nothing was written
+        past :attr:`length`, otherwise a copy."""
+        if self.buffers is not None and self.written[0] == self.length:
+            return self.buffers
+        rooms = []
+        for k, v in zip(self.keys, self.values, strict=True):
+            kb, vb = (np.empty((*a.shape[:2], ctx, a.shape[3]), dtype=a.dtype) for a in (k, v))
+            kb[:, :, : self.length], vb[:, :, : self.length] = k, v
+            rooms.append((kb, vb))
+        return tuple(rooms)
+
 
 def empty_cache(cfg: ModelConfig, batch: int, dtype: Any = np.float32) -> KVCache:
     """A cache of ``batch`` sequences with nothing decoded yet."""
     if batch < 1:
         raise ValueError(f"{LAYER}: batch must be positive, got {batch}")
-    shape = (batch, cfg.n_heads, 0, cfg.dim // cfg.n_heads)
-    empty = tuple(np.zeros(shape, dtype=dtype) for _ in range(cfg.n_layers))
-    return KVCache(empty, empty)
+    shape = (batch, cfg.n_heads, cfg.ctx, cfg.dim // cfg.n_heads)
+    buffers = tuple((np.empty(shape, dtype=dtype), np.empty(shape, dtype=dtype)) for _ in range(cfg.n_layers))
+    return KVCache(tuple(k[:, :, :0] for k, _ in buffers), tuple(v[:, :, :0] for _, v in buffers), buffers)
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,8 @@ def _scoped(params: Params, cfg: ModelConfig) -> _Scoped:
     expected = param_shapes(cfg)
     if set(params) != set(expected) or any(params[k].shape != s for k, s in expected.items()):
         raise ValueError(f"{LAYER}: parameters do not match the model config")
+    if len({p.dtype for p in params.values()}) != 1 or params["lm_head.W"].dtype.kind != "f":
+        raise ValueError(f"{LAYER}: the parameters must share one floating-point dtype")
     blocks = []
     for i in range(cfg.n_layers):
         b = scope(params, block_prefix(i))
@@ -178,32 +204,42 @@ def _decode(
             f"{LAYER}: cannot decode tokens of shape {idx.shape} after {cache.length} cached positions "
             f"of batch {cache.batch}: at most ctx = {cfg.ctx} positions fit"
         )
-    x, _ = embedding.forward(sp.tok_emb, idx, cfg.tok_emb)
-    pos, _ = embedding.forward(sp.pos_emb, np.arange(start, start + t), cfg.pos_emb)
-    x += pos  # x is a fresh gather
+    rooms = cache.room(cfg.ctx)
+    with checked_at_entry():  # parameters checked by _scoped, tokens above: no per-layer checks
+        x, _ = embedding.forward(sp.tok_emb, idx, cfg.tok_emb)
+        pos, _ = embedding.forward(sp.pos_emb, np.arange(start, start + t), cfg.pos_emb)
+        x += pos  # x is a fresh gather
+        for bp, room in zip(sp.blocks, rooms, strict=True):
+            x = _block_step(sp, cfg, bp, x, room, start, seen)
+        x, _ = layernorm.forward(sp.ln_f, x, cfg.ln_f)
+        logits: Array
+        logits, _ = linear.forward(sp.lm_head, x, cfg.lm_head)
+    written = cache.written if rooms is cache.buffers else [0]
+    written[0] = start + t
+    keys, values = (tuple(room[i][:, :, : start + t] for room in rooms) for i in (0, 1))
+    return logits, KVCache(keys, values, rooms, written)
+
+
+def _block_step(
+    sp: _Scoped, cfg: ModelConfig, bp: _BlockParams, x: Array, room: tuple[Array, Array], start: int, seen: list[Array] | None
+) -> Array:
+    """One block on the new positions ``x`` ``(B, t, C)`` at ``start ..``: their keys and values
+    go into the free positions of ``room``, their queries attend to every position up to theirs."""
     bc, h, c = cfg.block, cfg.n_heads, cfg.dim
-    keys, values = [], []
-    for bp, k_old, v_old in zip(sp.blocks, cache.keys, cache.values, strict=True):
-        a, _ = layernorm.forward(bp.ln1, x, bc.ln1)
-        # the attention's own q, k and v projections, as one linear pair over [Wq | Wk | Wv]
-        qkv, _ = linear.forward(bp.qkv, a, sp.qkv)
-        q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
-        k_all = np.concatenate((k_old, attention.split_heads(k, h)), axis=2)
-        v_all = np.concatenate((v_old, attention.split_heads(v, h)), axis=2)
-        out, core = attention.attend(attention.split_heads(q, h), k_all, v_all)
-        if seen is not None:  # recording: this block's weights (B, H, t, keys), kept by reference
-            seen.append(core.weights)
-        a, _ = linear.forward(bp.proj, attention.merge_heads(out), bc.attn.linear)
-        x = x + a
-        m, _ = layernorm.forward(bp.ln2, x, bc.ln2)
-        m, _ = mlp.forward(bp.mlp, m, bc.mlp)
-        x += m  # x is this block's fresh residual sum
-        keys.append(k_all)
-        values.append(v_all)
-    x, _ = layernorm.forward(sp.ln_f, x, cfg.ln_f)
-    logits: Array
-    logits, _ = linear.forward(sp.lm_head, x, cfg.lm_head)
-    return logits, KVCache(tuple(keys), tuple(values))
+    end = start + x.shape[1]
+    k_all, v_all = room[0][:, :, :end], room[1][:, :, :end]
+    a, _ = layernorm.forward(bp.ln1, x, bc.ln1)
+    qkv, _ = linear.forward(bp.qkv, a, sp.qkv)  # the attention's q, k and v projections as one linear pair
+    q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
+    k_all[:, :, start:], v_all[:, :, start:] = attention.split_heads(k, h), attention.split_heads(v, h)
+    out, core = attention.attend(attention.split_heads(q, h), k_all, v_all)
+    if seen is not None:  # recording: this block's weights (B, H, t, keys), kept by reference
+        seen.append(core.weights)
+    a, _ = linear.forward(bp.proj, attention.merge_heads(out), bc.attn.linear)
+    x = x + a
+    m, _ = layernorm.forward(bp.ln2, x, bc.ln2)
+    m, _ = mlp.forward(bp.mlp, m, bc.mlp)
+    return x + m
 
 
 def decode(params: Params, cfg: ModelConfig, cache: KVCache, idx: IntArray) -> tuple[Array, KVCache]:

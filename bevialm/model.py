@@ -28,7 +28,7 @@ from bevialm.layers.block import BlockConfig
 from bevialm.layers.dropout import DropoutConfig
 from bevialm.params import scope, unscope
 from bevialm.types import Array, FloatDType, Grads, IntArray, Params
-from bevialm.validate import check_params, require_positive, require_rng, require_shape
+from bevialm.validate import check_params, checked_at_entry, require_positive, require_rng, require_shape
 
 LAYER = "model"
 
@@ -172,6 +172,10 @@ def _check_params(params: Params, cfg: ModelConfig) -> None:
         missing, extra = sorted(set(expected) - set(params)), sorted(set(params) - set(expected))
         raise ValueError(f"{LAYER}: parameters do not match the config: missing {missing}, unexpected {extra}")
     check_params(LAYER, params, expected)
+    dtypes = {p.dtype for p in params.values()}  # str() of a dtype is slow: only for the message
+    if len(dtypes) != 1 or params["lm_head.W"].dtype.kind != "f":
+        got = ", ".join(sorted(map(str, dtypes)))
+        raise ValueError(f"{LAYER}: the parameters must share one floating-point dtype, got {got}")
 
 
 def _check_idx(idx: IntArray, cfg: ModelConfig) -> None:
@@ -199,6 +203,11 @@ def forward(
     _check_params(params, cfg)
     _check_idx(idx, cfg)
     require_rng(LAYER, rng)
+    with checked_at_entry():  # the arrays below are built here from checked ones: no per-layer checks
+        return _forward(params, idx, cfg, rng)
+
+
+def _forward(params: Params, idx: IntArray, cfg: ModelConfig, rng: np.random.Generator | None) -> tuple[Array, ModelCache]:
     tok, tok_cache = embedding.forward(scope(params, "tok_emb."), idx, cfg.tok_emb)
     positions = np.arange(idx.shape[1])
     pos, pos_cache = embedding.forward(scope(params, "pos_emb."), positions, cfg.pos_emb)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bevialm.flat_params import FlatTensors, Layout
 from bevialm.types import Array, Grads, Params
 
 EMBEDDINGS = frozenset({"tok_emb", "pos_emb"})
@@ -96,18 +97,20 @@ def init_state(params: Params) -> AdamWState:
 
 def _check_keys(params: Params, grads: Mapping[str, Array], state: AdamWState) -> None:
     for what, other in (("grads", grads), ("optimizer state m", state.m), ("optimizer state v", state.v)):
-        if other.keys() != params.keys():
-            missing = sorted(params.keys() - other.keys())
-            extra = sorted(other.keys() - params.keys())
-            raise ValueError(
-                f"adamw: {what} keys differ from the params: missing {missing}, unexpected {extra}"
-            )
+        _check_like(params, what, other)
+
+
+def _check_like(params: Params, what: str, other: Mapping[str, Array]) -> None:
+    """``other`` (the gradients, or a moment) has the params' keys, and each entry their shape and dtype."""
+    if other.keys() != params.keys():
+        missing = sorted(params.keys() - other.keys())
+        extra = sorted(other.keys() - params.keys())
+        raise ValueError(f"adamw: {what} keys differ from the params: missing {missing}, unexpected {extra}")
+    short = what.removeprefix("optimizer state ").removesuffix("s")  # "grad", "m", "v"
     for k, p in params.items():
-        for what, a in (("grad", grads[k]), ("m", state.m[k]), ("v", state.v[k])):
-            if a.shape != p.shape or a.dtype != p.dtype:
-                raise ValueError(
-                    f"adamw: {what} of '{k}' is {a.dtype}{a.shape}, the parameter is {p.dtype}{p.shape}"
-                )
+        a = other[k]
+        if a.shape != p.shape or a.dtype != p.dtype:
+            raise ValueError(f"adamw: {short} of '{k}' is {a.dtype}{a.shape}, the parameter is {p.dtype}{p.shape}")
 
 
 def step(
@@ -152,6 +155,44 @@ def step(
     return new_params, AdamWState(t=t, m=new_m, v=new_v)
 
 
+DECAYED, EXEMPT = "decayed.W", "exempt.b"
+"""The two kinds of :func:`flat_step`'s buffers (``"0.decayed.W"``, ``"1.decayed.W"``, ...,
+``"0.exempt.b"``), named so that :func:`decays` decays the first kind only."""
+
+
+def decay_group(name: str) -> str:
+    """The kind of :func:`flat_step` buffer that parameter ``name`` lives in."""
+    return DECAYED if decays(name) else EXEMPT
+
+
+def flat_step(
+    params: Params, grads: Mapping[str, Array], state: AdamWState, cfg: AdamWConfig, lr: float | None = None
+) -> tuple[dict[str, Array], AdamWState]:
+    """:func:`step` over two buffers instead of every tensor: the same bits in a few passes.
+
+    The trainer's step. The tensors that decay are laid end to end in one buffer and the exempt
+    ones in another (:mod:`bevialm.flat_params`), and :func:`step` itself updates the two
+    buffers as two "tensors" named :data:`DECAYED` and :data:`EXEMPT`: the formula is written
+    once, and every operation in it is element-wise, so each element gets the bits it gets
+    from :func:`step` on its own tensor. The new parameters and moments are
+    :class:`FlatTensors`, so the next step finds them laid out already; anything else (the
+    first step, a resumed run, gradients as plain dicts) is copied into the parameters'
+    layout. Parameters of mixed dtypes take :func:`step` tensor by tensor.
+    """
+    layout = params.layout if isinstance(params, FlatTensors) else None
+    laid_out = [isinstance(x, FlatTensors) and x.layout == layout for x in (grads, state.m, state.v)]
+    if layout is None or not laid_out[1:] == [True, True]:
+        _check_keys(params, grads, state)
+        if len({p.dtype for p in params.values()}) > 1:
+            return step(params, grads, state, cfg, lr)
+        layout = layout or Layout.of(params, decay_group)
+    elif not laid_out[0]:  # laid-out params and moments, plain gradients (one shard): check those
+        _check_like(params, "grads", grads)
+    p, g, m, v = (layout.pack(x).parts for x in (params, grads, state.m, state.v))
+    new, after = step(p, g, AdamWState(state.t, m, v), cfg, lr)
+    return FlatTensors(layout, new), AdamWState(after.t, FlatTensors(layout, after.m), FlatTensors(layout, after.v))
+
+
 def lr_at(step: int, base_lr: float, warmup: int, total: int, min_lr: float) -> float:
     """The learning rate of update number ``step`` (0-based: the first update is step 0).
 
@@ -193,6 +234,8 @@ def clip_by_global_norm(grads: Mapping[str, Array], max_norm: float | None) -> t
     """
     norm = global_norm(grads)
     if max_norm is None or max_norm <= 0 or not math.isfinite(norm) or norm <= max_norm:
-        return dict(grads), norm
+        return (grads if isinstance(grads, FlatTensors) else dict(grads)), norm
     scale = max_norm / norm
+    if isinstance(grads, FlatTensors):  # one pass per buffer; the same bits as tensor by tensor
+        return FlatTensors(grads.layout, {k: np.multiply(g, g.dtype.type(scale)) for k, g in grads.parts.items()}), norm
     return {k: np.multiply(g, g.dtype.type(scale)) for k, g in grads.items()}, norm

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from bevialm import model
+from bevialm.flat_params import FlatTensors, Layout
 from bevialm.runtime import blas_threads
 from bevialm.types import Grads, IntArray, Params
 
@@ -101,10 +102,14 @@ def _shard(
 class ShardSums:
     """Each shard's token-weighted sums over a step's micro-batches (``--accum``), before the
     shards are combined: ``losses[s]`` and ``grads[s]`` for the shards this process owns
-    (``owned``), None for the others (another MPI rank's, :mod:`bevialm.distributed`)."""
+    (``owned``), None for the others (another MPI rank's, :mod:`bevialm.distributed`).
 
-    def __init__(self, shards: int, owned: range) -> None:
+    With a ``layout`` (the parameters', :mod:`bevialm.flat_params`) each shard's gradient sums
+    live in that layout's buffers, so :func:`combine` and the optimizer run over whole buffers."""
+
+    def __init__(self, shards: int, owned: range, layout: Layout | None = None) -> None:
         self.owned = owned
+        self.layout = layout
         self.losses: list[float | None] = [None] * shards
         self.grads: list[Grads | None] = [None] * shards
 
@@ -113,11 +118,21 @@ class ShardSums:
         total = self.grads[s]
         if total is None:
             self.losses[s] = weight * loss
-            self.grads[s] = {k: g * weight for k, g in grads.items()}  # float32 stays float32 (NEP 50)
+            self.grads[s] = self._first(weight, grads)
             return
         self.losses[s] = (self.losses[s] or 0.0) + weight * loss
         for k, t in total.items():
             t += grads[k] * weight
+
+    def _first(self, weight: float, grads: Grads) -> Grads:
+        """``weight`` times a shard's first gradients, in the layout's buffers when there is one."""
+        layout = self.layout
+        if layout is None or layout.names != tuple(grads):
+            return {k: g * weight for k, g in grads.items()}  # float32 stays float32 (NEP 50)
+        total = FlatTensors(layout, {g: np.empty(n, layout.dtype) for g, n in layout.sizes.items()})
+        for k, t in total.items():
+            np.multiply(grads[k], weight, out=t)  # the bits of grads[k] * weight
+        return total
 
 
 def combine(losses: Sequence[float], grads: Sequence[Grads]) -> tuple[float, Grads]:
@@ -126,6 +141,10 @@ def combine(losses: Sequence[float], grads: Sequence[Grads]) -> tuple[float, Gra
     loss = sum(losses)
     total = grads[0]  # the sums are this step's own temporaries: add into the first in place
     for shard in grads[1:]:
+        if isinstance(total, FlatTensors) and isinstance(shard, FlatTensors) and shard.layout == total.layout:
+            for g, t in total.parts.items():  # buffer by buffer: the same additions, fewer calls
+                t += shard.parts[g]
+            continue
         for k, t in total.items():
             t += shard[k]
     return float(loss), total
@@ -152,7 +171,8 @@ def accumulate(
     dropout masks, with ``rng``, drawn right after it). Shard ``s`` of micro-batch ``k`` weighs
     its tokens' share of the step's, ``b_s / (accum * batch)``; owned shards beyond the first
     run on threads. ``shards`` is :func:`step_shards`'s count for the micro-batch size."""
-    sums = ShardSums(shards, range(shards) if owned is None else owned)
+    layout = params.layout if isinstance(params, FlatTensors) else None
+    sums = ShardSums(shards, range(shards) if owned is None else owned, layout)
     mine = list(sums.owned)
     for _ in range(accum):
         idx, targets = draw()

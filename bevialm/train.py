@@ -268,7 +268,7 @@ def loop(run: _Run) -> None:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise run.diverged(s + 1, f"loss {loss}, gradient norm {norm}")
         lr = optim.lr_at(s, cfg.lr, cfg.warmup, cfg.steps, cfg.floor_lr)
-        params, opt = optim.step(snap.params, grads, snap.opt, adamw, lr)
+        params, opt = optim.flat_step(snap.params, grads, snap.opt, adamw, lr)
         done = s + 1
         log_due = cfg.log_every > 0 and (done % cfg.log_every == 0 or done == cfg.steps)
         loss_sum, loss_count = snap.loss_sum + loss, snap.loss_count + 1

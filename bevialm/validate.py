@@ -4,7 +4,9 @@ broadcasting error from deep inside NumPy."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import numpy as np
@@ -69,6 +71,23 @@ def check_params(layer: str, params: Params, shapes: Mapping[str, tuple[int, ...
         require_shape(layer, name, params[name], shape)
 
 
+_CHECKED: ContextVar[bool] = ContextVar("bevialm_inputs_checked", default=False)
+"""True inside :func:`checked_at_entry` (per thread: each shard's thread has its own)."""
+
+
+@contextmanager
+def checked_at_entry() -> Iterator[None]:
+    """Inside, :func:`check_inputs` returns at once: for a composite (the model, the decoder)
+    that has checked its own inputs at its entry, so that every pair it calls with the arrays
+    it built itself does not check them again (a few microseconds a call, hundreds of calls a
+    step). A pair called from anywhere else still checks its inputs."""
+    token = _CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
 def check_inputs(
     layer: str,
     x: Array,
@@ -82,7 +101,10 @@ def check_inputs(
     """The one check at the top of a forward pass, in this order: ``x`` is a floating array;
     each parameter has the shape ``cfg.param_shapes()`` gives; ``x`` ends in ``width`` features;
     with ``ctx``, ``x`` is ``(B, T, width)`` with ``1 <= T <= ctx``; the parameters share ``x``'s
-    dtype; ``rng`` is a Generator or None. Composite pairs leave the parameters to their sub-pairs."""
+    dtype; ``rng`` is a Generator or None. Composite pairs leave the parameters to their sub-pairs.
+    Nothing inside :func:`checked_at_entry`."""
+    if _CHECKED.get():
+        return
     require_floating(layer, "x", x)
     if cfg is not None and params is not None:
         check_params(layer, params, cfg.param_shapes())

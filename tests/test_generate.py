@@ -275,3 +275,27 @@ def test_default_checkpoint_prefers_best(tmp_path: Path) -> None:
     assert generate.default_checkpoint(tmp_path) == str(tmp_path / "last.npz")
     (tmp_path / "best.npz").write_bytes(b"")
     assert generate.default_checkpoint(tmp_path) == str(tmp_path / "best.npz")
+
+
+def test_the_cache_writes_new_keys_into_its_buffers_and_copies_for_a_second_branch() -> None:
+    params = trained_like(CFG, np.float64)
+    tokens = np.random.default_rng(5).integers(0, CFG.vocab_size, size=(1, 6))
+    other = (tokens + 1) % CFG.vocab_size
+    _, cache = generate.decode(params, CFG, generate.empty_cache(CFG, 1, np.float64), tokens[:, :3])
+    logits_a, a = generate.decode(params, CFG, cache, tokens[:, 3:5])
+    assert a.buffers is cache.buffers  # extended in place: no copy of the cached positions
+    logits_b, b = generate.decode(params, CFG, cache, other[:, 3:5])  # a second branch from the same cache
+    assert b.buffers is not cache.buffers
+    np.testing.assert_allclose(logits_a, full_logits(params, CFG, tokens[:, :5])[:, 3:], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(logits_b, full_logits(params, CFG, np.concatenate([tokens[:, :3], other[:, 3:5]], axis=1))[:, 3:], rtol=0, atol=1e-10)
+    logits_a2, _ = generate.decode(params, CFG, a, tokens[:, 5:6])  # the first branch was not overwritten
+    np.testing.assert_allclose(logits_a2, full_logits(params, CFG, tokens)[:, 5:], rtol=0, atol=1e-10)
+    plain = generate.KVCache(tuple(k.copy() for k in cache.keys), tuple(v.copy() for v in cache.values))
+    logits_c, _ = generate.decode(params, CFG, plain, tokens[:, 3:5])  # a cache without buffers gets some
+    np.testing.assert_array_equal(logits_c, logits_a)
+
+
+def test_the_decoder_refuses_parameters_of_mixed_dtypes() -> None:
+    params = {**trained_like(CFG, np.float32), "lm_head.b": np.zeros(CFG.vocab_size)}
+    with pytest.raises(ValueError, match="generate: the parameters must share one floating-point dtype"):
+        generate.decode(params, CFG, generate.empty_cache(CFG, 1), np.zeros((1, 1), dtype=np.int64))

@@ -324,3 +324,29 @@ def test_bad_inputs_raise() -> None:
     logits, cache = model.forward(params, np.zeros((1, 2), dtype=int), cfg)
     with pytest.raises(ValueError, match=r"model: dlogits has shape \(1, 3, 5\), expected \(1, 2, 5\)"):
         model.backward(params, cache, np.zeros((1, 3, 5)))
+
+
+def test_parameters_of_mixed_dtypes_are_refused_at_the_entry() -> None:
+    cfg = tiny()
+    params = {**model.init_params(cfg, np.random.default_rng(0)), "lm_head.b": np.zeros(cfg.vocab_size)}
+    with pytest.raises(ValueError, match="model: the parameters must share one floating-point dtype, got float32, float64"):
+        model.forward(params, np.zeros((1, 2), dtype=int), cfg)
+
+
+def test_layers_skip_their_checks_only_inside_the_model() -> None:
+    """The model checks its inputs once at its entry; a layer called on its own still checks."""
+    from bevialm.layers import linear
+    from bevialm.validate import checked_at_entry
+
+    cfg = linear.LinearConfig(3, 2)
+    params = linear.init(cfg, np.random.default_rng(0))
+    bad = np.zeros((5, 3))  # float64 against float32 parameters
+    with checked_at_entry():
+        linear.forward(params, bad, cfg)  # trusted: no check (the caller vouches for its arrays)
+    with pytest.raises(ValueError, match="dtype float64 does not match"):
+        linear.forward(params, bad, cfg)
+    mcfg = tiny()
+    with pytest.raises(ValueError, match="indices must lie"):
+        model.forward(model.init_params(mcfg, np.random.default_rng(0)), np.array([[0, 99]]), mcfg)
+    with pytest.raises(ValueError, match="dtype float64 does not match"):  # the failed call left nothing behind
+        linear.forward(params, bad, cfg)

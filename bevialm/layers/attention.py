@@ -164,7 +164,9 @@ def attend(q: Array, k: Array, v: Array) -> tuple[Array, CoreCache]:
             f"got q {q.shape}, k {k.shape}, v {v.shape}"
         )
     scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
-    scores = q @ k.swapaxes(-1, -2) * scale + _additive_mask(q.shape[2], k.shape[2], q.dtype)  # -inf above the diagonal
+    scores = q @ k.swapaxes(-1, -2) * scale
+    if q.shape[2] > 1:  # one query (a decoder's newest token) sees every key: nothing to mask
+        scores = scores + _additive_mask(q.shape[2], k.shape[2], q.dtype)  # -inf above the diagonal
     weights, softmax_cache = softmax.forward({}, scores, _SOFTMAX)
     return weights @ v, CoreCache(q, k, v, softmax_cache)
 
