@@ -126,8 +126,7 @@ def test_sharded_gradients_in_flat_buffers_match_plain_dicts(accum: int) -> None
     batches = [(rng.integers(0, 11, (6, 8)), rng.integers(0, 11, (6, 8))) for _ in range(accum)]
     results = []
     for p in (params, flat):
-        it = iter(batches)
-        sums = parallel.accumulate(p, lambda: next(it), cfg, accum=accum, shards=2)
+        sums = parallel.accumulate(p, iter(batches).__next__, cfg, accum=accum, shards=2)
         results.append(parallel.combine_all(sums))
     (loss, grads), (flat_loss, flat_grads) = results
     assert isinstance(flat_grads, FlatTensors) and not isinstance(grads, FlatTensors)
