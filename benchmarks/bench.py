@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from configs import CONFIGS, VOCAB
 from matmul_floor import floor_seconds
 
 from bevialm.parallel import DEFAULT_SHARDS, shard_count
@@ -32,12 +33,6 @@ from bevialm.runtime import tune_malloc
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "a": {"label": "playbook quick start", "ctx": 64, "dim": 64, "layers": 1, "heads": 1, "mlp": 512, "batch": 8},
-    "b": {"label": "playbook defaults", "ctx": 128, "dim": 128, "layers": 2, "heads": 1, "mlp": 512, "batch": 16},
-    "c": {"label": "nanoGPT CPU", "ctx": 64, "dim": 128, "layers": 4, "heads": 4, "mlp": 512, "batch": 12},
-}
-VOCAB = 65
 LR, WD, BETA2, CLIP = 3e-4, 0.1, 0.95, 1.0
 
 

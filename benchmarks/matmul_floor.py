@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from configs import CONFIGS, VOCAB
 
 from bevialm.runtime import blas_threads
 
@@ -74,8 +75,6 @@ def floor_seconds(cfg: dict[str, Any], vocab: int, shards: int, repeats: int) ->
 
 
 def main() -> None:
-    from bench import CONFIGS, VOCAB
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", default="abc")
     ap.add_argument("--shards", type=int, default=1)
