@@ -71,7 +71,7 @@ def test_avoid_kinks_and_kink_distance() -> None:
     assert math.isclose(kink_distance(cache), 1e-4)
     assert kink_distance({"nested": [cache, (1, 2)]}) == kink_distance(cache)
     assert kink_distance(None) == math.inf
-    assert relu.ReluCache(np.zeros(0), np.zeros(0)).kink_distance() == math.inf
+    assert relu.ReluCache(np.zeros(0)).kink_distance() == math.inf
 
 
 def _identity(params: Params, x: Array) -> tuple[Array, Any]:
