@@ -193,7 +193,12 @@ class Utf8Guard:
 
 
 def _merge_pair(tokens: list[int], a: int, b: int, new: int) -> list[int]:
-    """``tokens`` with every non-overlapping ``a, b`` (left to right) replaced by ``new``."""
+    """``tokens`` with every non-overlapping ``a, b`` (left to right) replaced by ``new``.
+
+    :func:`bevialm.bpe.merge` is the same rule written for students (the graded ``bpe`` task);
+    this copy is the trainer's and encoder's inner loop, so it compares two ints per position
+    instead of building a tuple, and ``tests/test_tokenizer.py`` holds the two equal.
+    """
     out: list[int] = []
     i, n = 0, len(tokens)
     while i < n:
