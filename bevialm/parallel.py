@@ -1,11 +1,12 @@
 """Data parallelism inside one training step: the batch is cut into shards whose losses and
-gradients are computed at the same time on threads, then combined into the whole batch's.
+gradients are computed at the same time, one in this process and the others in worker
+processes (:mod:`bevialm.shard_worker`), then combined into the whole batch's.
 
-**Why threads.** Between its matrix products a step is element-wise NumPy work (layer norms,
-activations, softmax, residual additions), and one ufunc call runs on one core. NumPy releases
-Python's global lock inside ufuncs and BLAS calls, and the model is pure functions of their
-arguments, so two shards of the batch can run the whole forward and backward pass side by side,
-each on its own core, with nothing shared but the read-only parameters.
+**Why it is exact to split.** The model is pure functions of its arguments, so two shards of the
+batch can run the whole forward and backward pass side by side, each on its own core, with
+nothing shared but the read-only parameters. (Processes, not threads: two threads of one
+process spend 10-30% of a step waiting for each other on Python's global lock;
+:mod:`bevialm.shard_worker` gives the measurement.)
 
 **The combination is exact.** The loss is the mean over the batch's ``B * T`` next-token
 predictions. A shard of ``b_s`` rows returns the mean over its own ``b_s * T``; so, with every
@@ -20,7 +21,7 @@ the shards differ in size.
 **Determinism.** The rows are cut into ``shards`` contiguous runs, in order, whose sizes
 differ by at most one, and the shards' results are summed in that order. The result depends
 on the ``shards`` setting (through rounding: float addition is not associative), never on the
-machine's core count or on which thread finishes first, so a resumed run repeats the
+machine's core count or on which process finishes first, so a resumed run repeats the
 uninterrupted one to the bit.
 
 **Accumulation and ranks.** :func:`accumulate` sums each shard over a step's ``--accum``
@@ -28,7 +29,7 @@ micro-batches, each weighted by its share of the step's tokens, ``b_s / (accum *
 :func:`combine` then adds the shards' sums in shard order. A process may compute only some of
 the shards (``owned``): under ``mpiexec`` each rank computes its block and
 :mod:`bevialm.distributed` gathers the others' sums before the same :func:`combine`, so the bits
-depend on the shard count alone, never on how many threads or ranks shared the work. With one
+depend on the shard count alone, never on how many processes or ranks shared the work. With one
 micro-batch and every shard in this process these are exactly the additions of the formula above.
 
 **Small batches are not split**: below :data:`MIN_SHARD_TOKENS` tokens per shard the
@@ -39,21 +40,18 @@ mask for the whole batch from the one training generator, in batch order, and a 
 cannot draw only its own rows of it. So the masks (and the training trajectory) are exactly
 those of an unsharded run, whatever ``shards`` says; only the speed-up is lost.
 
-**BLAS threads.** While shards run, OpenBLAS is limited to one thread
-(:func:`bevialm.runtime.blas_threads`), so each shard's products run on the shard's own
-thread: two shards each asking for two BLAS threads would put four busy threads on two cores.
+**BLAS threads.** While shards run, every process computes on one OpenBLAS thread
+(:func:`bevialm.runtime.blas_threads` here, ``OPENBLAS_NUM_THREADS=1`` in the workers): two
+shards each asking for two BLAS threads would put four busy threads on two cores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 
-from bevialm import model
+from bevialm import model, shard_worker
 from bevialm.flat_params import FlatTensors, Layout
 from bevialm.runtime import blas_threads
 from bevialm.types import Grads, IntArray, Params
@@ -64,8 +62,10 @@ DEFAULT_SHARDS = 2
 """The trainer's default: two shards (a fixed number, not the machine's core count, so a
 run's numbers do not depend on where it runs)."""
 
-MIN_SHARD_TOKENS = 384
-"""The fewest tokens (rows times context) a shard may have; smaller batches use fewer shards."""
+MIN_SHARD_TOKENS = 256
+"""The fewest tokens (rows times context) a shard may have; smaller batches use fewer shards.
+Measured with worker processes (docs/benchmarks.md): the quick start's 8 x 64 batch is 22%
+faster as two shards of 256 tokens; two of 128 tokens of that model were slower than one shard."""
 
 
 def shard_count(batch: int, ctx: int, shards: int) -> int:
@@ -80,23 +80,6 @@ def shard_rows(batch: int, shards: int) -> list[slice]:
         raise ValueError(f"{LAYER}: need 1 <= shards <= batch, got {shards} shards of a batch of {batch}")
     bounds = [batch * s // shards for s in range(shards + 1)]
     return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False)]
-
-
-@lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """One pool per size for the whole process: threads are started once, not every step."""
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bevialm-shard")
-
-
-def _shard(
-    sums: ShardSums, s: int, weight: float, errors: Any, params: Params, idx: IntArray, targets: IntArray, cfg: model.ModelConfig
-) -> None:
-    """One shard of a micro-batch, added to its sums, under the caller's floating-point error
-    settings: NumPy keeps them per thread, so a caller's ``np.errstate`` would not otherwise
-    reach the shards."""
-    with np.errstate(**errors):
-        loss, grads = model.loss_and_grads(params, idx, targets, cfg)
-    sums.add(s, weight, loss, grads)
 
 
 class ShardSums:
@@ -114,7 +97,7 @@ class ShardSums:
         self.grads: list[Grads | None] = [None] * shards
 
     def add(self, s: int, weight: float, loss: float, grads: Grads) -> None:
-        """Add ``weight`` times one micro-batch's shard ``s``; only shard ``s``'s thread calls it."""
+        """Add ``weight`` times one micro-batch's shard ``s``; made by this process for its own shard."""
         total = self.grads[s]
         if total is None:
             self.losses[s] = weight * loss
@@ -123,6 +106,12 @@ class ShardSums:
         self.losses[s] = (self.losses[s] or 0.0) + weight * loss
         for k, t in total.items():
             t += grads[k] * weight
+
+    def add_remote(self, s: int, weight: float, loss: float, grads: Grads) -> None:
+        """Shard ``s`` computed by a worker process, which keeps its own gradient sums (``grads``,
+        views of the memory it shares with this process): only the loss is added here."""
+        self.losses[s] = weight * loss if self.grads[s] is None else (self.losses[s] or 0.0) + weight * loss
+        self.grads[s] = grads
 
     def _first(self, weight: float, grads: Grads) -> Grads:
         """``weight`` times a shard's first gradients, in the layout's buffers when there is one."""
@@ -137,7 +126,7 @@ class ShardSums:
 
 def combine(losses: Sequence[float], grads: Sequence[Grads]) -> tuple[float, Grads]:
     """The step's loss and gradient: the shards' sums added in shard order (fixed, so the
-    bits depend only on the shard count, never on which thread or rank computed what)."""
+    bits depend only on the shard count, never on which process or rank computed what)."""
     loss = sum(losses)
     total = grads[0]  # the sums are this step's own temporaries: add into the first in place
     for shard in grads[1:]:
@@ -169,12 +158,16 @@ def accumulate(
 ) -> ShardSums:
     """The ``owned`` shards' sums over ``accum`` micro-batches, each ``draw()``n in turn (its
     dropout masks, with ``rng``, drawn right after it). Shard ``s`` of micro-batch ``k`` weighs
-    its tokens' share of the step's, ``b_s / (accum * batch)``; owned shards beyond the first
-    run on threads. ``shards`` is :func:`step_shards`'s count for the micro-batch size."""
+    its tokens' share of the step's, ``b_s / (accum * batch)``; the first owned shard runs in this
+    process and the others in worker processes (:mod:`bevialm.shard_worker`), at the same time.
+    ``shards`` is :func:`step_shards`'s count for the micro-batch size."""
     layout = params.layout if isinstance(params, FlatTensors) else None
     sums = ShardSums(shards, range(shards) if owned is None else owned, layout)
     mine = list(sums.owned)
-    for _ in range(accum):
+    if len(mine) > 1 and rng is not None and cfg.dropout > 0:
+        raise ValueError(f"{LAYER}: with dropout a step runs as one shard (see step_shards), got {len(mine)}")
+    helpers = shard_worker.workers(len(mine) - 1)
+    for k in range(accum):
         idx, targets = draw()
         batch = idx.shape[0]
         rows = shard_rows(batch, shards)
@@ -184,16 +177,39 @@ def accumulate(
                 loss, grads = model.loss_and_grads(params, idx[rows[s]], targets[rows[s]], cfg, rng=rng)
                 sums.add(s, weights[s], loss, grads)
             continue
-        with blas_threads(1):
-            errors = np.geterr()
-            futures: list[Future[None]] = [
-                _pool(len(mine) - 1).submit(_shard, sums, s, weights[s], errors, params, idx[rows[s]], targets[rows[s]], cfg)
-                for s in mine[1:]
-            ]
-            _shard(sums, mine[0], weights[mine[0]], errors, params, idx[rows[mine[0]]], targets[rows[mine[0]]], cfg)
-            for f in futures:
-                f.result()
+        _run_shards(sums, helpers, mine, weights, params, idx, targets, rows, cfg, first=k == 0)
     return sums
+
+
+def _run_shards(
+    sums: ShardSums,
+    helpers: list[shard_worker.Worker],
+    mine: list[int],
+    weights: list[float],
+    params: Params,
+    idx: IntArray,
+    targets: IntArray,
+    rows: list[slice],
+    cfg: model.ModelConfig,
+    *,
+    first: bool,
+) -> None:
+    """One micro-batch's owned shards: ``mine[1:]`` handed to the workers, ``mine[0]`` computed
+    here meanwhile (on one BLAS thread, so the cores are not oversubscribed), then the workers'
+    results collected. A worker still busy when this is left by an error is discarded."""
+    errors = np.geterr()
+    try:
+        for worker, s in zip(helpers, mine[1:], strict=True):
+            worker.submit(params, idx[rows[s]], targets[rows[s]], cfg, weights[s], first, errors)
+        with blas_threads(1):
+            loss, grads = model.loss_and_grads(params, idx[rows[mine[0]]], targets[rows[mine[0]]], cfg)
+        sums.add(mine[0], weights[mine[0]], loss, grads)
+        for worker, s in zip(helpers, mine[1:], strict=True):
+            sums.add_remote(s, weights[s], *worker.result())
+    finally:
+        for worker in helpers:
+            if worker.busy:
+                shard_worker.discard(worker)
 
 
 def loss_and_grads(
@@ -205,7 +221,7 @@ def loss_and_grads(
     shards: int = DEFAULT_SHARDS,
     rng: np.random.Generator | None = None,
 ) -> tuple[float, Grads]:
-    """:func:`bevialm.model.loss_and_grads` of the whole batch, computed in shards on threads.
+    """:func:`bevialm.model.loss_and_grads` of the whole batch, computed in shards at the same time.
 
     ``shards`` is the most to use (:func:`shard_count` may use fewer); with ``rng`` (dropout)
     the batch is one shard, see the module docstring.

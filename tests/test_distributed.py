@@ -172,10 +172,10 @@ def test_outside_a_launcher_there_is_no_group(monkeypatch: pytest.MonkeyPatch) -
 def test_describe_says_when_every_rank_computes_the_one_shard() -> None:
     group = distributed.Group(Alone(), 0, 2, sys.stderr)
     small = config(Path("x")).model_config(59)
-    assert "a batch of 512 tokens makes one shard: every rank computes it" in distributed.describe(group, 8, 64, 2, small)
+    assert "a batch of 256 tokens makes one shard: every rank computes it" in distributed.describe(group, 4, 64, 2, small)
     assert "dropout draws" in distributed.describe(group, 24, 32, 2, config(Path("x"), dropout=0.1).model_config(59))
     three = distributed.Group(Alone(), 0, 3, sys.stderr)
-    assert "1 rank(s) have no shard" in distributed.describe(three, 24, 32, 3, small)
+    assert "1 rank(s) have no shard" in distributed.describe(three, 16, 32, 3, small)  # 512 tokens: 2 shards
 
 
 def test_one_shard_is_computed_by_every_rank_and_only_the_flags_travel(tmp_path: Path) -> None:

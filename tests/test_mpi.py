@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = str(ROOT / "data.txt")
 MPIEXEC = Path(sys.executable).parent / "mpiexec"
 BEVIALM = [sys.executable, "-m", "bevialm", "train"]
-# Tiny, but each batch has 24 x 32 = 768 tokens: two shards of at least 384 (three with ctx 48).
+# Tiny, but each batch has 24 x 32 = 768 tokens: up to three shards of at least 256 (four with ctx 48).
 FLAGS = "--ctx 32 --dim 16 --layers 1 --mlp_hidden 32 --batch 24 --log_every 2 --eval_every 3 --eval_iters 2 --warmup 0".split()
 LAUNCHER_VARS = ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK", "PMIX_SIZE", "PMIX_RANK")
 
@@ -62,7 +62,7 @@ def same_params(a: Path, b: Path) -> bool:
     [
         (2, ["--shards", "2"]),
         (2, ["--shards", "2", "--accum", "2"]),
-        (2, ["--shards", "4"]),  # two shards per rank, on two threads each
+        (2, ["--shards", "4"]),  # three shards (768 tokens): rank 1 computes two, one in a worker process
         (2, ["--shards", "2", "--dropout", "0.1"]),  # one shard, computed on every rank
         (3, ["--shards", "3", "--ctx", "48"]),  # an Allreduce would not promise this order
     ],

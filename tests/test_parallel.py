@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bevialm import cli, model, parallel, train
+from bevialm import cli, model, parallel, shard_worker, train
 from bevialm.checkpoint import load_checkpoint
 from bevialm.gradcheck import away_from_init
 from bevialm.model import ModelConfig
@@ -179,14 +179,17 @@ def run_metrics(out: Path) -> list[dict[str, Any]]:
 @pytest.mark.usefixtures("split_everything")
 def test_the_trainer_runs_in_shards_and_resumes_to_the_bit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch:  # this process computes one shard and hands the other to a worker
         patch.setattr(model, "loss_and_grads", counting(model.loss_and_grads, calls))
+        patch.setattr(shard_worker.Worker, "submit", counting(shard_worker.Worker.submit, calls))
         train.train(sharded_run(tmp_path / "ref"), stdout=io.StringIO())
     assert len(calls) == 2 * 10  # two shards every step
 
     cfg = sharded_run(tmp_path / "cut")
     with monkeypatch.context() as patch:
-        patch.setattr(model, "loss_and_grads", counting(model.loss_and_grads, [], interrupt_at=2 * 6 + 1))
+        interrupted: list[int] = []
+        patch.setattr(model, "loss_and_grads", counting(model.loss_and_grads, interrupted, interrupt_at=2 * 6 + 2))
+        patch.setattr(shard_worker.Worker, "submit", counting(shard_worker.Worker.submit, interrupted))
         with pytest.raises(KeyboardInterrupt):
             train.train(cfg, stdout=io.StringIO())
     assert load_checkpoint(tmp_path / "cut" / "last.npz").step == 6
