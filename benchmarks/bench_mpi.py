@@ -1,4 +1,4 @@
-"""`make bench-mpi`: one process with 2 shards (threads) against 2 MPI ranks of 1 thread each.
+"""`make bench-mpi`: one process with 2 shards (one in a worker process) against 2 MPI ranks of 1 thread each.
 
 Both run the real trainer (``bevialm train``) on data.txt with configs (b) and (c) of
 ``benchmarks/bench.py``, in alternating rounds so both see the same machine weather; the

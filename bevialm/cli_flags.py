@@ -89,7 +89,7 @@ def _add_optimizer_flags(p: argparse._ActionsContainer) -> None:
         "--shards",
         type=positive_int,
         default=2,  # bevialm.parallel.DEFAULT_SHARDS (not imported here: --help stays fast)
-        help="compute each batch in up to N shards on N threads, one BLAS thread each; the sum is the "
+        help="compute each batch in up to N shards at once (worker processes), one BLAS thread each; the sum is the "
         "whole batch's gradient, and small batches stay whole (default: %(default)s)",
     )
     p.add_argument(

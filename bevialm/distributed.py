@@ -7,7 +7,7 @@ Outside ``mpiexec`` nothing here imports ``mpi4py`` (the optional extra ``bevial
 same training stream (stream 1, ``bevialm.train``), so batches, dropout masks and initial
 parameters come from the global streams, never from the rank. The batch is cut into ``P``
 shards exactly as :mod:`bevialm.parallel` cuts it in one process, ``P = max(--shards, N)``;
-rank ``r`` computes shards ``r*P//N .. (r+1)*P//N - 1`` (on threads when it has several), each
+rank ``r`` computes shards ``r*P//N .. (r+1)*P//N - 1`` (in worker processes when it has several), each
 summed over the ``--accum`` micro-batches with its token weight. The ranks then exchange those
 per-shard sums (``Allgatherv``: every rank receives every shard's) and each adds them in shard
 order, the very additions :func:`bevialm.parallel.combine` makes in one process. So ``N`` ranks

@@ -20,7 +20,7 @@ def test_bench_quick_run_writes_results(tmp_path: Path) -> None:
     results = json.loads(out.read_text())
     row = results["configs"]["a"]
     assert row["ms_per_step"] > 0 and row["tokens_per_s"] > 0 and 0 < row["share_of_peak"] < 1.5
-    assert row["shards"] == 1 and 0 < row["products_ms"]  # the quick start's 512 tokens stay one shard
+    assert row["shards"] == 2 and 0 < row["products_ms"]  # the quick start's 512 tokens: two shards of 256
     assert results["sampling"]["kv_cache_tokens_per_s"] > 0
     assert "GFLOP/s" in run.stdout and "sampling at ctx" in run.stdout
 

@@ -131,3 +131,17 @@ def test_sharded_gradients_in_flat_buffers_match_plain_dicts(accum: int) -> None
     (loss, grads), (flat_loss, flat_grads) = results
     assert isinstance(flat_grads, FlatTensors) and not isinstance(grads, FlatTensors)
     assert loss == flat_loss and _same_bits(grads, flat_grads)
+
+
+def test_flat_step_over_a_models_many_buffers_is_step_to_the_bit() -> None:
+    cfg = model.ModelConfig(vocab_size=65, ctx=64, dim=128, n_layers=2, mlp_hidden=512)
+    params = model.init_params(cfg, np.random.default_rng(0))
+    assert len(Layout.of(params, optim.decay_group).sizes) > 4  # several 64K buffers
+    grads = {k: (0.01 * np.random.default_rng(1).standard_normal(p.shape)).astype(p.dtype) for k, p in params.items()}
+    state, flat_state = optim.init_state(params), optim.init_state(params)
+    flat = params
+    for _ in range(2):
+        params, state = optim.step(params, grads, state, optim.AdamWConfig())
+        flat, flat_state = optim.flat_step(flat, grads, flat_state, optim.AdamWConfig())
+        assert _same_bits(params, flat) and _same_bits(state.m, flat_state.m) and _same_bits(state.v, flat_state.v)
+
