@@ -166,6 +166,23 @@ def accumulate(
     mine = list(sums.owned)
     if len(mine) > 1 and rng is not None and cfg.dropout > 0:
         raise ValueError(f"{LAYER}: with dropout a step runs as one shard (see step_shards), got {len(mine)}")
+    with shard_worker.in_use:
+        _accumulate_owned(sums, mine, params, draw, cfg, accum=accum, shards=shards, rng=rng)
+    return sums
+
+
+def _accumulate_owned(
+    sums: ShardSums,
+    mine: list[int],
+    params: Params,
+    draw: Callable[[], tuple[IntArray, IntArray]],
+    cfg: model.ModelConfig,
+    *,
+    accum: int,
+    shards: int,
+    rng: np.random.Generator | None,
+) -> None:
+    """:func:`accumulate`'s loop over the micro-batches, with the workers to itself."""
     helpers = shard_worker.workers(len(mine) - 1)
     for k in range(accum):
         idx, targets = draw()
@@ -178,7 +195,6 @@ def accumulate(
                 sums.add(s, weights[s], loss, grads)
             continue
         _run_shards(sums, helpers, mine, weights, params, idx, targets, rows, cfg, first=k == 0)
-    return sums
 
 
 def _run_shards(

@@ -29,7 +29,9 @@ import pickle
 import signal
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -96,6 +98,16 @@ class SharedFile:
         return FlatTensors(layout, _parts(self.map, layout, half * _nbytes(layout)))
 
 
+def _python_path() -> str:
+    """``PYTHONPATH`` for a worker: this ``bevialm``'s folder first, so the worker runs the very
+    code this process runs (a source checkout beside an installed release, say), unless it is one
+    of this interpreter's own package folders, which the worker finds anyway (put first, they
+    could shadow the standard library)."""
+    root = str(Path(__file__).resolve().parent.parent)
+    site_dirs = {str(Path(p).resolve()) for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+    return os.pathsep.join(filter(None, [None if root in site_dirs else root, os.environ.get("PYTHONPATH")]))
+
+
 class Worker:
     """One worker process and its shared file: :meth:`submit` a shard, then :meth:`result`."""
 
@@ -103,8 +115,7 @@ class Worker:
         self.shared = SharedFile.create()
         to_child_r, self._w = os.pipe()
         self._r, from_child_w = os.pipe()
-        root = str(Path(__file__).resolve().parent.parent)  # where `bevialm` is, installed or not
-        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": _python_path()}
         fds = (to_child_r, from_child_w, self.shared.fd)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bevialm.shard_worker", *map(str, fds)], pass_fds=fds, env=env, stdin=subprocess.DEVNULL
@@ -174,10 +185,24 @@ class Worker:
 
 _workers: list[Worker] = []
 
+in_use = threading.Lock()
+"""Held while a step's shards use the workers: two threads of one program that both train in
+shards take turns, rather than send two shards to one worker."""
+
+
+def _forget_workers() -> None:
+    """In a child made by ``fork``: the workers (and their pipes) are the parent's, not ours."""
+    global in_use
+    _workers.clear()
+    in_use = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_workers)
+
 
 def workers(n: int) -> list[Worker]:
     """``n`` workers, started on first use and kept for the process's later steps (one that
-    died since is replaced)."""
+    died since is replaced). Call it holding :data:`in_use`."""
     for w in [w for w in _workers if w.process.poll() is not None]:
         discard(w)
     while len(_workers) < n:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Iterator
@@ -225,3 +226,45 @@ def test_an_exception_that_cannot_be_pickled_crosses_as_its_text() -> None:
     assert isinstance(shard_worker._picklable(ValueError("x")), ValueError)
     crossed = shard_worker._picklable(Local("no pickle for a local class"))
     assert type(crossed) is RuntimeError and str(crossed) == "Local: no pickle for a local class"
+
+
+def test_two_threads_training_in_shards_take_turns_with_the_workers() -> None:
+    cfg = tiny()
+    batches = [batch_of(cfg, rows) for rows in (4, 5, 6, 7)]
+    expected = [in_one_process(p, i, t, cfg, 2) for p, i, t in batches]
+    results: dict[int, tuple[float, dict[str, Array]]] = {}
+
+    def run(n: int) -> None:
+        for _ in range(5):
+            results[n] = parallel.loss_and_grads(*batches[n], cfg, shards=2)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for n, (loss, grads) in results.items():
+        assert loss == expected[n][0] and all(grads[k].tobytes() == expected[n][1][k].tobytes() for k in grads)
+    assert len(results) == 4
+
+
+def test_a_forked_child_starts_its_own_workers_and_leaves_the_parents_alone(one_worker: shard_worker.Worker) -> None:
+    cfg = tiny()
+    params, idx, targets = batch_of(cfg, 4)
+    expected = in_one_process(params, idx, targets, cfg, 2)[0]
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        ok = parallel.loss_and_grads(params, idx, targets, cfg, shards=2)[0] == expected
+        ok = ok and shard_worker.workers(1)[0] is not one_worker
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert shard_worker.workers(1)[0] is one_worker and one_worker.process.poll() is None
+    assert parallel.loss_and_grads(params, idx, targets, cfg, shards=2)[0] == expected
+
+
+def test_the_worker_imports_this_bevialm(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    assert shard_worker._python_path() == os.pathsep.join([str(ROOT), "/elsewhere"])  # a source checkout: first
+    monkeypatch.setattr(sysconfig, "get_paths", lambda: {"purelib": str(ROOT), "platlib": str(ROOT)})
+    assert shard_worker._python_path() == "/elsewhere"  # installed: found anyway, never put before the standard library
