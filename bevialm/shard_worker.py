@@ -23,6 +23,7 @@ work in flight is discarded, never reused, so a late answer cannot be taken for 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import mmap
 import os
 import pickle
@@ -32,6 +33,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -108,6 +110,16 @@ def _python_path() -> str:
     return os.pathsep.join(filter(None, [None if root in site_dirs else root, os.environ.get("PYTHONPATH")]))
 
 
+def _module_of(filename: str) -> tuple[str, dict[Any, Any] | None]:
+    """The module whose code is ``filename`` and its warnings registry: a warning the worker
+    relays is then shown once per place, as this process's own would be (not once more)."""
+    for name, module in list(sys.modules.items()):
+        if getattr(module, "__file__", None) == filename:
+            registry: dict[Any, Any] = module.__dict__.setdefault("__warningregistry__", {})
+            return name, registry
+    return Path(filename).stem, None
+
+
 class Worker:
     """One worker process and its shared file: :meth:`submit` a shard, then :meth:`result`."""
 
@@ -153,6 +165,9 @@ class Worker:
             code = self.process.wait()
             raise RuntimeError(f"{LAYER}: a shard's worker process ended unexpectedly (exit code {code}); try --shards 1") from None
         self.busy = False
+        for message, category, filename, lineno in reply[2]:  # as if this process had computed the shard
+            module, registry = _module_of(filename)
+            warnings.warn_explicit(message, category, filename, lineno, module=module, registry=registry)
         if reply[0] == "error":
             raise reply[1]
         assert self.layout is not None
@@ -227,10 +242,8 @@ def _close_all() -> None:
 
 
 def serve(reader: IO[bytes], writer: IO[bytes], shared: SharedFile) -> None:
-    """Answer shard requests until the parent closes the pipe: one ``("ok", loss)`` or
-    ``("error", exception)`` per request, the gradient sums left in the shared file."""
-    from bevialm import model
-
+    """Answer shard requests until the parent closes the pipe: one ``("ok", loss, warnings)`` or
+    ``("error", exception, warnings)`` per request, the gradient sums left in the shared file."""
     layout: Layout | None = None
     while True:
         try:
@@ -239,16 +252,35 @@ def serve(reader: IO[bytes], writer: IO[bytes], shared: SharedFile) -> None:
             return
         layout = new_layout or layout
         assert layout is not None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # the parent's filters decide, when it re-issues them
+            reply = _shard(shared, layout, cfg, idx, targets, weight, first, errors)
         try:
-            shared.fit(2 * _nbytes(layout), grow=False)
-            with np.errstate(**errors):
-                loss, grads = model.loss_and_grads(shared.tensors(layout, 0), idx, targets, cfg)
-                _add(shared.tensors(layout, 1), grads, weight, first)
-            reply: Message = ("ok", loss)
-        except Exception as error:  # noqa: BLE001 - every failure goes back to the parent, as raised
-            reply = ("error", _picklable(error))
-        pickle.dump(reply, writer, protocol=pickle.HIGHEST_PROTOCOL)
-        writer.flush()
+            pickle.dump((*reply, [_warning(w) for w in caught]), writer, protocol=pickle.HIGHEST_PROTOCOL)
+            writer.flush()
+        except BrokenPipeError:  # the parent is gone: nobody to answer
+            return
+
+
+def _shard(
+    shared: SharedFile, layout: Layout, cfg: Any, idx: IntArray, targets: IntArray, weight: float, first: bool, errors: Any
+) -> Message:
+    """One shard: its gradient, times ``weight``, into the shared sums; ``("ok", loss)`` or ``("error", exception)``."""
+    from bevialm import model
+
+    try:
+        shared.fit(2 * _nbytes(layout), grow=False)
+        with np.errstate(**errors):
+            loss, grads = model.loss_and_grads(shared.tensors(layout, 0), idx, targets, cfg)
+            _add(shared.tensors(layout, 1), grads, weight, first)
+    except Exception as error:  # noqa: BLE001 - every failure goes back to the parent, as raised
+        return ("error", _picklable(error))
+    return ("ok", loss)
+
+
+def _warning(w: warnings.WarningMessage) -> tuple[str, type[Warning], str, int]:
+    category = w.category if isinstance(w.category, type) and issubclass(w.category, Warning) else UserWarning
+    return str(w.message), category, w.filename, w.lineno
 
 
 def _add(sums: FlatTensors, grads: Mapping[str, Array], weight: float, first: bool) -> None:
@@ -271,11 +303,12 @@ def _picklable(error: Exception) -> Exception:
 def main(argv: list[str]) -> None:  # pragma: no cover - runs in the worker process (tests drive serve())
     from bevialm.runtime import tune_malloc
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, `timeout`, `kill`, Slurm's whole job:
+        signal.signal(stop, signal.SIG_IGN)  # the trainer saves and stops; the worker ends with it
     tune_malloc()
     read_fd, write_fd, shared_fd = map(int, argv)
-    with os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "wb") as writer:
-        serve(reader, writer, SharedFile(shared_fd))
+    with contextlib.suppress(BrokenPipeError), os.fdopen(read_fd, "rb") as reader, os.fdopen(write_fd, "wb") as writer:
+        serve(reader, writer, SharedFile(shared_fd))  # (closing an answer nobody reads: no traceback)
 
 
 if __name__ == "__main__":  # pragma: no cover

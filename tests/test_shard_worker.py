@@ -5,12 +5,14 @@ interrupt, not its own death, not its parent's."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
 import sysconfig
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,7 @@ def test_a_worker_that_dies_during_a_shard_is_one_clear_error(one_worker: shard_
         return real(*args, **kwargs)
 
     monkeypatch.setattr(model, "loss_and_grads", kill_the_worker_first)
+    os.kill(one_worker.process.pid, signal.SIGSTOP)  # so it cannot answer before it is killed
     with pytest.raises(RuntimeError, match=r"^parallel: a shard's worker process ended unexpectedly \(exit code -9\); try --shards 1$"):
         parallel.loss_and_grads(params, idx, targets, cfg, shards=2)
     monkeypatch.setattr(model, "loss_and_grads", real)
@@ -143,10 +146,11 @@ def test_an_interrupt_with_work_in_flight_discards_the_worker(one_worker: shard_
     assert loss == in_one_process(params, idx, targets, cfg, 2)[0]
 
 
-def test_ctrl_c_is_the_parents_to_handle(one_worker: shard_worker.Worker) -> None:
+def test_ctrl_c_and_sigterm_are_the_parents_to_handle(one_worker: shard_worker.Worker) -> None:
     cfg = tiny()
     params, idx, targets = batch_of(cfg, 4)
     os.kill(one_worker.process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+    os.kill(one_worker.process.pid, signal.SIGTERM)  # so does Slurm's scancel
     time.sleep(0.2)
     assert one_worker.process.poll() is None
     loss, _ = parallel.loss_and_grads(params, idx, targets, cfg, shards=2)
@@ -186,9 +190,8 @@ def test_serve_answers_until_the_pipe_closes() -> None:
     cfg = tiny()
     params, idx, targets = batch_of(cfg, 2)
     layout = shard_worker.transport_layout(params)
-    nbytes = 2 * sum(layout.sizes.values()) * layout.dtype.itemsize
-    parent, child = shard_worker.SharedFile.create(), None
-    parent.fit(nbytes, grow=True)
+    parent = shard_worker.SharedFile.create()
+    parent.fit(2 * sum(layout.sizes.values()) * layout.dtype.itemsize, grow=True)
     child = shard_worker.SharedFile(os.dup(parent.fd))
     for k, t in parent.tensors(layout, 0).items():
         t[...] = params[k]
@@ -198,8 +201,6 @@ def test_serve_answers_until_the_pipe_closes() -> None:
         thread = threading.Thread(target=shard_worker.serve, args=(reader, writer, child))
         thread.start()
         with os.fdopen(to_w, "wb") as send, os.fdopen(from_r, "rb") as receive:
-            import pickle
-
             for first, bad in ((True, False), (False, False), (True, True)):
                 t = targets.copy()
                 t[0, 0] = 99 if bad else t[0, 0]
@@ -207,16 +208,52 @@ def test_serve_answers_until_the_pipe_closes() -> None:
                 send.flush()
                 reply = pickle.load(receive)
                 if bad:
-                    assert reply[0] == "error" and isinstance(reply[1], ValueError)
+                    assert reply[0] == "error" and isinstance(reply[1], ValueError) and reply[2] == []
                     continue
                 loss, grads = model.loss_and_grads(params, idx, targets, cfg)
-                assert reply == ("ok", loss)
+                assert reply == ("ok", loss, [])
                 expect = {k: g * 0.5 for k, g in grads.items()} if first else {k: g * 0.5 + g * 0.5 for k, g in grads.items()}
                 assert all(parent.tensors(layout, 1)[k].tobytes() == expect[k].tobytes() for k in expect)
-        thread.join(timeout=10)
+        thread.join(timeout=10)  # the pipe closed: serve returned
     assert not thread.is_alive()
     os.close(parent.fd)
     os.close(child.fd)
+
+
+def test_serve_stops_quietly_when_nobody_reads_its_answer() -> None:
+    cfg = tiny()
+    params, idx, targets = batch_of(cfg, 2)
+    layout = shard_worker.transport_layout(params)
+    shared = shard_worker.SharedFile.create()
+    shared.fit(2 * sum(layout.sizes.values()) * layout.dtype.itemsize, grow=True)
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    os.close(from_r)  # the parent died while the worker computed
+    with os.fdopen(to_w, "wb") as send:
+        pickle.dump(("shard", layout, cfg, idx, targets, 1.0, True, np.geterr()), send)
+    reader, writer = os.fdopen(to_r, "rb"), os.fdopen(from_w, "wb")
+    shard_worker.serve(reader, writer, shared)  # returns, no BrokenPipeError
+    reader.close()
+    with pytest.raises(BrokenPipeError):  # the answer is still buffered: main() closes it quietly
+        writer.close()
+    os.close(shared.fd)
+
+
+def test_a_warning_in_a_workers_shard_reaches_the_caller_once_per_place() -> None:
+    cfg = tiny()
+    params, idx, targets = batch_of(cfg, 4)
+    idx[3] = 1
+    params["tok_emb.W"][1] = np.float32(3e38)  # overflows in the second shard only: the worker's
+    with np.errstate(over="warn", invalid="ignore"), pytest.warns(RuntimeWarning, match="overflow"):
+        parallel.loss_and_grads(params, idx, targets, cfg, shards=2)
+    idx[:] = 1  # now in both shards
+    counts = []
+    for shards in (1, 2):
+        with np.errstate(over="warn", invalid="ignore"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            parallel.loss_and_grads(params, idx, targets, cfg, shards=shards)
+        counts.append(sorted((str(w.message), w.filename, w.lineno) for w in caught))
+    assert counts[0] == counts[1] and counts[0]  # the same warnings, each once, as in one process
 
 
 def test_an_exception_that_cannot_be_pickled_crosses_as_its_text() -> None:
