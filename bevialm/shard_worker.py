@@ -163,7 +163,7 @@ class Worker:
             reply = pickle.load(self.from_child)
         except EOFError:
             code = self.process.wait()
-            raise RuntimeError(f"{LAYER}: a shard's worker process ended unexpectedly (exit code {code}); try --shards 1") from None
+            raise ChildProcessError(f"{LAYER}: a shard's worker process ended unexpectedly (exit code {code}); try --shards 1") from None
         self.busy = False
         for message, category, filename, lineno in reply[2]:  # as if this process had computed the shard
             module, registry = _module_of(filename)
@@ -179,7 +179,7 @@ class Worker:
             self.to_child.flush()
         except BrokenPipeError:
             code = self.process.wait()
-            raise RuntimeError(f"{LAYER}: a shard's worker process has ended (exit code {code}); try --shards 1") from None
+            raise ChildProcessError(f"{LAYER}: a shard's worker process has ended (exit code {code}); try --shards 1") from None
 
     def close(self) -> None:
         """End the worker: close its pipe (it exits on its own), and kill it if it is still busy."""
@@ -219,6 +219,12 @@ def workers(n: int) -> list[Worker]:
     """``n`` workers, started on first use and kept for the process's later steps (one that
     died since is replaced). Call it holding :data:`in_use`."""
     for w in [w for w in _workers if w.process.poll() is not None]:
+        warnings.warn(
+            f"{LAYER}: a shard's worker process (pid {w.process.pid}) had ended (exit code {w.process.returncode}) "
+            "between steps; a new one takes its place",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         discard(w)
     while len(_workers) < n:
         _workers.append(Worker())

@@ -106,7 +106,8 @@ def test_a_worker_that_died_between_steps_is_replaced(one_worker: shard_worker.W
     params, idx, targets = batch_of(cfg, 4)
     one_worker.process.kill()  # e.g. the kernel's out-of-memory killer
     one_worker.process.wait()
-    loss, grads = parallel.loss_and_grads(params, idx, targets, cfg, shards=2)
+    with pytest.warns(RuntimeWarning, match=r"worker process \(pid \d+\) had ended \(exit code -9\) between steps; a new one"):
+        loss, grads = parallel.loss_and_grads(params, idx, targets, cfg, shards=2)
     assert shard_worker.workers(1)[0] is not one_worker
     ref_loss, ref = in_one_process(params, idx, targets, cfg, 2)
     assert loss == ref_loss and all(grads[k].tobytes() == ref[k].tobytes() for k in ref)
@@ -123,7 +124,7 @@ def test_a_worker_that_dies_during_a_shard_is_one_clear_error(one_worker: shard_
 
     monkeypatch.setattr(model, "loss_and_grads", kill_the_worker_first)
     os.kill(one_worker.process.pid, signal.SIGSTOP)  # so it cannot answer before it is killed
-    with pytest.raises(RuntimeError, match=r"^parallel: a shard's worker process ended unexpectedly \(exit code -9\); try --shards 1$"):
+    with pytest.raises(ChildProcessError, match=r"^parallel: a shard's worker process ended unexpectedly \(exit code -9\); try --shards 1$"):
         parallel.loss_and_grads(params, idx, targets, cfg, shards=2)
     monkeypatch.setattr(model, "loss_and_grads", real)
     assert parallel.loss_and_grads(params, idx, targets, cfg, shards=2)[0] == in_one_process(params, idx, targets, cfg, 2)[0]
@@ -305,3 +306,36 @@ def test_the_worker_imports_this_bevialm(monkeypatch: pytest.MonkeyPatch) -> Non
     assert shard_worker._python_path() == os.pathsep.join([str(ROOT), "/elsewhere"])  # a source checkout: first
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"purelib": str(ROOT), "platlib": str(ROOT)})
     assert shard_worker._python_path() == "/elsewhere"  # installed: found anyway, never put before the standard library
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.slow
+def test_the_trainer_reports_a_killed_worker_in_one_line(tmp_path: Path) -> None:
+    flags = "--ctx 32 --dim 16 --layers 1 --mlp_hidden 32 --batch 16 --steps 100000 --eval_every 100000 --sample_len 0"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "bevialm", "train", "--data", str(ROOT / "data.txt"), "--out", str(tmp_path / "run"), *flags.split()],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := _children(trainer.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (worker,) = workers
+        os.kill(worker, signal.SIGSTOP)  # it cannot answer: within a step the trainer waits for it
+        time.sleep(0.5)
+        os.kill(worker, signal.SIGKILL)  # dies with a step in flight (between steps: replaced, see above)
+        _, err = trainer.communicate(timeout=60)
+    finally:
+        trainer.kill()
+    assert trainer.returncode != 0
+    assert err.strip().splitlines()[-1] == (
+        "error: parallel: a shard's worker process ended unexpectedly (exit code -9); try --shards 1"
+    ), err
+    assert "Traceback" not in err
