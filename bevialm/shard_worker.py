@@ -15,9 +15,11 @@ The worker runs the very functions the parent would (``model.loss_and_grads``, t
 ``ShardSums``' arithmetic), so the bits are the same as in one process (``tests/test_parallel.py``).
 
 **Lifetime.** Workers start on first use (about 0.3 s: Python and NumPy) and serve every later
-step of the process; each ignores Ctrl-C (the parent decides what an interrupt means), runs with
-one BLAS thread, and exits when its parent closes the pipe or dies. A worker interrupted with
-work in flight is discarded, never reused, so a late answer cannot be taken for a new one.
+step of the process; each ignores Ctrl-C and SIGTERM (the parent decides what an interrupt
+means), runs with one BLAS thread, and exits when its parent closes the pipe or dies. A worker
+interrupted with work in flight is discarded, never reused, so a late answer cannot be taken for
+a new one. Warnings raised in a worker's shard are re-issued in the parent, where its filters
+apply and each place warns once, as if the parent had computed the shard.
 """
 
 from __future__ import annotations
