@@ -12,7 +12,7 @@ parameters (the parent copies them in before each shard: a few flat copies) and 
 gradient sums, laid out by a :class:`bevialm.flat_params.Layout`. Only small messages go
 through the pipes: the batch's token indices, the shard's weight, the config, the loss back.
 The worker runs the very functions the parent would (``model.loss_and_grads``, then
-``ShardSums``' arithmetic), so the bits are the same as in one process (``tests/test_parallel.py``).
+``ShardSums``' arithmetic), so the bits are the same as in one process (``tests/test_shard_worker.py``).
 
 **Lifetime.** Workers start on first use (about 0.3 s: Python and NumPy) and serve every later
 step of the process; each ignores Ctrl-C and SIGTERM (the parent decides what an interrupt
