@@ -212,7 +212,7 @@ def _run_shards(
 ) -> None:
     """One micro-batch's owned shards: ``mine[1:]`` handed to the workers, ``mine[0]`` computed
     here meanwhile (on one BLAS thread, so the cores are not oversubscribed), then the workers'
-    results collected. A worker still busy when this is left by an error is discarded."""
+    results collected. A worker still busy (or dead) when this is left by an error is discarded."""
     errors = np.geterr()
     try:
         for worker, s in zip(helpers, mine[1:], strict=True):
@@ -224,7 +224,7 @@ def _run_shards(
             sums.add_remote(s, weights[s], *worker.result())
     finally:
         for worker in helpers:
-            if worker.busy:
+            if worker.busy or worker.process.poll() is not None:
                 shard_worker.discard(worker)
 
 

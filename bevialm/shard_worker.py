@@ -131,9 +131,14 @@ class Worker:
         self._r, from_child_w = os.pipe()
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "PYTHONPATH": _python_path()}
         fds = (to_child_r, from_child_w, self.shared.fd)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bevialm.shard_worker", *map(str, fds)], pass_fds=fds, env=env, stdin=subprocess.DEVNULL
-        )
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "bevialm.shard_worker", *map(str, fds)], pass_fds=fds, env=env, stdin=subprocess.DEVNULL
+            )
+        except BaseException:  # e.g. no process left to start: nothing of ours stays open
+            for fd in (*fds, self._w, self._r):
+                os.close(fd)
+            raise
         os.close(to_child_r)
         os.close(from_child_w)
         self.to_child: IO[bytes] = os.fdopen(self._w, "wb")

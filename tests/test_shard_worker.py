@@ -339,3 +339,19 @@ def test_the_trainer_reports_a_killed_worker_in_one_line(tmp_path: Path) -> None
         "error: parallel: a shard's worker process ended unexpectedly (exit code -9); try --shards 1"
     ), err
     assert "Traceback" not in err
+
+
+def test_a_worker_that_cannot_start_is_the_callers_error_and_leaks_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny()
+    params, idx, targets = batch_of(cfg, 4)
+    parallel.loss_and_grads(params, idx, targets, cfg, shards=2)  # one worker running: a second is asked for below
+
+    def no_more_processes(*args: Any, **kwargs: Any) -> Any:
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    before = len(os.listdir("/proc/self/fd"))
+    with monkeypatch.context() as patch, pytest.raises(BlockingIOError):
+        patch.setattr(subprocess, "Popen", no_more_processes)
+        parallel.loss_and_grads(params, idx, targets, cfg, shards=3)
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert parallel.loss_and_grads(params, idx, targets, cfg, shards=3)[0] == in_one_process(params, idx, targets, cfg, 3)[0]
