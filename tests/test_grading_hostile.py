@@ -498,3 +498,40 @@ def test_a_grader_killed_mid_check_takes_its_checks_along(how: str, install: Ins
         time.sleep(0.05)
     assert_all_dead(box)
     assert grader_leftovers(wait=5.0) == []  # the zygote removes the dead grader's folders too
+
+
+LITTERER = """
+import os
+tag = "bevialm-litter-%d" % os.getpid()
+for place in ("/tmp", "/var/tmp", "/dev/shm"):
+    try:
+        with open(os.path.join(place, tag), "w") as f:
+            f.write("left behind for the next check")
+        os.makedirs(os.path.join(place, tag + ".d", "inner"))
+        with open(os.path.join(place, tag + ".d", "inner", "f"), "w") as f:
+            f.write("x")
+        os.symlink(TARGET, os.path.join(place, tag + ".link"))
+        _note("wrote", place)
+    except OSError as e:
+        _note("errors", e)
+_note("litter", tag)
+raise NotImplementedError
+"""
+
+
+@root_only
+def test_what_a_check_leaves_in_shared_temporary_places_is_removed(install: Install, box: Path, tmp_path: Path) -> None:
+    target = tmp_path / "root-owned.txt"  # a file the check's links point at: it must survive
+    target.write_text("root's")
+    tmp_path.chmod(0o755)
+    neighbour = Path(tempfile.mkstemp(prefix="bevialm-not-the-checks-", dir="/tmp")[1])  # root's file, beside the litter
+    try:
+        graded = run_grade(install, submission(tmp_path, box, LITTERER, extra=f"TARGET = {str(target)!r}"), "linear.forward")
+        assert graded.score == 0
+        (tag,) = (box / "litter").read_text().split()
+        assert sorted((box / "wrote").read_text().split()) == ["/dev/shm", "/tmp", "/var/tmp"]
+        left = [p for place in ("/tmp", "/var/tmp", "/dev/shm") for p in Path(place).glob(tag + "*")]
+        assert not left, f"the check's files are still there: {left}"
+        assert target.read_text() == "root's" and neighbour.exists()
+    finally:
+        neighbour.unlink()

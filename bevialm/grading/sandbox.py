@@ -62,7 +62,7 @@ from bevialm.grading.folders import INFRASTRUCTURE_GIVEN, prepare, readable_by_o
 from bevialm.grading.observation import Observation
 from bevialm.grading.session import LocalSession, SandboxFailure, Session
 from bevialm.grading.tasks import Task, run_task
-from bevialm.grading.uids import KILL_ROUNDS, CheckUser, check_users, sweep, user_tasks
+from bevialm.grading.uids import KILL_ROUNDS, CheckUser, check_users, remove_files, sweep, user_tasks
 from bevialm.grading.zygote import Zygote, adopted, can_isolate_network, reap, subreaper, uptime
 
 __all__ = ["InProcess", "Limits", "Outcome", "Sandbox", "ending", "readable_by_others"]
@@ -165,6 +165,7 @@ class Sandbox:
         self.zygote.close()
         for user in self.users:
             sweep(user)
+            remove_files(user)
             os.close(user.lock)
         reap(self.started)
         subreaper(self.was_subreaper)
@@ -218,6 +219,7 @@ class Sandbox:
         code = killed if code is None else code
         if user is not None:
             sweep(user)
+            remove_files(user)
         else:
             for _ in range(KILL_ROUNDS):
                 left = [pid for pid in adopted(run.since_boot, zombies=False) if pid != self.zygote.process.pid]

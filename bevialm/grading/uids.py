@@ -1,4 +1,4 @@
-"""The uid each check runs as when the grader is root, and killing every process of it.
+"""The uid each check runs as when the grader is root, and removing every process and file of it.
 
 A check's uid is one that nothing else on the machine uses: the ``bevialm-check`` user the
 autograder's ``setup.sh`` creates, or a number in no passwd or group entry. Graders running at
@@ -15,7 +15,9 @@ import grp
 import os
 import pwd
 import re
+import shutil
 import signal
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +153,35 @@ def sweep(user: CheckUser) -> None:
         time.sleep(0.01)
     raise RuntimeError(f"processes of uid {user.uid} survive SIGKILL")  # pragma: no cover
 
+
+
+SHARED_PLACES = ("/tmp", "/var/tmp", "/dev/shm")
+"""The world-writable places a check may leave files in outside its own folder (its ``TMPDIR``
+is that folder, removed with it)."""
+
+
+def remove_files(user: CheckUser, places: tuple[str, ...] = SHARED_PLACES) -> None:
+    """Remove what the check's uid left at the top of the shared temporary places: its files,
+    links (never followed) and folders (whole), so the next check, which may run as the same uid,
+    finds nothing of the last one's and ``/dev/shm`` does not fill up over a class. Run after
+    :func:`sweep`: no process of the uid is left to race it. Other users' files are not touched.
+
+    Not covered: files in world-writable folders deeper down (the uid could write in any such
+    folder on the machine); a check's only own place is its folder, which the grader removes."""
+    for place in places:
+        try:
+            entries = list(os.scandir(place))
+        except OSError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                info = entry.stat(follow_symlinks=False)
+                if info.st_uid != user.uid:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(entry.path)  # removes links inside, never what they point at
+                else:
+                    os.unlink(entry.path)
 
 
 def user_tasks() -> int:
