@@ -97,7 +97,7 @@ class ShardSums:
         self.grads: list[Grads | None] = [None] * shards
 
     def add(self, s: int, weight: float, loss: float, grads: Grads) -> None:
-        """Add ``weight`` times one micro-batch's shard ``s``; made by this process for its own shard."""
+        """Add ``weight`` times one micro-batch's shard ``s``, computed in this process."""
         total = self.grads[s]
         if total is None:
             self.losses[s] = weight * loss
@@ -164,37 +164,24 @@ def accumulate(
     layout = params.layout if isinstance(params, FlatTensors) else None
     sums = ShardSums(shards, range(shards) if owned is None else owned, layout)
     mine = list(sums.owned)
-    if len(mine) > 1 and rng is not None and cfg.dropout > 0:
-        raise ValueError(f"{LAYER}: with dropout a step runs as one shard (see step_shards), got {len(mine)}")
-    with shard_worker.in_use:
-        _accumulate_owned(sums, mine, params, draw, cfg, accum=accum, shards=shards, rng=rng)
-    return sums
-
-
-def _accumulate_owned(
-    sums: ShardSums,
-    mine: list[int],
-    params: Params,
-    draw: Callable[[], tuple[IntArray, IntArray]],
-    cfg: model.ModelConfig,
-    *,
-    accum: int,
-    shards: int,
-    rng: np.random.Generator | None,
-) -> None:
-    """:func:`accumulate`'s loop over the micro-batches, with the workers to itself."""
-    helpers = shard_worker.workers(len(mine) - 1)
-    for k in range(accum):
-        idx, targets = draw()
-        batch = idx.shape[0]
-        rows = shard_rows(batch, shards)
-        weights = [(r.stop - r.start) / (accum * batch) for r in rows]
-        if len(mine) <= 1:
+    if len(mine) <= 1:
+        for _ in range(accum):
+            idx, targets = draw()
+            rows = shard_rows(idx.shape[0], shards)
             for s in mine:
                 loss, grads = model.loss_and_grads(params, idx[rows[s]], targets[rows[s]], cfg, rng=rng)
-                sums.add(s, weights[s], loss, grads)
-            continue
-        _run_shards(sums, helpers, mine, weights, params, idx, targets, rows, cfg, first=k == 0)
+                sums.add(s, (rows[s].stop - rows[s].start) / (accum * idx.shape[0]), loss, grads)
+        return sums
+    if rng is not None and cfg.dropout > 0:
+        raise ValueError(f"{LAYER}: with dropout a step runs as one shard (see step_shards), got {len(mine)}")
+    with shard_worker.in_use:  # the workers to this step alone (see shard_worker.in_use)
+        helpers = shard_worker.workers(len(mine) - 1)
+        for k in range(accum):
+            idx, targets = draw()
+            rows = shard_rows(idx.shape[0], shards)
+            weights = [(r.stop - r.start) / (accum * idx.shape[0]) for r in rows]
+            _run_shards(sums, helpers, mine, weights, params, idx, targets, rows, cfg, first=k == 0)
+    return sums
 
 
 def _run_shards(
@@ -249,7 +236,7 @@ def loss_and_grads(
 
 
 def combine_all(sums: ShardSums) -> tuple[float, Grads]:
-    """:func:`combine` of every shard's sums (all computed in this process)."""
+    """:func:`combine` of every shard's sums (all owned by this process: computed here or by its workers)."""
     losses, grads = sums.losses, sums.grads
     return combine([x for x in losses if x is not None], [g for g in grads if g is not None])
 

@@ -204,3 +204,11 @@ def test_one_default_shard_count_for_the_library_the_trainer_and_the_command_lin
     assert args.shards == TrainConfig(data="d.txt").shards == parallel.DEFAULT_SHARDS
     with pytest.raises(ValueError, match="shards must be a positive integer"):
         TrainConfig(data="d.txt", shards=0)
+
+
+def test_accumulate_refuses_dropout_across_shards() -> None:
+    """Each worker would draw its own masks: the trainer keeps dropout runs whole (step_shards)."""
+    cfg = tiny(dropout=0.3)
+    params, idx, targets = batch_of(cfg, 4)
+    with pytest.raises(ValueError, match="with dropout a step runs as one shard"):
+        parallel.accumulate(params, lambda: (idx, targets), cfg, shards=2, rng=np.random.default_rng(0))
