@@ -17,7 +17,9 @@ and refuse in one line that shows both numbers.
   weights, the MLP's hidden layer and its activation's cache, the residual sums), plus the
   logits, probabilities and their gradient ``(B, T, V)``, plus one block's backward temporaries;
 - the token ids of the text (8 bytes per character);
-- the buffers of the samples printed during training (:func:`sampling_bytes`).
+- the buffers of the samples printed during training (:func:`sampling_bytes`);
+- per shard worker process, its interpreter with NumPy and three copies of the parameters (the
+  shared copy it reads, its gradient sums, its shard's gradients before they are summed).
 
 Evaluation is a forward pass of the same batch without the backward: it fits where a
 training step fits. **Sampling** holds the model, every sample's tokens and text, the
@@ -52,6 +54,8 @@ _PER_BLOCK_DIM = 10  # (B, T, dim) arrays per block: layer-norm, attention and M
 _PER_BLOCK_HIDDEN = 3  # (B, T, mlp_hidden): the activation's cache and output, its gradient in flight
 _PER_BLOCK_SCORES = 2  # (B, H, T, T): the attention weights kept, their gradient in flight
 _PER_VOCAB = 4  # (B, T, V): logits, probabilities, their gradient, a temporary
+_WORKER_STATE = 3  # per shard worker: its copy of the parameters, its gradient sums, its shard's gradients
+_WORKER_BYTES = 64 << 20  # a shard worker's interpreter and NumPy (57 MiB resident, measured)
 _TOKEN_BYTES = 8  # int64 token ids
 _TEXT_BYTES = 24  # per generated character: its id, its code point and its share of the text
 
@@ -103,13 +107,20 @@ def sampling_bytes(cfg: ModelConfig, num_samples: int, length: int, itemsize: in
     return num_samples * length * _TEXT_BYTES + kv_cache + window
 
 
-def training_bytes(cfg: ModelConfig, *, batch: int, itemsize: int, data_tokens: int, sample_len: int) -> tuple[int, str]:
-    """The estimate for a training run and a one-line breakdown of it."""
+def training_bytes(
+    cfg: ModelConfig, *, batch: int, itemsize: int, data_tokens: int, sample_len: int, workers: int = 0
+) -> tuple[int, str]:
+    """The estimate for a training run and a one-line breakdown of it. ``workers`` is the number
+    of shard worker processes (:mod:`bevialm.shard_worker`): the shards' activations are the
+    step's either way, but each worker adds its interpreter and three copies of the parameters."""
     state = _PARAM_STATE * param_count(cfg) * itemsize
     step = step_activation_bytes(cfg, batch, itemsize)
     other = data_tokens * _TOKEN_BYTES + sampling_bytes(cfg, 1, sample_len + 1, itemsize)
+    extra = workers * (_WORKER_BYTES + _WORKER_STATE * param_count(cfg) * itemsize)
     breakdown = f"parameters and AdamW state {gib(state)}, one step's activations {gib(step)}, data and samples {gib(other)}"
-    return state + step + other, breakdown
+    if workers:
+        breakdown += f", {workers} shard worker(s) {gib(extra)}"
+    return state + step + other + extra, breakdown
 
 
 def _read(path: str) -> str | None:

@@ -191,7 +191,10 @@ def prepare(cfg: TrainConfig, stdout: IO[str], group: distributed.Group | None =
 
 def _check_memory(cfg: TrainConfig, m: model.ModelConfig, data: RunData) -> None:
     itemsize, tokens = np.dtype(cfg.dtype).itemsize, len(data.train) + len(data.val)
-    need, breakdown = memory.training_bytes(m, batch=cfg.batch, itemsize=itemsize, data_tokens=tokens, sample_len=cfg.sample_len)
+    workers = parallel.step_shards(cfg.batch, m.ctx, cfg.shards, dropout=m.dropout > 0) - 1
+    need, breakdown = memory.training_bytes(
+        m, batch=cfg.batch, itemsize=itemsize, data_tokens=tokens, sample_len=cfg.sample_len, workers=workers
+    )
     memory.require(need, "this run", breakdown, "use a smaller --batch, --ctx, --dim, --layers, --mlp_hidden or --sample_len")
 
 

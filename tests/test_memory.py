@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bevialm import generate, memory, model, optim
+from bevialm import generate, memory, model, optim, parallel, shard_worker
 from bevialm.data import Vocab
 
 CONFIGS = [  # vocab, ctx, dim, layers, heads, hidden, batch
@@ -113,3 +113,22 @@ def test_require_refuses_in_one_line_with_both_numbers(monkeypatch: pytest.Monke
     monkeypatch.setattr(memory, "available", lambda: None)
     memory.require(10**30, "this run", "", "")  # nothing known: nothing refused
     assert memory.gib(3 << 20) == "3 MiB" and memory.gib(-5) == "0 MiB"
+
+
+def test_a_shard_workers_memory_is_in_the_estimate() -> None:
+    cfg = model.ModelConfig(65, 64, 128, 2, 4, 512)
+    batch = 16
+    rng = np.random.default_rng(0)
+    params = model.init_params(cfg, rng)
+    x = rng.integers(0, 65, size=(batch, 64))
+    for old in list(shard_worker._workers):
+        shard_worker.discard(old)  # a fresh worker: its peak is this step's
+    parallel.loss_and_grads(params, x, x, cfg, shards=2)
+    (worker,) = shard_worker.workers(1)
+    with open(f"/proc/{worker.process.pid}/status", encoding="ascii") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    plain, _ = memory.training_bytes(cfg, batch=batch, itemsize=4, data_tokens=0, sample_len=0)
+    with_worker, breakdown = memory.training_bytes(cfg, batch=batch, itemsize=4, data_tokens=0, sample_len=0, workers=1)
+    its_share = with_worker - plain + memory.step_activation_bytes(cfg, batch // 2, 4)  # and its half of the activations
+    assert peak <= its_share <= 3 * peak, (peak, its_share)
+    assert "1 shard worker(s)" in breakdown
