@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from bevialm import model, optim, parallel, shard_worker
-from bevialm.flat_params import FlatTensors
+from bevialm.flat_params import FlatTensors, Layout
 from bevialm.model import ModelConfig
 from bevialm.types import Array, IntArray
 
@@ -186,16 +186,22 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_serve_answers_until_the_pipe_closes() -> None:
-    """The worker's loop, run on a thread here (so coverage sees it), with a real shared file."""
+def served() -> tuple[ModelConfig, dict[str, Array], IntArray, IntArray, Layout, shard_worker.SharedFile]:
+    """A batch, its transport layout, and a shared file holding its parameters, as a parent leaves it."""
     cfg = tiny()
     params, idx, targets = batch_of(cfg, 2)
     layout = shard_worker.transport_layout(params)
-    parent = shard_worker.SharedFile.create()
-    parent.fit(2 * sum(layout.sizes.values()) * layout.dtype.itemsize, grow=True)
-    child = shard_worker.SharedFile(os.dup(parent.fd))
-    for k, t in parent.tensors(layout, 0).items():
+    shared = shard_worker.SharedFile.create()
+    shared.fit(2 * sum(layout.sizes.values()) * layout.dtype.itemsize, grow=True)
+    for k, t in shared.tensors(layout, 0).items():
         t[...] = params[k]
+    return cfg, params, idx, targets, layout, shared
+
+
+def test_serve_answers_until_the_pipe_closes() -> None:
+    """The worker's loop, run on a thread here (so coverage sees it), with a real shared file."""
+    cfg, params, idx, targets, layout, parent = served()
+    child = shard_worker.SharedFile(os.dup(parent.fd))
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
     with os.fdopen(to_r, "rb") as reader, os.fdopen(from_w, "wb") as writer:
@@ -222,11 +228,7 @@ def test_serve_answers_until_the_pipe_closes() -> None:
 
 
 def test_serve_stops_quietly_when_nobody_reads_its_answer() -> None:
-    cfg = tiny()
-    params, idx, targets = batch_of(cfg, 2)
-    layout = shard_worker.transport_layout(params)
-    shared = shard_worker.SharedFile.create()
-    shared.fit(2 * sum(layout.sizes.values()) * layout.dtype.itemsize, grow=True)
+    cfg, _, idx, targets, layout, shared = served()
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
     os.close(from_r)  # the parent died while the worker computed
