@@ -113,10 +113,11 @@ def training_bytes(
     """The estimate for a training run and a one-line breakdown of it. ``workers`` is the number
     of shard worker processes (:mod:`bevialm.shard_worker`): the shards' activations are the
     step's either way, but each worker adds its interpreter and three copies of the parameters."""
-    state = _PARAM_STATE * param_count(cfg) * itemsize
+    params = param_count(cfg)
+    state = _PARAM_STATE * params * itemsize
     step = step_activation_bytes(cfg, batch, itemsize)
     other = data_tokens * _TOKEN_BYTES + sampling_bytes(cfg, 1, sample_len + 1, itemsize)
-    extra = workers * (_WORKER_BYTES + _WORKER_STATE * param_count(cfg) * itemsize)
+    extra = workers * (_WORKER_BYTES + _WORKER_STATE * params * itemsize)
     breakdown = f"parameters and AdamW state {gib(state)}, one step's activations {gib(step)}, data and samples {gib(other)}"
     if workers:
         breakdown += f", {workers} shard worker(s) {gib(extra)}"

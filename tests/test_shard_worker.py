@@ -294,6 +294,7 @@ def test_a_forked_child_starts_its_own_workers_and_leaves_the_parents_alone(one_
     expected = in_one_process(params, idx, targets, cfg, 2)[0]
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit status
+        warnings.simplefilter("error")  # not "a worker had ended": the parent's were never the child's
         ok = parallel.loss_and_grads(params, idx, targets, cfg, shards=2)[0] == expected
         ok = ok and shard_worker.workers(1)[0] is not one_worker
         os._exit(0 if ok else 1)
