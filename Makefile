@@ -75,7 +75,7 @@ PROMPT ?= MARA:
 # An interrupted run's hint names the make command that continues it (BEVIALM_MAKE*).
 ARGS ?=
 
-train: $(STAMP)  ## the playbook's quick start on data.txt (about 20 s of training on 2 cores) into a new runs/run-NNN (ARGS="..." adds flags)
+train: $(STAMP)  ## the playbook's quick start on data.txt (about 10 s of training on 2 cores) into a new runs/run-NNN (ARGS="..." adds flags)
 	BEVIALM_MAKE="make train" BEVIALM_MAKE_ARGS='$(ARGS)' \
 	$(BIN)/python main.py --data data.txt --ctx 64 --dim 64 --layers 1 --batch 8 --steps 2000 $(ARGS)
 
@@ -93,7 +93,7 @@ bench: $(STAMP)  ## training-step race against PyTorch eager (torch is optional)
 	$(BIN)/python benchmarks/bench.py
 	$(BIN)/python benchmarks/bench_viz.py
 
-bench-mpi: $(STAMP)  ## 2 MPI ranks against 2 shards (threads) on configs b and c, ms/step; the bytes each step exchanges
+bench-mpi: $(STAMP)  ## 2 MPI ranks against 2 shards (one in a worker process) on configs b and c, ms/step; the bytes each step exchanges
 	$(BIN)/python benchmarks/bench_mpi.py
 
 bench-tokenizer: $(STAMP)  ## byte-level BPE on Tiny Shakespeare: training 512 / 4,096 tokens, encoding MB/s, next to Hugging Face tokenizers when it installs

@@ -8,8 +8,10 @@ no amount of element-wise tuning brings the ratio far below 1.
 
     python benchmarks/matmul_floor.py --configs bc [--shards 2]
 
-With ``--shards 2`` the products of two half batches run on two threads with one BLAS thread
-each, as the trainer's shards do.
+With ``--shards 2`` the products of two half batches run at the same time, one BLAS thread
+each, as the trainer's shards do. Threads suffice here, where the trainer needs processes
+(bevialm/shard_worker.py): a product releases Python's lock for all of its run, and with no
+element-wise calls between the products the threads seldom wait for each other.
 """
 
 from __future__ import annotations

@@ -135,9 +135,9 @@ def _importable_without_script_dir(root: str) -> bool:
 # --- BLAS threads --------------------------------------------------------------------------------
 #
 # NumPy's matrix products run on its BLAS's own threads. The shard runner (bevialm.parallel) runs
-# one shard per Python thread instead, and wants each of those products on the calling thread
-# alone: two shards each asking two BLAS threads for two cores oversubscribe them, and OpenBLAS's
-# waiting threads spin. OpenBLAS's thread count is a process-wide setting with a C API, which we
+# one shard per core instead (one in the trainer's process, the others in worker processes), and
+# wants each shard's products on its own core alone: two shards each asking two BLAS threads for
+# two cores oversubscribe them, and OpenBLAS's waiting threads spin. OpenBLAS's thread count is a process-wide setting with a C API, which we
 # reach with ctypes (threadpoolctl does the same, but run time needs NumPy alone). NumPy's wheels
 # bundle OpenBLAS under a prefixed name; a system OpenBLAS uses the plain one.
 

@@ -72,7 +72,7 @@ def check_params(layer: str, params: Params, shapes: Mapping[str, tuple[int, ...
 
 
 _CHECKED: ContextVar[bool] = ContextVar("bevialm_inputs_checked", default=False)
-"""True inside :func:`checked_at_entry` (per thread: each shard's thread has its own)."""
+"""True inside :func:`checked_at_entry` (per thread: two threads of one program each have their own)."""
 
 
 @contextmanager

@@ -356,7 +356,7 @@ def test_resuming_a_nan_checkpoint_is_refused(good_run: Path, tmp_path: Path) ->
     assert folder_hash(out) == before
 
 
-@pytest.mark.parametrize("batch", ["4", "64"], ids=["one-shard", "sharded"])  # 64 x 32 tokens: shards on threads
+@pytest.mark.parametrize("batch", ["4", "64"], ids=["one-shard", "sharded"])  # 64 x 32 tokens: two shards, one in a worker process
 def test_a_diverging_run_prints_one_line_and_no_numpy_warnings(tmp_path: Path, batch: str) -> None:
     flags = [*TINY, *QUIET, "--ctx", "32", "--batch", batch, "--shards", "2", "--dropout", "0"]
     done = run(main_py("--data", DATA, *flags, "--steps", "50", "--lr", "1e30", "--grad_clip", "0", "--wd", "0"), tmp_path)

@@ -124,7 +124,7 @@ def test_dropout_runs_as_one_shard_with_the_training_generator() -> None:
 def test_an_error_in_a_shard_reaches_the_caller() -> None:
     cfg = tiny()
     params, idx, targets = batch_of(cfg, 4)
-    targets[3, 0] = cfg.vocab_size  # in the second shard, which runs on the pool's thread
+    targets[3, 0] = cfg.vocab_size  # in the second shard, which runs in the worker process
     with pytest.raises(ValueError, match="targets must lie in"):
         parallel.loss_and_grads(params, idx, targets, cfg, shards=2)
 
