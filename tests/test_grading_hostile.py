@@ -500,6 +500,47 @@ def test_a_grader_killed_mid_check_takes_its_checks_along(how: str, install: Ins
     assert grader_leftovers(wait=5.0) == []  # the zygote removes the dead grader's folders too
 
 
+@root_only
+def test_what_a_check_leaves_deeper_in_world_writable_folders_is_removed(install: Install, box: Path, tmp_path: Path) -> None:
+    # Root's sticky, world-writable folders inside /tmp (as /tmp/.X11-unix is), one inside another,
+    # and /run/lock: the check's uid may write in any of them.
+    outer = Path(tempfile.mkdtemp(prefix="bevialm-shared-", dir="/tmp"))
+    inner = outer / "inner"
+    inner.mkdir()
+    for folder in (outer, inner):
+        folder.chmod(0o1777)
+    neighbour = inner / "root's.txt"  # root's file beside the litter: it must survive
+    neighbour.write_text("root's")
+    places = [str(outer), str(inner)] + (["/run/lock"] if os.path.isdir("/run/lock") else [])
+    try:
+        extra = f"PLACES = {places!r}"
+        graded = run_grade(install, submission(tmp_path, box, DEEP_LITTERER, extra=extra), "linear.forward")
+        assert graded.score == 0
+        (tag,) = (box / "litter").read_text().split()
+        assert sorted((box / "wrote").read_text().split()) == sorted(places)
+        left = [p for place in places for p in Path(place).glob(tag + "*")]
+        assert not left, f"the check's files are still there: {left}"
+        assert neighbour.read_text() == "root's"
+    finally:
+        shutil.rmtree(outer)
+
+
+DEEP_LITTERER = """
+import os
+tag = "bevialm-deep-litter-%d" % os.getpid()
+for place in PLACES:
+    try:
+        with open(os.path.join(place, tag), "w") as f:
+            f.write("left behind for the next check")
+        os.makedirs(os.path.join(place, tag + ".d", "inner"))
+        _note("wrote", place)
+    except OSError as e:
+        _note("errors", e)
+_note("litter", tag)
+raise NotImplementedError
+"""
+
+
 LITTERER = """
 import os
 tag = "bevialm-litter-%d" % os.getpid()

@@ -154,34 +154,45 @@ def sweep(user: CheckUser) -> None:
     raise RuntimeError(f"processes of uid {user.uid} survive SIGKILL")  # pragma: no cover
 
 
+SHARED_PLACES = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+"""The world-writable folders of a Debian or Ubuntu system (``/var/lock`` is a link to ``/run/lock``)."""
 
-SHARED_PLACES = ("/tmp", "/var/tmp", "/dev/shm")
-"""The world-writable places a check may leave files in outside its own folder (its ``TMPDIR``
-is that folder, removed with it)."""
+DEPTH = 4
+"""How deep :func:`remove_files` follows world-writable folders inside the shared places."""
 
 
 def remove_files(user: CheckUser, places: tuple[str, ...] = SHARED_PLACES) -> None:
-    """Remove what the check's uid left at the top of the shared temporary places: its files,
-    links (never followed) and folders (whole), so the next check, which may run as the same uid,
-    finds nothing of the last one's and ``/dev/shm`` does not fill up over a class. Run after
-    :func:`sweep`: no process of the uid is left to race it. Other users' files are not touched.
+    """Remove what the check's uid left in the shared temporary places: its files, links (never
+    followed) and folders (whole), at the top of each place and in any world-writable folder in
+    it (such as ``/tmp/.X11-unix``, to :data:`DEPTH` levels), so the next check, which may run as
+    the same uid, finds nothing of the last one's and ``/dev/shm`` does not fill up over a class.
+    Run after :func:`sweep`: no process of the uid is left to race it. Other users' files are not
+    touched.
 
-    Not covered: files in world-writable folders deeper down (the uid could write in any such
-    folder on the machine); a check's only own place is its folder, which the grader removes."""
+    The uid, which has no groups, can create files only in world-writable folders and in its
+    own; its own are removed whole. Not covered: world-writable folders outside these places
+    (a Debian base image has none; ``find / -xdev -type d -perm -0002`` lists a machine's). A
+    check's only own place is its folder, which the grader removes."""
     for place in places:
-        try:
-            entries = list(os.scandir(place))
-        except OSError:
-            continue
-        for entry in entries:
-            with contextlib.suppress(OSError):
-                info = entry.stat(follow_symlinks=False)
-                if info.st_uid != user.uid:
-                    continue
+        _remove_owned(place, user.uid, DEPTH)
+
+
+def _remove_owned(folder: str, uid: int, depth: int) -> None:
+    """Remove ``uid``'s entries in ``folder``; look into other owners' world-writable folders in it."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            info = entry.stat(follow_symlinks=False)
+            if info.st_uid == uid:
                 if stat.S_ISDIR(info.st_mode):
                     shutil.rmtree(entry.path)  # removes links inside, never what they point at
                 else:
                     os.unlink(entry.path)
+            elif depth > 0 and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_IWOTH:
+                _remove_owned(entry.path, uid, depth - 1)
 
 
 def user_tasks() -> int:
