@@ -525,6 +525,31 @@ def test_what_a_check_leaves_deeper_in_world_writable_folders_is_removed(install
         shutil.rmtree(outer)
 
 
+SYSV_LITTERER = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmget.argtypes = [ctypes.c_int, ctypes.c_size_t, ctypes.c_int]
+shmid = libc.shmget(KEY, 1 << 20, 0o1000 | 0o600)  # IPC_CREAT
+if shmid >= 0:
+    _note("made", "segment")
+else:
+    _note("errors", os.strerror(ctypes.get_errno()))
+raise NotImplementedError
+"""
+
+
+@root_only
+def test_system_v_memory_a_check_makes_does_not_outlive_it(install: Install, box: Path, tmp_path: Path) -> None:
+    # A segment needs no process to live on: left behind, one check after another could hold the
+    # machine's memory until a reboot, and the next check as the same uid could read it.
+    key = 0x42650000 + os.getpid() % 0x10000
+    graded = run_grade(install, submission(tmp_path, box, SYSV_LITTERER, extra=f"KEY = {key}"), "linear.forward")
+    assert graded.score == 0
+    assert (box / "made").read_text().split() == ["segment"], (box / "errors").read_text() if (box / "errors").exists() else ""
+    keys = [int(line.split()[0]) for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
+    assert key not in keys, "the check's System V segment outlived it"
+
+
 DEEP_LITTERER = """
 import os
 tag = "bevialm-deep-litter-%d" % os.getpid()

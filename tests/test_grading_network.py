@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from bevialm.grading.grade import Options, grade
-from bevialm.grading.zygote import can_isolate_network
+from bevialm.grading.zygote import can_isolate
 
 from . import planted
 from .test_grading import solution_copy
 
-pytestmark = pytest.mark.skipif(not can_isolate_network(), reason="this system allows no network namespace")
+pytestmark = pytest.mark.skipif(not can_isolate(), reason="this system allows no network namespace")
 
 EXFILTRATE = """
 _reference_forward = forward

@@ -360,22 +360,26 @@ def _libc() -> Any:  # pragma: no cover - runs in the child
 
 
 CLONE_NEWNET = 0x40000000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 
 
-def isolate_network(libc: Any = None) -> bool:
+def isolate(libc: Any = None) -> bool:
     """Put this process in a network namespace of its own, with no interface up (not even
-    loopback): nothing it sends can reach a listener anywhere, 127.0.0.1 included. Needs root
-    (CAP_SYS_ADMIN), or a user namespace where the kernel lets users make one (then this
-    process's uid is mapped to itself). Whether it worked."""
+    loopback): nothing it sends can reach a listener anywhere, 127.0.0.1 included; and in an IPC
+    namespace of its own, so the System V shared memory, semaphores and message queues it makes
+    end with its last process (they need no process to live on: left in the machine's namespace,
+    they would hold memory check after check, for the next check as the same uid to read).
+    Needs root (CAP_SYS_ADMIN), or a user namespace where the kernel lets users make one (then
+    this process's uid is mapped to itself). Whether the network was closed."""
     if libc is None:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNET) == 0:
+    if libc.unshare(CLONE_NEWNET | CLONE_NEWIPC) == 0 or libc.unshare(CLONE_NEWNET) == 0:  # a kernel without IPC namespaces
         return True
     uid, gid = os.getuid(), os.getgid()
-    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+    if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWIPC) != 0 and libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
         return False
     for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
         try:
@@ -426,7 +430,7 @@ def confine(settings: dict[str, Any], start: dict[str, Any]) -> Blocker:  # prag
     os.chdir(start["workdir"])
     os.environ.update(HOME=start["workdir"], TMPDIR=start["workdir"])
     uid = start["uid"]
-    isolated = isolate_network() if uid is not None else False  # as root: before the uid is given up
+    isolated = isolate() if uid is not None else False  # as root: before the uid is given up
     if uid is not None:
         folders = [os.open(p, os.O_RDONLY | os.O_DIRECTORY) for p in stdlib if os.path.isdir(p)]
         os.setgroups([])
@@ -439,7 +443,7 @@ def confine(settings: dict[str, Any], start: dict[str, Any]) -> Blocker:  # prag
         libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: its own /proc/self/fd, for the folders below
         sys.path[:] = settings["path"] + [f"/proc/self/fd/{fd}" for fd in folders]
     if not isolated:
-        isolate_network()  # as a user (or root without CAP_SYS_ADMIN): a user namespace, where allowed
+        isolate()  # as a user (or root without CAP_SYS_ADMIN): a user namespace, where allowed
     with open("/proc/self/statm") as f:
         base = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     cap = base + limits["memory"]

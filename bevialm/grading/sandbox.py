@@ -63,7 +63,7 @@ from bevialm.grading.observation import Observation
 from bevialm.grading.session import LocalSession, SandboxFailure, Session
 from bevialm.grading.tasks import Task, run_task
 from bevialm.grading.uids import KILL_ROUNDS, CheckUser, check_users, remove_files, sweep, user_tasks
-from bevialm.grading.zygote import Zygote, adopted, can_isolate_network, reap, subreaper, uptime
+from bevialm.grading.zygote import Zygote, adopted, can_isolate, reap, subreaper, uptime
 
 __all__ = ["InProcess", "Limits", "Outcome", "Sandbox", "ending", "readable_by_others"]
 
@@ -131,8 +131,8 @@ class Sandbox:
         self.package = package
         self.as_root = os.geteuid() == 0 if as_root is None else as_root
         self.jobs = max(1, jobs)
-        self.network_closed = can_isolate_network()
-        """Whether each check runs in a network namespace of its own (see ``child.isolate_network``)."""
+        self.network_closed = can_isolate()
+        """Whether each check runs in a network namespace of its own (see ``child.isolate``)."""
         self.users = check_users(self.jobs) if self.as_root else []
         self.free_users = list(self.users)
         self.lock = threading.Lock()

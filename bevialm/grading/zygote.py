@@ -116,8 +116,8 @@ ZYGOTE_TIMEOUT = 120.0
 
 
 @functools.cache
-def can_isolate_network() -> bool:
-    """Whether a check's child can cut itself off the network here (:func:`child.isolate_network`,
+def can_isolate() -> bool:
+    """Whether a check's child can cut itself off the network here (:func:`child.isolate`,
     tried once in a forked process that then exits)."""
     import ctypes
 
@@ -127,7 +127,7 @@ def can_isolate_network() -> bool:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the forked probe (coverage cannot see it)
         try:
-            os._exit(0 if child.isolate_network(libc) else 1)
+            os._exit(0 if child.isolate(libc) else 1)
         finally:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
