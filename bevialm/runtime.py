@@ -137,9 +137,10 @@ def _importable_without_script_dir(root: str) -> bool:
 # NumPy's matrix products run on its BLAS's own threads. The shard runner (bevialm.parallel) runs
 # one shard per core instead (one in the trainer's process, the others in worker processes), and
 # wants each shard's products on its own core alone: two shards each asking two BLAS threads for
-# two cores oversubscribe them, and OpenBLAS's waiting threads spin. OpenBLAS's thread count is a process-wide setting with a C API, which we
-# reach with ctypes (threadpoolctl does the same, but run time needs NumPy alone). NumPy's wheels
-# bundle OpenBLAS under a prefixed name; a system OpenBLAS uses the plain one.
+# two cores oversubscribe them, and OpenBLAS's waiting threads spin. OpenBLAS's thread count is a
+# process-wide setting with a C API, which we reach with ctypes (threadpoolctl does the same, but
+# run time needs NumPy alone). NumPy's wheels bundle OpenBLAS under a prefixed name; a system
+# OpenBLAS uses the plain one.
 
 _SET_NAMES = ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_", "openblas_set_num_threads")
 _GET_NAMES = ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads")

@@ -17,6 +17,7 @@ that skip, with the reason, when the suite is not root.
 from __future__ import annotations
 
 import base64
+import ctypes
 import json
 import os
 import shutil
@@ -500,6 +501,22 @@ def test_a_grader_killed_mid_check_takes_its_checks_along(how: str, install: Ins
     assert grader_leftovers(wait=5.0) == []  # the zygote removes the dead grader's folders too
 
 
+DEEP_LITTERER = """
+import os
+tag = "bevialm-deep-litter-%d" % os.getpid()
+for place in PLACES:
+    try:
+        with open(os.path.join(place, tag), "w") as f:
+            f.write("left behind for the next check")
+        os.makedirs(os.path.join(place, tag + ".d", "inner"))
+        _note("wrote", place)
+    except OSError as e:
+        _note("errors", e)
+_note("litter", tag)
+raise NotImplementedError
+"""
+
+
 @root_only
 def test_what_a_check_leaves_deeper_in_world_writable_folders_is_removed(install: Install, box: Path, tmp_path: Path) -> None:
     # Root's sticky, world-writable folders inside /tmp (as /tmp/.X11-unix is), one inside another,
@@ -543,27 +560,25 @@ def test_system_v_memory_a_check_makes_does_not_outlive_it(install: Install, box
     # A segment needs no process to live on: left behind, one check after another could hold the
     # machine's memory until a reboot, and the next check as the same uid could read it.
     key = 0x42650000 + os.getpid() % 0x10000
-    graded = run_grade(install, submission(tmp_path, box, SYSV_LITTERER, extra=f"KEY = {key}"), "linear.forward")
-    assert graded.score == 0
-    assert (box / "made").read_text().split() == ["segment"], (box / "errors").read_text() if (box / "errors").exists() else ""
-    keys = [int(line.split()[0]) for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]]
-    assert key not in keys, "the check's System V segment outlived it"
-
-
-DEEP_LITTERER = """
-import os
-tag = "bevialm-deep-litter-%d" % os.getpid()
-for place in PLACES:
     try:
-        with open(os.path.join(place, tag), "w") as f:
-            f.write("left behind for the next check")
-        os.makedirs(os.path.join(place, tag + ".d", "inner"))
-        _note("wrote", place)
-    except OSError as e:
-        _note("errors", e)
-_note("litter", tag)
-raise NotImplementedError
-"""
+        graded = run_grade(install, submission(tmp_path, box, SYSV_LITTERER, extra=f"KEY = {key}"), "linear.forward")
+        assert graded.score == 0
+        assert (box / "made").read_text().split() == ["segment"], (box / "errors").read_text() if (box / "errors").exists() else ""
+        assert key not in segments(), "the check's System V segment outlived it"
+    finally:
+        for shmid in segments().get(key, []):  # without the defence: not left on the machine
+            ctypes.CDLL(None).shmctl(shmid, 0, None)  # IPC_RMID
+
+
+def segments() -> dict[int, list[int]]:
+    """The System V shared memory segments of this IPC namespace: key -> ids."""
+    found: dict[int, list[int]] = {}
+    for line in Path("/proc/sysvipc/shm").read_text().splitlines()[1:]:
+        key, shmid = map(int, line.split()[:2])
+        found.setdefault(key, []).append(shmid)
+    return found
+
+
 
 
 LITTERER = """
