@@ -501,22 +501,6 @@ def test_a_grader_killed_mid_check_takes_its_checks_along(how: str, install: Ins
     assert grader_leftovers(wait=5.0) == []  # the zygote removes the dead grader's folders too
 
 
-DEEP_LITTERER = """
-import os
-tag = "bevialm-deep-litter-%d" % os.getpid()
-for place in PLACES:
-    try:
-        with open(os.path.join(place, tag), "w") as f:
-            f.write("left behind for the next check")
-        os.makedirs(os.path.join(place, tag + ".d", "inner"))
-        _note("wrote", place)
-    except OSError as e:
-        _note("errors", e)
-_note("litter", tag)
-raise NotImplementedError
-"""
-
-
 @root_only
 def test_what_a_check_leaves_deeper_in_world_writable_folders_is_removed(install: Install, box: Path, tmp_path: Path) -> None:
     # Root's sticky, world-writable folders inside /tmp (as /tmp/.X11-unix is), one inside another,
@@ -530,8 +514,8 @@ def test_what_a_check_leaves_deeper_in_world_writable_folders_is_removed(install
     neighbour.write_text("root's")
     places = [str(outer), str(inner)] + (["/run/lock"] if os.path.isdir("/run/lock") else [])
     try:
-        extra = f"PLACES = {places!r}"
-        graded = run_grade(install, submission(tmp_path, box, DEEP_LITTERER, extra=extra), "linear.forward")
+        extra = f"PLACES, TARGET = {places!r}, {str(neighbour)!r}"
+        graded = run_grade(install, submission(tmp_path, box, LITTERER, extra=extra), "linear.forward")
         assert graded.score == 0
         (tag,) = (box / "litter").read_text().split()
         assert sorted((box / "wrote").read_text().split()) == sorted(places)
@@ -584,7 +568,7 @@ def segments() -> dict[int, list[int]]:
 LITTERER = """
 import os
 tag = "bevialm-litter-%d" % os.getpid()
-for place in ("/tmp", "/var/tmp", "/dev/shm"):
+for place in PLACES:
     try:
         with open(os.path.join(place, tag), "w") as f:
             f.write("left behind for the next check")
@@ -607,7 +591,8 @@ def test_what_a_check_leaves_in_shared_temporary_places_is_removed(install: Inst
     tmp_path.chmod(0o755)
     neighbour = Path(tempfile.mkstemp(prefix="bevialm-not-the-checks-", dir="/tmp")[1])  # root's file, beside the litter
     try:
-        graded = run_grade(install, submission(tmp_path, box, LITTERER, extra=f"TARGET = {str(target)!r}"), "linear.forward")
+        extra = f"PLACES, TARGET = {['/tmp', '/var/tmp', '/dev/shm']!r}, {str(target)!r}"
+        graded = run_grade(install, submission(tmp_path, box, LITTERER, extra=extra), "linear.forward")
         assert graded.score == 0
         (tag,) = (box / "litter").read_text().split()
         assert sorted((box / "wrote").read_text().split()) == ["/dev/shm", "/tmp", "/var/tmp"]
