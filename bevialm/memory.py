@@ -55,7 +55,7 @@ _PER_BLOCK_HIDDEN = 3  # (B, T, mlp_hidden): the activation's cache and output, 
 _PER_BLOCK_SCORES = 2  # (B, H, T, T): the attention weights kept, their gradient in flight
 _PER_VOCAB = 4  # (B, T, V): logits, probabilities, their gradient, a temporary
 _WORKER_STATE = 3  # per shard worker: its copy of the parameters, its gradient sums, its shard's gradients
-_WORKER_BYTES = 64 << 20  # a shard worker's interpreter and NumPy (57 MiB resident, measured)
+_WORKER_BYTES = 64 << 20  # a shard worker's interpreter and NumPy: 34 MiB peak for a tiny model (NumPy 2.4.6), measured; tests/test_memory.py holds it above a real worker's peak
 _TOKEN_BYTES = 8  # int64 token ids
 _TEXT_BYTES = 24  # per generated character: its id, its code point and its share of the text
 

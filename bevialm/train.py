@@ -177,7 +177,7 @@ def prepare(cfg: TrainConfig, stdout: IO[str], group: distributed.Group | None =
         cfg = dataclasses.replace(cfg, shards=max(cfg.shards, group.size))
     cfg, data = load_data(cfg)
     mcfg = cfg.model_config(data.tokenizer.vocab_size)
-    _check_memory(cfg, mcfg, data)
+    _check_memory(cfg, mcfg, data, group)
     run = _Run(cfg, mcfg, data, Reporter(stdout, group is None or group.writer), group, given_out=cfg.out)
     if group is None:
         _start(run)
@@ -189,9 +189,10 @@ def prepare(cfg: TrainConfig, stdout: IO[str], group: distributed.Group | None =
     return run
 
 
-def _check_memory(cfg: TrainConfig, m: model.ModelConfig, data: RunData) -> None:
+def _check_memory(cfg: TrainConfig, m: model.ModelConfig, data: RunData, group: distributed.Group | None) -> None:
     itemsize, tokens = np.dtype(cfg.dtype).itemsize, len(data.train) + len(data.val)
-    workers = parallel.step_shards(cfg.batch, m.ctx, cfg.shards, dropout=m.dropout > 0) - 1
+    shards = parallel.step_shards(cfg.batch, m.ctx, cfg.shards, dropout=m.dropout > 0)
+    workers = max(0, len(range(shards) if group is None else group.owned(shards)) - 1)  # this process's own
     need, breakdown = memory.training_bytes(
         m, batch=cfg.batch, itemsize=itemsize, data_tokens=tokens, sample_len=cfg.sample_len, workers=workers
     )

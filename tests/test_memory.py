@@ -132,3 +132,29 @@ def test_a_shard_workers_memory_is_in_the_estimate() -> None:
     its_share = with_worker - plain + memory.step_activation_bytes(cfg, batch // 2, 4)  # and its half of the activations
     assert peak <= its_share <= 3 * peak, (peak, its_share)
     assert "1 shard worker(s)" in breakdown
+
+
+@pytest.mark.parametrize(("ranks", "workers"), [(None, 3), (2, 1), (4, 0)])
+def test_the_estimate_counts_the_workers_this_process_starts(
+    monkeypatch: pytest.MonkeyPatch, ranks: int | None, workers: int
+) -> None:
+    # Four shards: one process starts three workers; under mpiexec each rank computes its own
+    # block of the shards and starts workers for that block only.
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from bevialm import train
+    from bevialm.train_config import TrainConfig
+
+    told: list[str] = []
+    monkeypatch.setattr(memory, "require", lambda need, what, breakdown, hint: told.append(breakdown))
+    cfg = TrainConfig(data="unused", batch=16, shards=4)
+    m = model.ModelConfig(vocab_size=65, ctx=64, dim=32, n_layers=1, n_heads=1, mlp_hidden=64)
+    data = cast(Any, SimpleNamespace(train=np.zeros(100), val=np.zeros(10)))
+    group = None if ranks is None else cast(Any, SimpleNamespace(owned=lambda n: range(n // ranks)))
+    train._check_memory(cfg, m, data, group)
+    (breakdown,) = told
+    if workers:
+        assert f", {workers} shard worker(s)" in breakdown, breakdown
+    else:
+        assert "shard worker" not in breakdown, breakdown
